@@ -1,0 +1,22 @@
+//! `llmd-epp` binary: flags, telemetry, then [`llmd_epp::run`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match try_main(llmd_epp::Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn try_main(args: llmd_epp::Args) -> anyhow::Result<()> {
+    let _telemetry = llmd_telemetry::init("llmd-epp", &args.telemetry.to_config())?;
+    llmd_epp::run(args).await?;
+    Ok(())
+}

@@ -1,0 +1,803 @@
+//! Every metric, span and span-attribute name of `shared/design.md` §4, written down once.
+//!
+//! These names are wire-visible: Grafana dashboards, alerts and other llm-d components query them.
+//! Call sites use these constants (`names::pd_proxy::TRUE_TTFT.name`), never a string literal,
+//! and `install_prometheus` takes the bucket layout and help text from here.
+//!
+//! Units are in the name (`_seconds`, `_milliseconds`, `_total` for counters), as Prometheus
+//! expects; the exporter adds no suffix of its own.
+
+/// What kind of Prometheus series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Monotonic counter; the name ends in `_total`.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// Cumulative histogram with the buckets of its [`MetricDef`].
+    Histogram,
+}
+
+/// One metric of the telemetry contract: its exposed name, kind, help text, label names and,
+/// for histograms, the bucket upper bounds (the exporter adds `+Inf`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricDef {
+    /// Exposed name, exactly as it appears on `/metrics`.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: MetricKind,
+    /// `# HELP` text.
+    pub help: &'static str,
+    /// Label names this metric is recorded with (documentation and tests; not enforced).
+    pub labels: &'static [&'static str],
+    /// Histogram bucket upper bounds, ascending; empty for counters and gauges.
+    pub buckets: &'static [f64],
+}
+
+const fn counter(
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> MetricDef {
+    MetricDef {
+        name,
+        kind: MetricKind::Counter,
+        help,
+        labels,
+        buckets: &[],
+    }
+}
+
+const fn gauge(
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> MetricDef {
+    MetricDef {
+        name,
+        kind: MetricKind::Gauge,
+        help,
+        labels,
+        buckets: &[],
+    }
+}
+
+const fn histogram(
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    buckets: &'static [f64],
+) -> MetricDef {
+    MetricDef {
+        name,
+        kind: MetricKind::Histogram,
+        help,
+        labels,
+        buckets,
+    }
+}
+
+/// Label names shared by several metrics.
+pub mod labels {
+    /// Model named in the request (`model` field).
+    pub const MODEL_NAME: &str = "model_name";
+    /// Model the request was sent to after any rewrite.
+    pub const TARGET_MODEL_NAME: &str = "target_model_name";
+    /// Error code of a failed request (HTTP status as text, or a reason).
+    pub const ERROR_CODE: &str = "error_code";
+    /// InferencePool name.
+    pub const POOL_NAME: &str = "name";
+    /// `decode-only` or `prefill-decode`.
+    pub const DECISION_TYPE: &str = "decision_type";
+    /// P/D connector (`nixlv2`, `lmcache`, `sglang`).
+    pub const CONNECTOR: &str = "connector";
+    /// Outcome of a proxied request (`success`, `error`, `cancelled`, `passthrough`).
+    pub const OUTCOME: &str = "outcome";
+    /// Where an error came from (`client`, `prefill`, `decode`, `proxy`).
+    pub const STAGE: &str = "stage";
+    /// Reason for a skipped or failed item.
+    pub const REASON: &str = "reason";
+    /// Pod identity as the index knows it.
+    pub const POD: &str = "pod";
+    /// Operation that failed.
+    pub const OPERATION: &str = "operation";
+    /// vLLM's DP engine index (`"0"`..).
+    pub const ENGINE: &str = "engine";
+    /// vLLM finish reason (`stop`, `length`, `abort`, `error`).
+    pub const FINISHED_REASON: &str = "finished_reason";
+}
+
+use labels::*;
+
+/// Metrics of the endpoint picker (`llmd-epp`), including the GIE/llm-d names dashboards use.
+pub mod epp {
+    use super::*;
+
+    /// Latency buckets (seconds) for a scheduling decision: 10 µs to 1 s.
+    pub const DECISION_BUCKETS: &[f64] = &[
+        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+        0.05, 0.1, 0.25, 0.5, 1.0,
+    ];
+    /// Block-count buckets for matched prefix blocks.
+    pub const MATCHED_BLOCK_BUCKETS: &[f64] = &[
+        0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+    ];
+    /// GIE's request-latency buckets (seconds).
+    pub const REQUEST_DURATION_BUCKETS: &[f64] = &[
+        0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0,
+        10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 180.0, 240.0, 300.0, 360.0, 480.0, 600.0, 900.0,
+        1200.0, 1800.0, 2700.0, 3600.0,
+    ];
+    /// GIE's scheduler end-to-end buckets (seconds).
+    pub const SCHEDULER_E2E_BUCKETS: &[f64] = &[
+        0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
+    ];
+
+    /// Requests whose chosen pod held at least one prefix block.
+    pub const PREFIX_CACHE_HITS: MetricDef = counter(
+        "llm_d_epp_prefix_cache_hits_total",
+        "Requests routed to a pod that already held at least one of their prefix blocks.",
+        &[MODEL_NAME],
+    );
+    /// Consecutive prefix blocks matched on the chosen pod, per request.
+    pub const PREFIX_CACHE_MATCHED_BLOCKS: MetricDef = histogram(
+        "llm_d_epp_prefix_cache_scorer_matched_blocks",
+        "Consecutive prefix blocks (from block 0) held by the chosen pod, per scored request.",
+        &[MODEL_NAME],
+        MATCHED_BLOCK_BUCKETS,
+    );
+    /// Time from request headers+body parsed to destination chosen.
+    pub const ROUTING_DECISION_DURATION: MetricDef = histogram(
+        "llm_d_epp_routing_decision_duration_seconds",
+        "Time the EPP spent choosing endpoints for one request (parse, tokenize, score, pick).",
+        &[],
+        DECISION_BUCKETS,
+    );
+    /// GIE: requests seen per model.
+    pub const REQUEST_TOTAL: MetricDef = counter(
+        "inference_objective_request_total",
+        "Counter of inference objective requests broken out for each model and target model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME],
+    );
+    /// GIE: failed requests per model and error code.
+    pub const REQUEST_ERROR_TOTAL: MetricDef = counter(
+        "inference_objective_request_error_total",
+        "Counter of inference objective requests errors broken out for each model and target model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME, ERROR_CODE],
+    );
+    /// GIE: request duration from first header to end of response.
+    pub const REQUEST_DURATION: MetricDef = histogram(
+        "inference_objective_request_duration_seconds",
+        "Inference objective response latency distribution in seconds for each model and target model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME],
+        REQUEST_DURATION_BUCKETS,
+    );
+    /// GIE: mean KV-cache utilization over the pool's ready pods.
+    pub const POOL_AVG_KV_CACHE_UTILIZATION: MetricDef = gauge(
+        "inference_pool_average_kv_cache_utilization",
+        "The average kv cache utilization for an inference server pool.",
+        &[POOL_NAME],
+    );
+    /// GIE: mean waiting-queue length over the pool's ready pods.
+    pub const POOL_AVG_QUEUE_SIZE: MetricDef = gauge(
+        "inference_pool_average_queue_size",
+        "The average number of requests pending in the model server queue.",
+        &[POOL_NAME],
+    );
+    /// GIE: ready pods in the pool.
+    pub const POOL_READY_PODS: MetricDef = gauge(
+        "inference_pool_ready_pods",
+        "The number of ready pods in the inference server pool.",
+        &[POOL_NAME],
+    );
+    /// GIE: scheduler end-to-end latency.
+    pub const SCHEDULER_E2E_DURATION: MetricDef = histogram(
+        "inference_extension_scheduler_e2e_duration_seconds",
+        "End-to-end scheduling latency distribution in seconds.",
+        &[],
+        SCHEDULER_E2E_BUCKETS,
+    );
+    /// llm-d: P/D decisions by type (`decode-only`, `prefill-decode`).
+    pub const PD_DECISION_TOTAL: MetricDef = counter(
+        "llm_d_inference_scheduler_pd_decision_total",
+        "Total number of P/D disaggregation decisions made, by decision type.",
+        &[MODEL_NAME, DECISION_TYPE],
+    );
+
+    /// Every EPP metric except the KV-index ones (see [`super::kv_cache`]).
+    pub const ALL: &[&MetricDef] = &[
+        &PREFIX_CACHE_HITS,
+        &PREFIX_CACHE_MATCHED_BLOCKS,
+        &ROUTING_DECISION_DURATION,
+        &REQUEST_TOTAL,
+        &REQUEST_ERROR_TOTAL,
+        &REQUEST_DURATION,
+        &POOL_AVG_KV_CACHE_UTILIZATION,
+        &POOL_AVG_QUEUE_SIZE,
+        &POOL_READY_PODS,
+        &SCHEDULER_E2E_DURATION,
+        &PD_DECISION_TOTAL,
+    ];
+}
+
+/// Metrics of the precise prefix-cache index and its KV-event stream (`llmd-kv-index`, exposed
+/// by the EPP), under llm-d's `llm_d_epp_kv_cache_` prefix.
+pub mod kv_cache {
+    use super::*;
+
+    /// Lookup latency buckets (seconds): 1 µs to 10 ms.
+    pub const LOOKUP_BUCKETS: &[f64] = &[
+        0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+        0.0025, 0.005, 0.01,
+    ];
+
+    /// (block, pod) entries added to the index.
+    pub const INDEX_ADMISSIONS: MetricDef = counter(
+        "llm_d_epp_kv_cache_index_admissions_total",
+        "Block-to-pod entries added to the prefix index.",
+        &[],
+    );
+    /// (block, pod) entries evicted to stay within the byte budget.
+    pub const INDEX_EVICTIONS: MetricDef = counter(
+        "llm_d_epp_kv_cache_index_evictions_total",
+        "Block-to-pod entries evicted from the prefix index to stay within its memory budget.",
+        &[],
+    );
+    /// Index lookups.
+    pub const INDEX_LOOKUP_REQUESTS: MetricDef = counter(
+        "llm_d_epp_kv_cache_index_lookup_requests_total",
+        "Prefix index lookups.",
+        &[],
+    );
+    /// Lookups where at least one candidate pod matched block 0.
+    pub const INDEX_LOOKUP_HITS: MetricDef = counter(
+        "llm_d_epp_kv_cache_index_lookup_hits_total",
+        "Prefix index lookups in which at least one candidate pod held the first block.",
+        &[],
+    );
+    /// Lookup latency.
+    pub const INDEX_LOOKUP_LATENCY: MetricDef = histogram(
+        "llm_d_epp_kv_cache_index_lookup_latency_seconds",
+        "Latency of one prefix index lookup.",
+        &[],
+        LOOKUP_BUCKETS,
+    );
+    /// Current (block, pod) entries.
+    pub const INDEX_ENTRIES: MetricDef = gauge(
+        "llm_d_epp_kv_cache_index_entries",
+        "Block-to-pod entries currently held by the prefix index.",
+        &[],
+    );
+    /// Current index memory, as accounted against the budget.
+    pub const INDEX_BYTES: MetricDef = gauge(
+        "llm_d_epp_kv_cache_index_bytes",
+        "Bytes of memory the prefix index accounts for its entries.",
+        &[],
+    );
+    /// ZMQ messages received from engines.
+    pub const EVENTS_MESSAGES_RECEIVED: MetricDef = counter(
+        "llm_d_epp_kv_cache_events_messages_received_total",
+        "KV-event messages received from model servers.",
+        &[POD],
+    );
+    /// Messages or events that could not be decoded.
+    pub const EVENTS_DECODE_ERRORS: MetricDef = counter(
+        "llm_d_epp_kv_cache_events_decode_errors_total",
+        "KV-event messages or events that could not be decoded and were skipped.",
+        &[REASON],
+    );
+    /// Unknown event types or fields that were skipped.
+    pub const EVENTS_SKIPPED: MetricDef = counter(
+        "llm_d_epp_kv_cache_events_skipped_total",
+        "KV events or fields of unknown kind that were skipped.",
+        &[REASON],
+    );
+    /// Gaps in a publisher's sequence numbers.
+    pub const EVENTS_SEQUENCE_GAPS: MetricDef = counter(
+        "llm_d_epp_kv_cache_events_sequence_gaps_total",
+        "Gaps detected in a model server's KV-event sequence numbers.",
+        &[POD],
+    );
+    /// Publisher restarts (sequence went backwards).
+    pub const EVENTS_PUBLISHER_RESTARTS: MetricDef = counter(
+        "llm_d_epp_kv_cache_events_publisher_restarts_total",
+        "Model-server KV-event publisher restarts detected from sequence numbers.",
+        &[POD],
+    );
+    /// Subscriber reconnections.
+    pub const EVENTS_SUBSCRIBER_RECONNECTIONS: MetricDef = counter(
+        "llm_d_epp_kv_cache_events_subscriber_reconnections_total",
+        "Reconnections of KV-event subscriber sockets.",
+        &[POD],
+    );
+    /// Active subscriber sockets.
+    pub const EVENTS_ACTIVE_SUBSCRIBERS: MetricDef = gauge(
+        "llm_d_epp_kv_cache_events_active_subscribers",
+        "KV-event subscriber sockets currently open.",
+        &[],
+    );
+    /// ZMQ socket errors by operation.
+    pub const EVENTS_ZMQ_ERRORS: MetricDef = counter(
+        "llm_d_epp_kv_cache_events_zmq_errors_total",
+        "ZMQ socket errors while receiving KV events.",
+        &[OPERATION],
+    );
+
+    /// Every KV-index metric.
+    pub const ALL: &[&MetricDef] = &[
+        &INDEX_ADMISSIONS,
+        &INDEX_EVICTIONS,
+        &INDEX_LOOKUP_REQUESTS,
+        &INDEX_LOOKUP_HITS,
+        &INDEX_LOOKUP_LATENCY,
+        &INDEX_ENTRIES,
+        &INDEX_BYTES,
+        &EVENTS_MESSAGES_RECEIVED,
+        &EVENTS_DECODE_ERRORS,
+        &EVENTS_SKIPPED,
+        &EVENTS_SEQUENCE_GAPS,
+        &EVENTS_PUBLISHER_RESTARTS,
+        &EVENTS_SUBSCRIBER_RECONNECTIONS,
+        &EVENTS_ACTIVE_SUBSCRIBERS,
+        &EVENTS_ZMQ_ERRORS,
+    ];
+}
+
+/// Metrics of the P/D routing sidecar (`llmd-pd-proxy`). Buckets are those of llm-d PR #567
+/// (`reference/pd-proxy-vllm-sim-loadgen.md` §1.13), extended downward to 0.01 ms so
+/// sub-millisecond coordinator overhead is visible, and upward where long prompts outgrow them.
+pub mod pd_proxy {
+    use super::*;
+
+    /// True TTFT buckets (ms).
+    pub const TRUE_TTFT_BUCKETS: &[f64] = &[
+        0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+        5000.0, 10000.0, 20000.0,
+    ];
+    /// Coordinator overhead buckets (ms).
+    pub const COORDINATOR_OVERHEAD_BUCKETS: &[f64] = &[
+        0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0,
+    ];
+    /// Prefill leg buckets (ms).
+    pub const PREFILL_DURATION_BUCKETS: &[f64] = &[
+        0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+        10000.0, 30000.0,
+    ];
+    /// Decode leg buckets (ms).
+    pub const DECODE_DURATION_BUCKETS: &[f64] = &[
+        0.01, 0.1, 1.0, 5.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+        20000.0, 60000.0,
+    ];
+    /// Whole-request buckets (ms).
+    pub const TOTAL_DURATION_BUCKETS: &[f64] = &[
+        0.01, 0.1, 1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+        10000.0, 20000.0, 60000.0,
+    ];
+
+    /// Client-visible time to first token.
+    pub const TRUE_TTFT: MetricDef = histogram(
+        "llm_d_inference_scheduler_pd_proxy_true_ttft_milliseconds",
+        "[ALPHA] Time from the proxy receiving a request to the first token of the decode stream (prefill + coordinator overhead + decode TTFT).",
+        &[CONNECTOR],
+        TRUE_TTFT_BUCKETS,
+    );
+    /// The proxy's own time: total minus time waiting on the two upstream legs.
+    pub const COORDINATOR_OVERHEAD: MetricDef = histogram(
+        "llm_d_inference_scheduler_pd_proxy_coordinator_overhead_milliseconds",
+        "[ALPHA] Time the proxy itself spent on a P/D request (total minus time waiting on prefill and decode).",
+        &[CONNECTOR],
+        COORDINATOR_OVERHEAD_BUCKETS,
+    );
+    /// Whole prefill leg, retries included.
+    pub const PREFILL_DURATION: MetricDef = histogram(
+        "llm_d_inference_scheduler_pd_proxy_prefill_duration_milliseconds",
+        "[ALPHA] Duration of the prefill leg, retries and backoff included.",
+        &[CONNECTOR],
+        PREFILL_DURATION_BUCKETS,
+    );
+    /// Decode leg until its stream ends.
+    pub const DECODE_DURATION: MetricDef = histogram(
+        "llm_d_inference_scheduler_pd_proxy_decode_duration_milliseconds",
+        "[ALPHA] Duration of the decode leg until the end of its response stream.",
+        &[CONNECTOR],
+        DECODE_DURATION_BUCKETS,
+    );
+    /// Whole request as the proxy saw it.
+    pub const TOTAL_DURATION: MetricDef = histogram(
+        "llm_d_inference_scheduler_pd_proxy_total_duration_milliseconds",
+        "[ALPHA] Duration of a P/D request from arrival at the proxy to the end of the response.",
+        &[CONNECTOR],
+        TOTAL_DURATION_BUCKETS,
+    );
+    /// Requests by connector and outcome.
+    pub const REQUESTS_TOTAL: MetricDef = counter(
+        "llm_d_inference_scheduler_pd_proxy_requests_total",
+        "Requests handled by the P/D proxy, by connector and outcome.",
+        &[CONNECTOR, OUTCOME],
+    );
+    /// Errors by the stage they came from.
+    pub const ERRORS_TOTAL: MetricDef = counter(
+        "llm_d_inference_scheduler_pd_proxy_errors_total",
+        "Errors of the P/D proxy by the stage they came from (client, prefill, decode, proxy).",
+        &[STAGE],
+    );
+
+    /// Every P/D proxy metric.
+    pub const ALL: &[&MetricDef] = &[
+        &TRUE_TTFT,
+        &COORDINATOR_OVERHEAD,
+        &PREFILL_DURATION,
+        &DECODE_DURATION,
+        &TOTAL_DURATION,
+        &REQUESTS_TOTAL,
+        &ERRORS_TOTAL,
+    ];
+}
+
+/// vLLM's own metric names, labels and buckets (`vllm/v1/metrics/loggers.py` and the NIXL
+/// connector's stats), as the simulator must expose them. Labels: `model_name`, `engine`.
+pub mod vllm {
+    use super::*;
+
+    const ME: &[&str] = &[MODEL_NAME, ENGINE];
+
+    /// `vllm:time_to_first_token_seconds` buckets.
+    pub const TTFT_BUCKETS: &[f64] = &[
+        0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+        20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+    ];
+    /// `vllm:inter_token_latency_seconds` buckets.
+    pub const ITL_BUCKETS: &[f64] = &[
+        0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+        20.0, 40.0, 80.0,
+    ];
+    /// Request-level latency buckets (e2e, queue, prefill, decode, inference).
+    pub const REQUEST_LATENCY_BUCKETS: &[f64] = &[
+        0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+        240.0, 480.0, 960.0, 1920.0, 7680.0,
+    ];
+    /// `vllm:nixl_xfer_time_seconds` buckets.
+    pub const NIXL_XFER_TIME_BUCKETS: &[f64] = &[
+        0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 5.0,
+    ];
+    /// `vllm:nixl_post_time_seconds` buckets.
+    pub const NIXL_POST_TIME_BUCKETS: &[f64] = &[
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 5.0,
+    ];
+    /// `vllm:nixl_bytes_transferred` buckets: 2^11, 2^13, ..., 2^33.
+    pub const NIXL_BYTES_BUCKETS: &[f64] = &[
+        2048.0,
+        8192.0,
+        32768.0,
+        131072.0,
+        524288.0,
+        2097152.0,
+        8388608.0,
+        33554432.0,
+        134217728.0,
+        536870912.0,
+        2147483648.0,
+        8589934592.0,
+    ];
+    /// `vllm:nixl_num_descriptors` buckets.
+    pub const NIXL_DESCRIPTOR_BUCKETS: &[f64] = &[
+        10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 200.0, 400.0, 1000.0, 2000.0, 4000.0, 10000.0,
+        20000.0, 50000.0,
+    ];
+
+    /// vLLM's `build_1_2_5_buckets(max_value)`: 1, 2, 5, 10, 20, 50, ... up to `max_value`.
+    /// Used for the per-request token-count histograms, whose top depends on `--max-model-len`.
+    pub fn buckets_1_2_5(max_value: u64) -> Vec<f64> {
+        let mut out = Vec::new();
+        let mut exponent: u32 = 0;
+        'outer: loop {
+            for m in [1u64, 2, 5] {
+                let Some(value) = 10u64.checked_pow(exponent).and_then(|p| p.checked_mul(m)) else {
+                    break 'outer;
+                };
+                if value > max_value {
+                    break 'outer;
+                }
+                out.push(value as f64);
+            }
+            exponent += 1;
+        }
+        out
+    }
+
+    /// Requests in execution batches.
+    pub const NUM_REQUESTS_RUNNING: MetricDef = gauge(
+        "vllm:num_requests_running",
+        "Number of requests in model execution batches.",
+        ME,
+    );
+    /// Requests waiting to be scheduled.
+    pub const NUM_REQUESTS_WAITING: MetricDef = gauge(
+        "vllm:num_requests_waiting",
+        "Number of requests waiting to be processed.",
+        ME,
+    );
+    /// KV-cache usage, 0..1.
+    pub const KV_CACHE_USAGE_PERC: MetricDef = gauge(
+        "vllm:kv_cache_usage_perc",
+        "KV-cache usage. 1 means 100 percent usage.",
+        ME,
+    );
+    /// TTFT histogram.
+    pub const TIME_TO_FIRST_TOKEN: MetricDef = histogram(
+        "vllm:time_to_first_token_seconds",
+        "Histogram of time to first token in seconds.",
+        ME,
+        TTFT_BUCKETS,
+    );
+    /// Inter-token latency histogram.
+    pub const INTER_TOKEN_LATENCY: MetricDef = histogram(
+        "vllm:inter_token_latency_seconds",
+        "Histogram of inter-token latency in seconds.",
+        ME,
+        ITL_BUCKETS,
+    );
+    /// End-to-end request latency.
+    pub const E2E_REQUEST_LATENCY: MetricDef = histogram(
+        "vllm:e2e_request_latency_seconds",
+        "Histogram of e2e request latency in seconds.",
+        ME,
+        REQUEST_LATENCY_BUCKETS,
+    );
+    /// Time spent waiting before being scheduled.
+    pub const REQUEST_QUEUE_TIME: MetricDef = histogram(
+        "vllm:request_queue_time_seconds",
+        "Histogram of time spent in WAITING phase for request.",
+        ME,
+        REQUEST_LATENCY_BUCKETS,
+    );
+    /// Prefill phase time.
+    pub const REQUEST_PREFILL_TIME: MetricDef = histogram(
+        "vllm:request_prefill_time_seconds",
+        "Histogram of time spent in PREFILL phase for request.",
+        ME,
+        REQUEST_LATENCY_BUCKETS,
+    );
+    /// Decode phase time.
+    pub const REQUEST_DECODE_TIME: MetricDef = histogram(
+        "vllm:request_decode_time_seconds",
+        "Histogram of time spent in DECODE phase for request.",
+        ME,
+        REQUEST_LATENCY_BUCKETS,
+    );
+    /// Prefilled tokens.
+    pub const PROMPT_TOKENS: MetricDef = counter(
+        "vllm:prompt_tokens_total",
+        "Number of prefill tokens processed.",
+        ME,
+    );
+    /// Generated tokens.
+    pub const GENERATION_TOKENS: MetricDef = counter(
+        "vllm:generation_tokens_total",
+        "Number of generation tokens processed.",
+        ME,
+    );
+    /// Prefix-cache queries, in tokens.
+    pub const PREFIX_CACHE_QUERIES: MetricDef = counter(
+        "vllm:prefix_cache_queries_total",
+        "Prefix cache queries, in terms of number of queried tokens.",
+        ME,
+    );
+    /// Prefix-cache hits, in tokens.
+    pub const PREFIX_CACHE_HITS: MetricDef = counter(
+        "vllm:prefix_cache_hits_total",
+        "Prefix cache hits, in terms of number of cached tokens.",
+        ME,
+    );
+    /// Finished requests by finish reason.
+    pub const REQUEST_SUCCESS: MetricDef = counter(
+        "vllm:request_success_total",
+        "Count of successfully processed requests.",
+        &[MODEL_NAME, ENGINE, FINISHED_REASON],
+    );
+    /// Preemptions.
+    pub const NUM_PREEMPTIONS: MetricDef = counter(
+        "vllm:num_preemptions_total",
+        "Cumulative number of preemption from the engine.",
+        ME,
+    );
+    /// NIXL transfer time (decode side).
+    pub const NIXL_XFER_TIME: MetricDef = histogram(
+        "vllm:nixl_xfer_time_seconds",
+        "Histogram of transfer duration for NIXL KV Cache transfers.",
+        ME,
+        NIXL_XFER_TIME_BUCKETS,
+    );
+    /// NIXL post time (decode side).
+    pub const NIXL_POST_TIME: MetricDef = histogram(
+        "vllm:nixl_post_time_seconds",
+        "Histogram of transfer post time for NIXL KV Cache transfers.",
+        ME,
+        NIXL_POST_TIME_BUCKETS,
+    );
+    /// NIXL bytes per transfer (decode side).
+    pub const NIXL_BYTES_TRANSFERRED: MetricDef = histogram(
+        "vllm:nixl_bytes_transferred",
+        "Histogram of bytes transferred per NIXL KV Cache transfers.",
+        ME,
+        NIXL_BYTES_BUCKETS,
+    );
+    /// NIXL descriptors per transfer (decode side).
+    pub const NIXL_NUM_DESCRIPTORS: MetricDef = histogram(
+        "vllm:nixl_num_descriptors",
+        "Histogram of number of descriptors in NIXL KV Cache transfers.",
+        ME,
+        NIXL_DESCRIPTOR_BUCKETS,
+    );
+    /// Failed NIXL transfers (decode side).
+    pub const NIXL_NUM_FAILED_TRANSFERS: MetricDef = counter(
+        "vllm:nixl_num_failed_transfers_total",
+        "Number of failed NIXL KV Cache transfers.",
+        ME,
+    );
+    /// Requests whose leased KV blocks expired before decode fetched them (prefill side).
+    pub const NIXL_NUM_KV_EXPIRED_REQS: MetricDef = counter(
+        "vllm:nixl_num_kv_expired_reqs_total",
+        "Number of requests that had their KV expire.",
+        ME,
+    );
+
+    /// Every vLLM metric the simulator exposes.
+    pub const ALL: &[&MetricDef] = &[
+        &NUM_REQUESTS_RUNNING,
+        &NUM_REQUESTS_WAITING,
+        &KV_CACHE_USAGE_PERC,
+        &TIME_TO_FIRST_TOKEN,
+        &INTER_TOKEN_LATENCY,
+        &E2E_REQUEST_LATENCY,
+        &REQUEST_QUEUE_TIME,
+        &REQUEST_PREFILL_TIME,
+        &REQUEST_DECODE_TIME,
+        &PROMPT_TOKENS,
+        &GENERATION_TOKENS,
+        &PREFIX_CACHE_QUERIES,
+        &PREFIX_CACHE_HITS,
+        &REQUEST_SUCCESS,
+        &NUM_PREEMPTIONS,
+        &NIXL_XFER_TIME,
+        &NIXL_POST_TIME,
+        &NIXL_BYTES_TRANSFERRED,
+        &NIXL_NUM_DESCRIPTORS,
+        &NIXL_NUM_FAILED_TRANSFERS,
+        &NIXL_NUM_KV_EXPIRED_REQS,
+    ];
+}
+
+/// Span names (OpenTelemetry). Use them as the name of a `tracing` span:
+/// `tracing::info_span!(names::spans::PD_PROXY_REQUEST, ...)`.
+pub mod spans {
+    /// The gateway's server span for one request.
+    pub const GATEWAY_REQUEST: &str = "gateway.request";
+    /// Precise prefix-cache scoring of one request (per-pod matched blocks, total blocks).
+    pub const EPP_SCORER_PREFIX_CACHE: &str = "llm_d.epp.scorer.prefix_cache";
+    /// The profile handler's decision (decode-only or P/D) and chosen pods.
+    pub const EPP_PROFILE_HANDLER_PICK: &str = "llm_d.epp.profile_handler.pick";
+    /// The P/D proxy's span for a whole request, with the timing breakdown.
+    pub const PD_PROXY_REQUEST: &str = "llm_d.pd_proxy.request";
+    /// The prefill leg.
+    pub const PD_PROXY_PREFILL: &str = "llm_d.pd_proxy.prefill";
+    /// The decode leg.
+    pub const PD_PROXY_DECODE: &str = "llm_d.pd_proxy.decode";
+    /// The engine's (vLLM's or llmd-sim's) server span for one request.
+    pub const LLM_REQUEST: &str = "llm_request";
+}
+
+/// Span attribute names.
+pub mod attrs {
+    /// Matched blocks per pod (`pod=blocks` list) on the prefix scorer span.
+    pub const EPP_PREFIX_MATCHED_BLOCKS: &str = "llm_d.epp.prefix_cache.matched_blocks";
+    /// Total request blocks on the prefix scorer span.
+    pub const EPP_PREFIX_TOTAL_BLOCKS: &str = "llm_d.epp.prefix_cache.total_blocks";
+    /// `decode-only` or `prefill-decode`.
+    pub const EPP_DECISION: &str = "decision";
+    /// Cache hit ratio of the best decode pod.
+    pub const EPP_CACHE_HIT_RATIO: &str = "cache_hit_ratio";
+    /// The P/D threshold in effect.
+    pub const EPP_PD_THRESHOLD: &str = "pd_threshold";
+    /// Bytes of user input.
+    pub const EPP_USER_INPUT_BYTES: &str = "user_input_bytes";
+    /// Chosen decode pod.
+    pub const EPP_DECODE_POD: &str = "llm_d.epp.decode_pod";
+    /// Chosen prefill pod.
+    pub const EPP_PREFILL_POD: &str = "llm_d.epp.prefill_pod";
+
+    /// Client-visible TTFT (ms).
+    pub const PD_TRUE_TTFT_MS: &str = "llm_d.pd_proxy.true_ttft_ms";
+    /// The proxy's own time (ms).
+    pub const PD_COORDINATOR_OVERHEAD_MS: &str = "llm_d.pd_proxy.coordinator_overhead_ms";
+    /// Prefill leg duration (ms).
+    pub const PD_PREFILL_DURATION_MS: &str = "llm_d.pd_proxy.prefill_duration_ms";
+    /// Decode leg duration (ms).
+    pub const PD_DECODE_DURATION_MS: &str = "llm_d.pd_proxy.decode_duration_ms";
+    /// Whole request (ms).
+    pub const PD_TOTAL_DURATION_MS: &str = "llm_d.pd_proxy.total_duration_ms";
+    /// Connector name.
+    pub const PD_CONNECTOR: &str = "llm_d.pd_proxy.connector";
+    /// Prefill target `host:port`.
+    pub const PD_PREFILL_TARGET: &str = "llm_d.pd_proxy.prefill_target";
+    /// Request id shared by both legs.
+    pub const PD_REQUEST_ID: &str = "llm_d.pd_proxy.request_id";
+
+    /// vLLM `gen_ai.*` attributes on `llm_request` (latencies in seconds).
+    pub const GEN_AI_REQUEST_ID: &str = "gen_ai.request.id";
+    /// Model served.
+    pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
+    /// Requested max tokens.
+    pub const GEN_AI_REQUEST_MAX_TOKENS: &str = "gen_ai.request.max_tokens";
+    /// Prompt tokens.
+    pub const GEN_AI_USAGE_PROMPT_TOKENS: &str = "gen_ai.usage.prompt_tokens";
+    /// Completion tokens.
+    pub const GEN_AI_USAGE_COMPLETION_TOKENS: &str = "gen_ai.usage.completion_tokens";
+    /// Time to first token (s).
+    pub const GEN_AI_LATENCY_TTFT: &str = "gen_ai.latency.time_to_first_token";
+    /// Time in queue (s).
+    pub const GEN_AI_LATENCY_TIME_IN_QUEUE: &str = "gen_ai.latency.time_in_queue";
+    /// End-to-end (s).
+    pub const GEN_AI_LATENCY_E2E: &str = "gen_ai.latency.e2e";
+}
+
+/// Every metric of the contract, for tests and documentation.
+pub fn all_metrics() -> impl Iterator<Item = &'static MetricDef> {
+    epp::ALL
+        .iter()
+        .chain(kv_cache::ALL)
+        .chain(pd_proxy::ALL)
+        .chain(vllm::ALL)
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_are_unique_and_well_formed() {
+        let mut seen = HashSet::new();
+        for def in all_metrics() {
+            assert!(seen.insert(def.name), "duplicate metric name {}", def.name);
+            let valid = def.name.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            });
+            assert!(valid, "invalid Prometheus name {}", def.name);
+            match def.kind {
+                MetricKind::Counter => assert!(def.name.ends_with("_total"), "{}", def.name),
+                MetricKind::Histogram => {
+                    assert!(!def.buckets.is_empty(), "{} has no buckets", def.name);
+                    assert!(
+                        def.buckets.windows(2).all(|w| w[0] < w[1]),
+                        "{} buckets",
+                        def.name
+                    );
+                }
+                MetricKind::Gauge => assert!(def.buckets.is_empty()),
+            }
+        }
+    }
+
+    #[test]
+    fn pd_proxy_buckets_reach_down_to_ten_microseconds() {
+        for def in pd_proxy::ALL
+            .iter()
+            .filter(|d| d.kind == MetricKind::Histogram)
+        {
+            assert_eq!(def.buckets[0], 0.01, "{}", def.name);
+        }
+    }
+
+    #[test]
+    fn one_two_five_buckets_match_vllm() {
+        assert_eq!(
+            vllm::buckets_1_2_5(100),
+            vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]
+        );
+        assert_eq!(vllm::buckets_1_2_5(4), vec![1.0, 2.0]);
+        assert_eq!(vllm::buckets_1_2_5(0), Vec::<f64>::new());
+        assert_eq!(vllm::buckets_1_2_5(u64::MAX).len(), 58);
+    }
+}

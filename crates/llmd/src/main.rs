@@ -1,0 +1,76 @@
+//! `llmd`: one binary for every llmd-rs role. Each subcommand takes exactly the flags and
+//! environment variables of the service crate's own binary, because both use the crate's `Args`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// llmd-rs: disaggregated LLM serving (EPP, P/D proxy, simulator, load generator, gateway).
+#[derive(Debug, Parser)]
+#[command(name = "llmd", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Endpoint picker (Envoy ext_proc server).
+    Epp(llmd_epp::Args),
+    /// Prefill/decode routing sidecar.
+    PdProxy(llmd_pd_proxy::Args),
+    /// vLLM simulator.
+    Sim(llmd_sim::Args),
+    /// Load generator.
+    Loadgen(llmd_loadgen::Args),
+    /// Local ext_proc-calling gateway (a stand-in for Envoy).
+    Gateway(llmd_gateway::Args),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match try_main(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn try_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Epp(args) => {
+            let _t = llmd_telemetry::init("llmd-epp", &args.telemetry.to_config())?;
+            llmd_epp::run(args).await?;
+        }
+        Command::PdProxy(args) => {
+            let _t = llmd_telemetry::init("llmd-pd-proxy", &args.telemetry.to_config())?;
+            llmd_pd_proxy::run(args).await?;
+        }
+        Command::Sim(args) => {
+            let _t = llmd_telemetry::init("llmd-sim", &args.telemetry.to_config())?;
+            llmd_sim::run(args).await?;
+        }
+        Command::Loadgen(args) => {
+            let _t = llmd_telemetry::init("llmd-loadgen", &args.telemetry.to_config())?;
+            llmd_loadgen::run(args).await?;
+        }
+        Command::Gateway(args) => {
+            let _t = llmd_telemetry::init("llmd-gateway", &args.telemetry.to_config())?;
+            llmd_gateway::run(args).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
