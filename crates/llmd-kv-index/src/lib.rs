@@ -9,3 +9,8 @@
 //! exactly as vLLM computes token ids. Decisions: `shared/design.md` §2.
 //!
 //! Status: not built yet (issue 3).
+
+pub mod events;
+pub mod hashing;
+
+pub use hashing::{BlockDigest, BlockKey, HashAlgo, TokensHasher, VllmHasher};
