@@ -12,5 +12,6 @@
 
 pub mod events;
 pub mod hashing;
+pub mod index;
 
 pub use hashing::{BlockDigest, BlockKey, HashAlgo, TokensHasher, VllmHasher};
