@@ -18,7 +18,10 @@ pub(super) fn tier_bit(t: Tier) -> u8 {
 
 /// The tiers of a mask.
 pub(super) fn tiers_of(mask: u8) -> Vec<Tier> {
-    [Tier::Gpu, Tier::Cpu, Tier::Disk, Tier::Other].into_iter().filter(|t| mask & tier_bit(*t) != 0).collect()
+    [Tier::Gpu, Tier::Cpu, Tier::Disk, Tier::Other]
+        .into_iter()
+        .filter(|t| mask & tier_bit(*t) != 0)
+        .collect()
 }
 
 const INLINE: usize = 3;
@@ -42,7 +45,10 @@ pub(super) enum Holders {
 
 impl Holders {
     pub(super) fn one(pod: PodIdx, bit: u8) -> Self {
-        Holders::Inline { len: 1, slots: [pack(pod, bit), 0, 0] }
+        Holders::Inline {
+            len: 1,
+            slots: [pack(pod, bit), 0, 0],
+        }
     }
 
     fn as_slice(&self) -> &[u32] {
@@ -73,7 +79,9 @@ impl Holders {
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (PodIdx, u8)> + '_ {
-        self.as_slice().iter().map(|h| (pod_of(*h), (*h & 0xff) as u8))
+        self.as_slice()
+            .iter()
+            .map(|h| (pod_of(*h), (*h & 0xff) as u8))
     }
 
     /// Heap bytes owned (the boxed `Vec` header and its buffer).
@@ -108,7 +116,9 @@ impl Holders {
 
     /// Clears `bits` for `pod`; true when that left the pod holding nothing (it is dropped).
     pub(super) fn remove(&mut self, pod: PodIdx, bits: u8) -> bool {
-        let Some(i) = self.as_slice().iter().position(|h| pod_of(*h) == pod) else { return false };
+        let Some(i) = self.as_slice().iter().position(|h| pod_of(*h) == pod) else {
+            return false;
+        };
         let slots = self.as_mut_slice();
         slots[i] &= !u32::from(bits);
         if slots[i] & 0xff != 0 {
@@ -125,7 +135,10 @@ impl Holders {
                 if v.len() <= INLINE {
                     let mut slots = [0u32; INLINE];
                     slots[..v.len()].copy_from_slice(v);
-                    *self = Holders::Inline { len: v.len() as u8, slots };
+                    *self = Holders::Inline {
+                        len: v.len() as u8,
+                        slots,
+                    };
                 }
             }
         }
@@ -146,7 +159,10 @@ mod tests {
     #[test]
     fn add_remove_spill_and_unspill() {
         let mut h = Holders::one(PodIdx(1), 1);
-        assert!(!h.add(PodIdx(1), 2), "same pod, new tier is not a new holder");
+        assert!(
+            !h.add(PodIdx(1), 2),
+            "same pod, new tier is not a new holder"
+        );
         for p in 2..=6 {
             assert!(h.add(PodIdx(p), 1));
         }
@@ -170,6 +186,9 @@ mod tests {
 
     #[test]
     fn tier_masks() {
-        assert_eq!(tiers_of(tier_bit(Tier::Gpu) | tier_bit(Tier::Cpu)), vec![Tier::Gpu, Tier::Cpu]);
+        assert_eq!(
+            tiers_of(tier_bit(Tier::Gpu) | tier_bit(Tier::Cpu)),
+            vec![Tier::Gpu, Tier::Cpu]
+        );
     }
 }

@@ -58,7 +58,10 @@ pub struct IndexConfig {
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        Self { max_bytes: DEFAULT_MAX_BYTES, shards: DEFAULT_SHARDS }
+        Self {
+            max_bytes: DEFAULT_MAX_BYTES,
+            shards: DEFAULT_SHARDS,
+        }
     }
 }
 
@@ -82,6 +85,8 @@ pub struct IndexStats {
     pub admissions: AtomicU64,
     /// (block, pod) entries evicted for the budget.
     pub evictions: AtomicU64,
+    /// (block, pod) entries removed by events or pod clears.
+    pub removals: AtomicU64,
     /// Lookups.
     pub lookups: AtomicU64,
     /// Lookups where a candidate held the first block.
@@ -95,6 +100,8 @@ pub struct IndexSnapshot {
     pub admissions: u64,
     /// (block, pod) entries evicted.
     pub evictions: u64,
+    /// (block, pod) entries removed by events or pod clears.
+    pub removals: u64,
     /// Lookups.
     pub lookups: u64,
     /// Lookups with a hit on block 0.
@@ -139,7 +146,10 @@ pub struct PrefixIndex {
 
 impl std::fmt::Debug for PrefixIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrefixIndex").field("shards", &self.shards.len()).field("snapshot", &self.snapshot()).finish()
+        f.debug_struct("PrefixIndex")
+            .field("shards", &self.shards.len())
+            .field("snapshot", &self.snapshot())
+            .finish()
     }
 }
 
@@ -155,7 +165,11 @@ impl PrefixIndex {
         while (buckets * 2) * (ENTRY_BYTES + 1) <= per_shard {
             buckets *= 2;
         }
-        let max_entries = if buckets * (ENTRY_BYTES + 1) <= per_shard { buckets / 8 * 7 } else { 4 };
+        let max_entries = if buckets * (ENTRY_BYTES + 1) <= per_shard {
+            buckets / 8 * 7
+        } else {
+            4
+        };
         let shards: Box<[RwLock<Shard>]> = (0..shards)
             .map(|_| {
                 RwLock::new(Shard {
@@ -198,6 +212,7 @@ impl PrefixIndex {
         let mut s = IndexSnapshot {
             admissions: self.stats.admissions.load(Ordering::Relaxed),
             evictions: self.stats.evictions.load(Ordering::Relaxed),
+            removals: self.stats.removals.load(Ordering::Relaxed),
             lookups: self.stats.lookups.load(Ordering::Relaxed),
             lookup_hits: self.stats.lookup_hits.load(Ordering::Relaxed),
             ..Default::default()
@@ -230,18 +245,28 @@ impl PrefixIndex {
         let g = self.shards[self.shard_of(h)].read();
         g.table
             .find(h, |e| e.key == key.0)
-            .map(|e| e.holders.iter().map(|(p, mask)| (p, holders::tiers_of(mask))).collect())
+            .map(|e| {
+                e.holders
+                    .iter()
+                    .map(|(p, mask)| (p, holders::tiers_of(mask)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// For every pod holding `keys[0]`, the number of consecutive `keys` it holds. Sorted by
     /// pod. Use [`IndexOps::lookup`] when the candidate pods are known.
     pub fn lookup_any(&self, keys: &[BlockKey]) -> Vec<(PodIdx, u32)> {
-        let Some(first) = keys.first() else { return Vec::new() };
+        let Some(first) = keys.first() else {
+            return Vec::new();
+        };
         let h = self.hash(first.0);
         let mut pods: Vec<PodIdx> = {
             let g = self.shards[self.shard_of(h)].read();
-            g.table.find(h, |e| e.key == first.0).map(|e| e.holders.iter().map(|(p, _)| p).collect()).unwrap_or_default()
+            g.table
+                .find(h, |e| e.key == first.0)
+                .map(|e| e.holders.iter().map(|(p, _)| p).collect())
+                .unwrap_or_default()
         };
         pods.sort_unstable();
         let counts = self.lookup(keys, &pods);
@@ -263,16 +288,28 @@ impl PrefixIndex {
             return;
         }
         let len = shard.table.len();
-        let evict = if len + len / 16 >= shard.max_entries { (len / 16).max(1) } else { 0 };
+        let evict = if len + len / 16 >= shard.max_entries {
+            (len / 16).max(1)
+        } else {
+            0
+        };
         let threshold = if evict > 0 {
             shard.scratch.clear();
-            shard.scratch.extend(shard.table.iter().map(|e| e.last_used.load(Ordering::Relaxed)));
+            shard.scratch.extend(
+                shard
+                    .table
+                    .iter()
+                    .map(|e| e.last_used.load(Ordering::Relaxed)),
+            );
             let (_, t, _) = shard.scratch.select_nth_unstable(evict - 1);
             *t
         } else {
             0
         };
-        let old = std::mem::replace(&mut shard.table, HashTable::with_capacity(shard.max_entries));
+        let old = std::mem::replace(
+            &mut shard.table,
+            HashTable::with_capacity(shard.max_entries),
+        );
         let mut budget = evict;
         let (mut evicted_entries, mut freed_heap) = (0u64, 0usize);
         let hasher = &self.hasher;
@@ -283,11 +320,15 @@ impl PrefixIndex {
                 freed_heap += e.holders.heap_bytes();
                 continue;
             }
-            shard.table.insert_unique(hasher.hash_one(e.key), e, |x| hasher.hash_one(x.key));
+            shard
+                .table
+                .insert_unique(hasher.hash_one(e.key), e, |x| hasher.hash_one(x.key));
         }
         shard.entries -= evicted_entries;
         shard.heap_bytes -= freed_heap;
-        self.stats.evictions.fetch_add(evicted_entries, Ordering::Relaxed);
+        self.stats
+            .evictions
+            .fetch_add(evicted_entries, Ordering::Relaxed);
     }
 }
 
@@ -312,9 +353,15 @@ impl IndexOps for PrefixIndex {
                 continue;
             }
             self.make_room(&mut shard);
-            let entry = Entry { key: key.0, holders: Holders::one(pod, bit), last_used: AtomicU64::new(now) };
+            let entry = Entry {
+                key: key.0,
+                holders: Holders::one(pod, bit),
+                last_used: AtomicU64::new(now),
+            };
             let hasher = &self.hasher;
-            shard.table.insert_unique(h, entry, |e| hasher.hash_one(e.key));
+            shard
+                .table
+                .insert_unique(h, entry, |e| hasher.hash_one(e.key));
             shard.entries += 1;
             admitted += 1;
         }
@@ -326,7 +373,9 @@ impl IndexOps for PrefixIndex {
         for key in keys {
             let h = self.hash(key.0);
             let mut shard = self.shards[self.shard_of(h)].write();
-            let Ok(mut slot) = shard.table.find_entry(h, |e| e.key == key.0) else { continue };
+            let Ok(mut slot) = shard.table.find_entry(h, |e| e.key == key.0) else {
+                continue;
+            };
             let e = slot.get_mut();
             let before = e.holders.heap_bytes();
             let removed = e.holders.remove(pod, bit);
@@ -338,6 +387,7 @@ impl IndexOps for PrefixIndex {
             shard.heap_bytes = shard.heap_bytes + after - before;
             if removed {
                 shard.entries -= 1;
+                self.stats.removals.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -356,6 +406,7 @@ impl IndexOps for PrefixIndex {
                 !e.holders.is_empty()
             });
             g.entries -= removed;
+            self.stats.removals.fetch_add(removed, Ordering::Relaxed);
             g.heap_bytes = (g.heap_bytes as isize + heap_delta) as usize;
         }
     }
@@ -367,7 +418,8 @@ impl IndexOps for PrefixIndex {
             return counts;
         }
         // Read guards, taken lazily and kept for the whole walk (at most one per shard).
-        let mut guards: Vec<Option<RwLockReadGuard<'_, Shard>>> = (0..self.shards.len()).map(|_| None).collect();
+        let mut guards: Vec<Option<RwLockReadGuard<'_, Shard>>> =
+            (0..self.shards.len()).map(|_| None).collect();
         // (candidate position, pod) still matching.
         let mut active: Vec<(usize, PodIdx)> = Vec::new();
         // Keys walked before the walk stopped; pods still active matched all of them.
@@ -385,7 +437,13 @@ impl IndexOps for PrefixIndex {
                 e.last_used.store(now, Ordering::Relaxed);
             }
             if i == 0 {
-                active.extend(candidates.iter().copied().enumerate().filter(|(_, p)| e.holders.contains(*p)));
+                active.extend(
+                    candidates
+                        .iter()
+                        .copied()
+                        .enumerate()
+                        .filter(|(_, p)| e.holders.contains(*p)),
+                );
                 if !active.is_empty() {
                     self.stats.lookup_hits.fetch_add(1, Ordering::Relaxed);
                 }

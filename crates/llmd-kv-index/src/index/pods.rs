@@ -44,7 +44,9 @@ pub struct PodRegistry {
 
 impl std::fmt::Debug for PodRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PodRegistry").field("pods", &self.inner.read().by_name.len()).finish()
+        f.debug_struct("PodRegistry")
+            .field("pods", &self.inner.read().by_name.len())
+            .finish()
     }
 }
 
@@ -73,7 +75,12 @@ impl PodRegistry {
 
     /// The name of `idx`, if registered and not forgotten.
     pub fn name(&self, idx: PodIdx) -> Option<Arc<str>> {
-        self.inner.read().names.get(idx.0 as usize).cloned().flatten()
+        self.inner
+            .read()
+            .names
+            .get(idx.0 as usize)
+            .cloned()
+            .flatten()
     }
 
     /// Forgets `name` (its index is not reused); returns the index it had.

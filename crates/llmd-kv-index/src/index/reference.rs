@@ -52,7 +52,11 @@ impl IndexOps for ReferenceIndex {
         let m = self.map.lock();
         candidates
             .iter()
-            .map(|p| keys.iter().take_while(|k| m.get(&k.0).is_some_and(|pods| pods.contains_key(p))).count() as u32)
+            .map(|p| {
+                keys.iter()
+                    .take_while(|k| m.get(&k.0).is_some_and(|pods| pods.contains_key(p)))
+                    .count() as u32
+            })
             .collect()
     }
 }
