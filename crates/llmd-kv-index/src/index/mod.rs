@@ -424,40 +424,61 @@ impl IndexOps for PrefixIndex {
         let mut active: Vec<(usize, PodIdx)> = Vec::new();
         // Keys walked before the walk stopped; pods still active matched all of them.
         let mut walked = keys.len();
-        for (i, key) in keys.iter().enumerate() {
-            let h = self.hash(key.0);
-            let s = self.shard_of(h);
-            let shard = guards[s].get_or_insert_with(|| self.shards[s].read());
-            let Some(e) = shard.table.find(h, |e| e.key == key.0) else {
-                walked = i;
-                break;
-            };
-            let now = shard.clock.load(Ordering::Relaxed);
-            if e.last_used.load(Ordering::Relaxed) != now {
-                e.last_used.store(now, Ordering::Relaxed);
-            }
-            if i == 0 {
-                active.extend(
-                    candidates
-                        .iter()
-                        .copied()
-                        .enumerate()
-                        .filter(|(_, p)| e.holders.contains(*p)),
-                );
-                if !active.is_empty() {
-                    self.stats.lookup_hits.fetch_add(1, Ordering::Relaxed);
+        // Keys are probed a chunk at a time with no dependency between the probes, so the
+        // CPU overlaps their cache misses (the index is far larger than the caches); the chunk
+        // is then walked in order.
+        const CHUNK: usize = 32;
+        'walk: for (c, chunk) in keys.chunks(CHUNK).enumerate() {
+            let mut hashes = [0u64; CHUNK];
+            for (h, key) in hashes.iter_mut().zip(chunk) {
+                *h = self.hash(key.0);
+                let s = self.shard_of(*h);
+                if guards[s].is_none() {
+                    guards[s] = Some(self.shards[s].read());
                 }
-            } else {
-                active.retain(|&(pos, p)| {
-                    let keep = e.holders.contains(p);
-                    if !keep {
-                        counts[pos] = i as u32;
-                    }
-                    keep
-                });
             }
-            if active.is_empty() {
-                break;
+            let mut found: [Option<&Entry>; CHUNK] = [None; CHUNK];
+            for (slot, (h, key)) in found.iter_mut().zip(hashes.iter().zip(chunk)) {
+                let s = self.shard_of(*h);
+                *slot = guards[s]
+                    .as_ref()
+                    .and_then(|g| g.table.find(*h, |e| e.key == key.0));
+            }
+            for (j, e) in found[..chunk.len()].iter().enumerate() {
+                let i = c * CHUNK + j;
+                let Some(e) = e else {
+                    walked = i;
+                    break 'walk;
+                };
+                let now = guards[self.shard_of(hashes[j])]
+                    .as_ref()
+                    .map_or(0, |g| g.clock.load(Ordering::Relaxed));
+                if e.last_used.load(Ordering::Relaxed) != now {
+                    e.last_used.store(now, Ordering::Relaxed);
+                }
+                if i == 0 {
+                    active.extend(
+                        candidates
+                            .iter()
+                            .copied()
+                            .enumerate()
+                            .filter(|(_, p)| e.holders.contains(*p)),
+                    );
+                    if !active.is_empty() {
+                        self.stats.lookup_hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    active.retain(|&(pos, p)| {
+                        let keep = e.holders.contains(p);
+                        if !keep {
+                            counts[pos] = i as u32;
+                        }
+                        keep
+                    });
+                }
+                if active.is_empty() {
+                    break 'walk;
+                }
             }
         }
         for (pos, _) in active {
