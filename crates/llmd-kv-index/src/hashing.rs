@@ -482,13 +482,8 @@ pub(crate) mod cbor {
         buf.truncate(end);
     }
 
-    /// Bytes [`token_ids_at`] may touch past `pos` for `n` tokens.
-    pub const fn token_ids_room(n: usize) -> usize {
-        n * 5 + 3
-    }
-
-    /// Writes the token ids into `out` from `pos` (which must have
-    /// [`token_ids_room`] bytes of room) and returns the position after them.
+    /// Writes the token ids into `out` from `pos` (which must have `5 * tokens.len() + 3` bytes
+    /// of room) and returns the position after them.
     #[inline]
     pub fn token_ids_at(out: &mut [u8], mut pos: usize, tokens: &[u32]) -> usize {
         for &t in tokens {
