@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo bench -p llmd-kv-index --bench block_hash`
 
+#![allow(clippy::unwrap_used)] // benchmark setup: a failed unwrap is a broken benchmark
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use llmd_kv_index::hashing::{BlockDigest, RequestExtras, TokensHasher, VllmHasher};
 use sha2::{Digest, Sha256};

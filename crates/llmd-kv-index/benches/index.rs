@@ -10,6 +10,8 @@
 //!
 //! Run: `cargo bench -p llmd-kv-index --bench index`
 
+#![allow(clippy::unwrap_used)] // benchmark setup: a failed unwrap is a broken benchmark
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;
