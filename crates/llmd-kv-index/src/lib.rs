@@ -13,5 +13,8 @@
 pub mod events;
 pub mod hashing;
 pub mod index;
+pub mod kv;
+pub mod subscriber;
 
 pub use hashing::{BlockDigest, BlockKey, HashAlgo, TokensHasher, VllmHasher};
+pub use kv::{KvIndex, KvIndexConfig};

@@ -23,6 +23,9 @@ pub enum DecodeError {
     /// The topic frame is not UTF-8.
     #[error("topic frame is not UTF-8")]
     TopicNotUtf8,
+    /// The topic does not name a pod (`kv@<pod>@<model>`) where one is needed.
+    #[error("topic {0:?} is not kv@<pod>@<model>")]
+    Topic(String),
     /// The sequence frame is not 8 bytes.
     #[error("sequence frame must be 8 bytes, got {0}")]
     SeqLength(usize),
@@ -42,7 +45,7 @@ impl DecodeError {
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::FrameCount(_) => "frame_count",
-            DecodeError::TopicNotUtf8 => "topic",
+            DecodeError::TopicNotUtf8 | DecodeError::Topic(_) => "topic",
             DecodeError::SeqLength(_) => "seq",
             DecodeError::Batch(_) => "batch",
             DecodeError::Truncated(_) => "truncated",

@@ -29,7 +29,7 @@ mod holders;
 mod pods;
 mod reference;
 
-pub use pods::{PodIdx, PodRegistry};
+pub use pods::{PodIdx, PodRegistry, TooManyPods};
 pub use reference::ReferenceIndex;
 
 use std::hash::BuildHasher;
