@@ -126,3 +126,22 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The test venv's Python (`LLMD_TEST_PYTHON`, or `.venv/bin/python` at the workspace root).
+/// `None` outside CI when there is none (the test then says it skipped); in CI a missing venv
+/// is a failure, never a silent pass.
+pub fn python() -> Option<std::path::PathBuf> {
+    let from_env = std::env::var_os("LLMD_TEST_PYTHON").map(std::path::PathBuf::from);
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let found = from_env
+        .filter(|p| p.exists())
+        .or_else(|| venv.exists().then_some(venv));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide the Python test venv (scripts/setup-python.sh)"
+        );
+        eprintln!("SKIPPED: no Python test venv; run scripts/setup-python.sh");
+    }
+    found
+}
