@@ -145,3 +145,26 @@ pub fn python() -> Option<std::path::PathBuf> {
     }
     found
 }
+
+/// The HF-cache-layout directory `scripts/fetch-tokenizers.sh` fills.
+pub fn tokenizer_hub() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub")
+}
+
+/// The real tokenizer of `model` from `.cache/hf` (`None` outside CI when it was not fetched;
+/// in CI its absence is a failure).
+pub fn real_tokenizer(model: &str) -> Option<llmd_kv_index::tokenizer::ModelTokenizer> {
+    match llmd_kv_index::tokenizer::locate(model, Some(&tokenizer_hub())) {
+        Ok(files) => {
+            Some(llmd_kv_index::tokenizer::ModelTokenizer::from_files(model, &files).unwrap())
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must fetch tokenizers (scripts/fetch-tokenizers.sh): {e}"
+            );
+            eprintln!("SKIPPED: {e}; run scripts/fetch-tokenizers.sh");
+            None
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Tokenization exactly as vLLM does it, so request keys match the engine's blocks.
+//!
+//! - **Completions**: `tokenizer(prompt, add_special_tokens=True)` (vLLM's default), so
+//!   Llama-3's `<|begin_of_text|>` is prepended by the tokenizer's post-processor.
+//! - **Chat**: the model's chat template (from `tokenizer_config.json`) is rendered the way
+//!   `transformers.apply_chat_template` renders it, with vLLM's message normalization
+//!   ([`chat`]), and the text is tokenized with `add_special_tokens=False` (the template writes
+//!   the special tokens itself).
+//!
+//! Files are found in a local directory (or a `tokenizer.json` path), or in the HuggingFace
+//! cache layout `$HF_HUB_CACHE` / `$HF_HOME/hub` / `~/.cache/huggingface/hub`
+//! `/models--org--name/snapshots/<rev>/` (revision from `refs/main`), never downloaded.
+//!
+//! [`PromptCache`] keeps recent prompts' token ids so a long shared prefix is not re-tokenized.
+
+pub mod chat;
+mod locate;
+mod prompt_cache;
+
+pub use chat::{ChatError, ChatRequest, ChatTemplate};
+pub use locate::{TokenizerFiles, locate};
+pub use prompt_cache::{PromptCache, PromptCacheStats};
+
+use std::path::Path;
+
+/// Errors loading or using a tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// No tokenizer files where we looked.
+    #[error("no tokenizer for {model:?}: looked in {searched}")]
+    NotFound {
+        /// Model or path asked for.
+        model: String,
+        /// Where we looked.
+        searched: String,
+    },
+    /// `tokenizer.json` could not be loaded.
+    #[error("cannot load {path}: {source}")]
+    Load {
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// `tokenizer_config.json` is not valid JSON.
+    #[error("cannot read {path}: {source}")]
+    Config {
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Encoding failed.
+    #[error("cannot tokenize: {0}")]
+    Encode(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The chat request could not be rendered.
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    /// The model has no chat template.
+    #[error("model {0:?} has no chat template")]
+    NoChatTemplate(String),
+}
+
+/// Token ids and their byte offsets in the text.
+pub(crate) type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
+/// A model's tokenizer and chat template.
+pub struct ModelTokenizer {
+    name: String,
+    tokenizer: tokenizers::Tokenizer,
+    chat: Option<ChatTemplate>,
+    /// `encode(x, true)` = `special_prefix` + `encode(x, false)`, with nothing appended:
+    /// the condition under which a prompt can be resumed from a cached prefix.
+    resumable: bool,
+}
+
+impl std::fmt::Debug for ModelTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelTokenizer")
+            .field("name", &self.name)
+            .field("vocab", &self.tokenizer.get_vocab_size(true))
+            .field("chat_template", &self.chat.is_some())
+            .finish()
+    }
+}
+
+impl ModelTokenizer {
+    /// Finds and loads the tokenizer of `model` (a HF model name or a local path).
+    pub fn load(model: &str) -> Result<Self, TokenizerError> {
+        let files = locate(model, None)?;
+        Self::from_files(model, &files)
+    }
+
+    /// Loads from located files.
+    pub fn from_files(name: &str, files: &TokenizerFiles) -> Result<Self, TokenizerError> {
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&files.tokenizer_json).map_err(|source| {
+                TokenizerError::Load {
+                    path: files.tokenizer_json.display().to_string(),
+                    source,
+                }
+            })?;
+        let chat = match &files.tokenizer_config {
+            Some(path) => ChatTemplate::from_tokenizer_config(path)?,
+            None => None,
+        };
+        let mut t = Self {
+            name: name.to_owned(),
+            tokenizer,
+            chat,
+            resumable: false,
+        };
+        t.resumable = t.probe_resumable();
+        Ok(t)
+    }
+
+    /// Loads `tokenizer.json` (and `tokenizer_config.json` beside it, if any) from `dir`.
+    pub fn from_dir(name: &str, dir: &Path) -> Result<Self, TokenizerError> {
+        Self::from_files(name, &locate(&dir.display().to_string(), None)?)
+    }
+
+    /// The model name it was loaded for.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The chat template, if the model has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat.as_ref()
+    }
+
+    /// The underlying HF tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids of `text` (`add_special_tokens` as in HF: BOS etc. from the post-processor).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self
+            .tokenizer
+            .encode_fast(text, add_special_tokens)
+            .map_err(TokenizerError::Encode)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids and byte offsets of `text`.
+    pub(crate) fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<IdsAndOffsets, TokenizerError> {
+        let enc = self
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(TokenizerError::Encode)?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
+    /// Token ids of a completions `prompt`, as vLLM computes them (special tokens added).
+    pub fn encode_completion(&self, prompt: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.encode(prompt, true)
+    }
+
+    /// The rendered chat text, as `apply_chat_template(..., tokenize=False)` returns it.
+    pub fn render_chat(&self, request: &ChatRequest) -> Result<String, TokenizerError> {
+        let chat = self
+            .chat
+            .as_ref()
+            .ok_or_else(|| TokenizerError::NoChatTemplate(self.name.clone()))?;
+        Ok(chat.render(request)?)
+    }
+
+    /// Token ids of a chat request, as vLLM computes them.
+    pub fn encode_chat(&self, request: &ChatRequest) -> Result<Vec<u32>, TokenizerError> {
+        self.encode(&self.render_chat(request)?, false)
+    }
+
+    /// True when a prompt can be resumed from a cached prefix (see [`PromptCache`]).
+    pub fn resumable(&self) -> bool {
+        self.resumable
+    }
+
+    /// The post-processor must only prepend (BOS), never append, and the pre-tokenizer must be
+    /// a byte-level regex split: then tokenizing `text[cut..]` after a newline run followed by an
+    /// ASCII graphic character gives the tail of `text`'s tokens exactly.
+    fn probe_resumable(&self) -> bool {
+        let byte_level = serde_json::to_value(&self.tokenizer)
+            .map(|v| {
+                let pre = v["pre_tokenizer"].to_string();
+                pre.contains("ByteLevel")
+                    && (pre.contains("Split") || pre.contains("\"use_regex\":true"))
+            })
+            .unwrap_or(false);
+        let probe = "Hello world.\nNext line";
+        let (Ok(with), Ok(without)) = (self.encode(probe, true), self.encode(probe, false)) else {
+            return false;
+        };
+        byte_level && with.ends_with(&without)
+    }
+}
