@@ -123,9 +123,9 @@ fn document(seed: u64, words: usize) -> String {
         x ^= x >> 7;
         x ^= x << 17;
         out.push_str(PIECES[(x % PIECES.len() as u64) as usize]);
-        out.push(if x % 11 == 0 { '\n' } else { ' ' });
+        out.push(if x.is_multiple_of(11) { '\n' } else { ' ' });
         if i % 37 == 36 {
-            out.push_str(if x % 3 == 0 { "\n\n" } else { "\n" });
+            out.push_str(if x.is_multiple_of(3) { "\n\n" } else { "\n" });
         }
     }
     out
