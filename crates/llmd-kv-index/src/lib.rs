@@ -10,6 +10,7 @@
 //!
 //! Status: not built yet (issue 3).
 
+pub mod cli;
 pub mod events;
 pub mod hashing;
 pub mod index;

@@ -25,6 +25,8 @@ enum Command {
     Loadgen(llmd_loadgen::Args),
     /// Local ext_proc-calling gateway (a stand-in for Envoy).
     Gateway(llmd_gateway::Args),
+    /// Inspect block keys, tokenization and KV events.
+    Kv(llmd_kv_index::cli::Args),
 }
 
 #[tokio::main]
@@ -55,6 +57,10 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Loadgen(args) => {
             let _t = llmd_telemetry::init("llmd-loadgen", &args.telemetry.to_config())?;
             llmd_loadgen::run(args).await?;
+        }
+        Command::Kv(args) => {
+            let _t = llmd_telemetry::init("llmd-kv", &args.telemetry.to_config())?;
+            llmd_kv_index::cli::run(args, &mut std::io::stdout()).await?;
         }
         Command::Gateway(args) => {
             let _t = llmd_telemetry::init("llmd-gateway", &args.telemetry.to_config())?;
