@@ -26,7 +26,7 @@ enum Command {
     /// Local ext_proc-calling gateway (a stand-in for Envoy).
     Gateway(llmd_gateway::Args),
     /// Inspect block keys, tokenization and KV events.
-    Kv(llmd_kv_index::cli::Args),
+    Kv(Box<llmd_kv_index::cli::Args>),
 }
 
 #[tokio::main]
@@ -60,7 +60,7 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Kv(args) => {
             let _t = llmd_telemetry::init("llmd-kv", &args.telemetry.to_config())?;
-            llmd_kv_index::cli::run(args, &mut std::io::stdout()).await?;
+            llmd_kv_index::cli::run(*args, &mut std::io::stdout()).await?;
         }
         Command::Gateway(args) => {
             let _t = llmd_telemetry::init("llmd-gateway", &args.telemetry.to_config())?;
