@@ -12,8 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use crate::events::{BlockStored, EventBatch, KvEvent, Tier};
-use crate::hashing::{BlockKey, HashAlgo, HashError, RequestExtras, TokensHasher, VllmHasher};
+use crate::hashing::{
+    BlockDigest, BlockKey, HashAlgo, HashError, RequestExtras, TokensHasher, VllmHasher,
+};
 use crate::index::{IndexConfig, IndexOps, PodIdx, PodRegistry, PrefixIndex, TooManyPods};
+use crate::tokenizer::PromptTokens;
 
 /// KV-cache spec kinds whose blocks are prefix-cache blocks (others, like sliding-window
 /// groups, are skipped).
@@ -93,6 +96,8 @@ pub struct KvIndex {
     /// Mode `cbor-fnv`: (pod, engine hash) → index key.
     engine_keys: Mutex<HashMap<(PodIdx, u64), BlockKey>>,
     skipped: [AtomicU64; 4],
+    /// Identifies the hashing configuration, so cached block digests are only reused under it.
+    fingerprint: u64,
 }
 
 impl std::fmt::Debug for KvIndex {
@@ -126,6 +131,13 @@ impl KvIndex {
             tokens_hashers: Mutex::new(HashMap::new()),
             engine_keys: Mutex::new(HashMap::new()),
             skipped: Default::default(),
+            fingerprint: xxhash_rust::xxh3::xxh3_64(
+                format!(
+                    "{:?}/{}/{:?}",
+                    config.algo, config.block_size, config.hash_seed
+                )
+                .as_bytes(),
+            ),
             config,
         })
     }
@@ -192,6 +204,59 @@ impl KvIndex {
                 out
             }
         }
+    }
+
+    /// The keys of a prompt tokenized through a [`crate::tokenizer::PromptCache`]: block digests
+    /// of the cached prefix are reused (computed once per cache entry), so only the blocks after
+    /// the resume point are hashed. Same result as [`Self::request_keys`] on all the tokens.
+    pub fn prompt_keys(
+        &self,
+        model: &str,
+        tokens: &PromptTokens,
+        extras: &RequestExtras,
+    ) -> Vec<BlockKey> {
+        if self.config.algo != HashAlgo::Sha256Cbor || !extras.is_empty() {
+            return self.request_keys(model, &tokens.to_vec(), extras);
+        }
+        let bs = self.config.block_size;
+        let Some((entry, n)) = tokens.prefix() else {
+            let mut out = Vec::with_capacity(tokens.len() / bs);
+            self.vllm.keys_into(tokens.tail(), &mut out);
+            return out;
+        };
+        let digests = match entry.digests(self.fingerprint) {
+            Some(d) => d,
+            None => {
+                let mut d = Vec::with_capacity(entry.tokens().len() / bs);
+                self.vllm
+                    .digests_into(None, entry.tokens(), &RequestExtras::default(), &mut d);
+                let d = std::sync::Arc::new(d);
+                entry.set_digests(self.fingerprint, d.clone());
+                d
+            }
+        };
+        let reused = (n / bs).min(digests.len());
+        let total = tokens.len() / bs;
+        let mut keys = Vec::with_capacity(total);
+        keys.extend(digests[..reused].iter().map(BlockDigest::key));
+        let rest = tokens.slice_to_vec(reused * bs..total * bs);
+        let mut fresh = Vec::with_capacity(total - reused);
+        self.vllm.digests_into(
+            reused.checked_sub(1).map(|i| &digests[i]),
+            &rest,
+            &RequestExtras::default(),
+            &mut fresh,
+        );
+        keys.extend(fresh.iter().map(BlockDigest::key));
+        if let Some(stored) = tokens.stored()
+            && !std::sync::Arc::ptr_eq(stored, entry)
+        {
+            let mut all = Vec::with_capacity(reused + fresh.len());
+            all.extend_from_slice(&digests[..reused]);
+            all.extend(fresh);
+            stored.set_digests(self.fingerprint, std::sync::Arc::new(all));
+        }
+        keys
     }
 
     /// For each named pod, the number of consecutive `keys` from block 0 it holds. Unknown

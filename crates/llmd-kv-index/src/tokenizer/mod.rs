@@ -19,7 +19,7 @@ mod prompt_cache;
 
 pub use chat::{ChatError, ChatRequest, ChatTemplate};
 pub use locate::{TokenizerFiles, locate};
-pub use prompt_cache::{PromptCache, PromptCacheStats};
+pub use prompt_cache::{CacheEntry, PromptCache, PromptCacheStats, PromptTokens};
 
 use std::path::Path;
 

@@ -1,18 +1,25 @@
-//! A cache of recent prompts' token ids, so a long shared prefix (a system prompt, a document,
-//! a conversation so far) is not re-tokenized on every request.
+//! A cache of recent prompts' token ids (and, for the index, their block digests), so a long
+//! shared prefix (a system prompt, a document, a conversation so far) is neither re-tokenized
+//! nor re-hashed on every request.
 //!
 //! **Resume points.** A prompt can be resumed at byte `p` when `text[p-1]` is `\n` or `\r` and
 //! `text[p]` is an ASCII graphic character. For byte-level BPE tokenizers with a regex
 //! pre-tokenizer (GPT-2, Llama-3, Qwen, ...) every such point is a pre-token boundary, so the
-//! tokens of `text[p..]` alone are exactly the tail of `text`'s tokens; [`ModelTokenizer::resumable`]
-//! checks the tokenizer's shape (and that its post-processor only prepends), and the cache is
-//! bypassed for any other tokenizer. Points are chosen as a function of the prefix only: the
-//! first one at or after every `spacing` bytes.
+//! tokens of `text[p..]` alone are exactly the tail of `text`'s tokens;
+//! [`ModelTokenizer::resumable`] checks the tokenizer's shape (and that its post-processor only
+//! prepends), and the cache is bypassed for any other tokenizer. Points are a function of the
+//! prefix only: the first one at or after every `spacing` bytes.
 //!
-//! **Lookup.** The text is hashed once, streaming (xxh3-128), with the hash of each prefix taken
-//! at each resume point. The longest prefix found in the cache gives its tokens; only the rest of
-//! the text is tokenized. An exact repeat of a cached prompt returns the cached ids without
-//! copying.
+//! **Lookup.** The text is hashed once, streaming (xxh3-128), taking the hash of each prefix at
+//! each resume point. The longest prefix found in the cache gives its tokens by reference
+//! ([`PromptTokens`]); only the rest of the text is tokenized. Nothing is copied for the cached
+//! part. A prompt becomes a cache entry of its own when it was not resumed at all, or when its
+//! new part holds resume points of its own (so a short new question after a cached document
+//! does not add a near-copy of the document).
+//!
+//! **Digests.** Each entry can carry the block digests of its tokens for one hashing
+//! configuration ([`CacheEntry::digests`]); [`crate::KvIndex::prompt_keys`] fills and reuses
+//! them, so only the blocks after the resume point are hashed.
 //!
 //! **Memory** is bounded by the total number of cached tokens; the least recently used prompts
 //! go first.
@@ -24,6 +31,7 @@ use parking_lot::Mutex;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::{ModelTokenizer, TokenizerError};
+use crate::hashing::BlockDigest;
 
 /// Counters of a [`PromptCache`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,16 +48,128 @@ pub struct PromptCacheStats {
     pub cached_tokens: u64,
 }
 
-struct Entry {
-    tokens: Arc<[u32]>,
-    /// (prefix hash, token index) of each resume point registered for this entry.
-    points: Vec<(u128, u32)>,
-    last_used: u64,
+/// One cached prompt.
+pub struct CacheEntry {
+    tokens: Vec<u32>,
+    /// Block digests of `tokens` for one hashing configuration (fingerprint, digests).
+    digests: Mutex<Option<(u64, Arc<Vec<BlockDigest>>)>>,
+}
+
+impl std::fmt::Debug for CacheEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheEntry")
+            .field("tokens", &self.tokens.len())
+            .finish()
+    }
+}
+
+impl CacheEntry {
+    /// The entry's token ids.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Its block digests for the hashing configuration `fingerprint`, if computed.
+    pub fn digests(&self, fingerprint: u64) -> Option<Arc<Vec<BlockDigest>>> {
+        self.digests
+            .lock()
+            .as_ref()
+            .filter(|(f, _)| *f == fingerprint)
+            .map(|(_, d)| d.clone())
+    }
+
+    /// Records its block digests for `fingerprint` (keeps the longer of two).
+    pub fn set_digests(&self, fingerprint: u64, digests: Arc<Vec<BlockDigest>>) {
+        let mut slot = self.digests.lock();
+        let longer = match slot.as_ref() {
+            Some((f, d)) if *f == fingerprint => digests.len() > d.len(),
+            _ => true,
+        };
+        if longer {
+            *slot = Some((fingerprint, digests));
+        }
+    }
+}
+
+/// A prompt's token ids: the first `prefix_len` ids of a cached entry, then `tail`.
+#[derive(Debug, Clone)]
+pub struct PromptTokens {
+    prefix: Option<(Arc<CacheEntry>, usize)>,
+    tail: Vec<u32>,
+    /// The entry this prompt was stored as, when it was (its digests can be filled in).
+    stored: Option<Arc<CacheEntry>>,
+}
+
+impl PromptTokens {
+    fn uncached(tail: Vec<u32>) -> Self {
+        Self {
+            prefix: None,
+            tail,
+            stored: None,
+        }
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.prefix_len() + self.tail.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The cached part, if the prompt was resumed from one: (entry, tokens used from it).
+    pub fn prefix(&self) -> Option<(&Arc<CacheEntry>, usize)> {
+        self.prefix.as_ref().map(|(e, n)| (e, *n))
+    }
+
+    fn prefix_len(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |(_, n)| *n)
+    }
+
+    /// The tokens after the cached part.
+    pub fn tail(&self) -> &[u32] {
+        &self.tail
+    }
+
+    /// The entry this prompt was stored as, if it was stored.
+    pub fn stored(&self) -> Option<&Arc<CacheEntry>> {
+        self.stored.as_ref()
+    }
+
+    /// Token `i`.
+    pub fn get(&self, i: usize) -> Option<u32> {
+        match &self.prefix {
+            Some((e, n)) if i < *n => e.tokens.get(i).copied(),
+            _ => self.tail.get(i - self.prefix_len()).copied(),
+        }
+    }
+
+    /// Tokens `range` copied out (small ranges: the block straddling the cut, say).
+    pub fn slice_to_vec(&self, range: std::ops::Range<usize>) -> Vec<u32> {
+        let n = self.prefix_len();
+        let mut out = Vec::with_capacity(range.len());
+        if let Some((e, _)) = &self.prefix
+            && range.start < n
+        {
+            out.extend_from_slice(&e.tokens[range.start..range.end.min(n)]);
+        }
+        if range.end > n {
+            out.extend_from_slice(&self.tail[range.start.max(n) - n..range.end - n]);
+        }
+        out
+    }
+
+    /// All token ids, copied.
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.slice_to_vec(0..self.len())
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<u64, (Arc<CacheEntry>, Vec<u128>, u64)>,
     /// Prefix hash at a resume point → (entry, token index where the rest starts).
     points: HashMap<u128, (u64, u32)>,
     /// Whole-text hash → entry.
@@ -100,7 +220,7 @@ impl PromptCache {
         let bytes = text.as_bytes();
         let mut h = Xxh3::new();
         h.update(&[u8::from(add_special)]);
-        let mut points = Vec::new();
+        let mut points = Vec::with_capacity(bytes.len() / self.spacing + 1);
         let mut hashed = 0;
         let mut threshold = self.spacing;
         while threshold < bytes.len() {
@@ -131,73 +251,119 @@ impl PromptCache {
         (points, h.digest128())
     }
 
-    /// Token ids of `text` as `tokenizer.encode(text, add_special_tokens)` gives them.
+    /// Token ids of `text` as `tokenizer.encode(text, add_special_tokens)` gives them, copied
+    /// into one vector.
     pub fn encode(
         &self,
         tokenizer: &ModelTokenizer,
         text: &str,
         add_special_tokens: bool,
-    ) -> Result<Arc<[u32]>, TokenizerError> {
+    ) -> Result<Vec<u32>, TokenizerError> {
+        Ok(self.lookup(tokenizer, text, add_special_tokens)?.to_vec())
+    }
+
+    /// Token ids of `text`, the cached part by reference.
+    pub fn lookup(
+        &self,
+        tokenizer: &ModelTokenizer,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<PromptTokens, TokenizerError> {
         if !tokenizer.resumable() || self.max_tokens == 0 {
-            return Ok(tokenizer.encode(text, add_special_tokens)?.into());
+            return Ok(PromptTokens::uncached(
+                tokenizer.encode(text, add_special_tokens)?,
+            ));
         }
         let (points, whole) = self.scan(text, add_special_tokens);
-        // Exact repeat, or the longest cached prefix.
         let start = {
             let mut inner = self.inner.lock();
             inner.clock += 1;
             let now = inner.clock;
             if let Some(id) = inner.whole.get(&whole).copied()
-                && let Some(e) = inner.entries.get_mut(&id)
+                && let Some((entry, _, used)) = inner.entries.get_mut(&id)
             {
-                e.last_used = now;
-                let tokens = e.tokens.clone();
+                *used = now;
+                let entry = entry.clone();
                 inner.stats.exact_hits += 1;
                 inner.stats.bytes_reused += text.len() as u64;
-                return Ok(tokens);
+                let n = entry.tokens.len();
+                return Ok(PromptTokens {
+                    prefix: Some((entry, n)),
+                    tail: Vec::new(),
+                    stored: None,
+                });
             }
             points.iter().enumerate().rev().find_map(|(i, p)| {
                 let (id, tok) = *inner.points.get(&p.hash)?;
-                let e = inner.entries.get_mut(&id)?;
-                e.last_used = now;
-                Some((i, p.at, e.tokens[..tok as usize].to_vec()))
+                let (entry, _, used) = inner.entries.get_mut(&id)?;
+                *used = now;
+                Some((i, p.at, entry.clone(), tok as usize))
             })
         };
-        let (tokens, registered) = match start {
-            Some((i, at, mut prefix)) => {
+        match start {
+            Some((i, at, entry, n)) => {
                 let (tail, offsets) = tokenizer.encode_with_offsets(&text[at..], false)?;
-                let base = prefix.len();
-                let mut registered: Vec<(u128, u32)> = Vec::new();
-                registered.push((points[i].hash, base as u32));
-                registered.extend(points[i + 1..].iter().filter_map(|p| {
-                    token_starting_at(&offsets, p.at - at).map(|t| (p.hash, (base + t) as u32))
-                }));
-                prefix.extend_from_slice(&tail);
-                let mut inner = self.inner.lock();
-                inner.stats.prefix_hits += 1;
-                inner.stats.bytes_reused += at as u64;
-                drop(inner);
-                (prefix, registered)
+                let new_points: Vec<(u128, u32)> = points[i + 1..]
+                    .iter()
+                    .filter_map(|p| {
+                        token_starting_at(&offsets, p.at - at).map(|t| (p.hash, (n + t) as u32))
+                    })
+                    .collect();
+                {
+                    let mut inner = self.inner.lock();
+                    inner.stats.prefix_hits += 1;
+                    inner.stats.bytes_reused += at as u64;
+                }
+                let mut tokens = PromptTokens {
+                    prefix: Some((entry, n)),
+                    tail,
+                    stored: None,
+                };
+                if !new_points.is_empty() {
+                    let mut registered = vec![(points[i].hash, n as u32)];
+                    registered.extend(new_points);
+                    tokens.stored = self.insert(tokens.to_vec(), registered, whole);
+                }
+                Ok(tokens)
             }
             None => {
-                let (tokens, offsets) = tokenizer.encode_with_offsets(text, add_special_tokens)?;
-                let registered = points
+                let (ids, offsets) = tokenizer.encode_with_offsets(text, add_special_tokens)?;
+                let registered: Vec<(u128, u32)> = points
                     .iter()
                     .filter_map(|p| token_starting_at(&offsets, p.at).map(|t| (p.hash, t as u32)))
                     .collect();
                 self.inner.lock().stats.misses += 1;
-                (tokens, registered)
+                if ids.len() > self.max_tokens {
+                    return Ok(PromptTokens::uncached(ids));
+                }
+                match self.insert(ids, registered, whole) {
+                    Some(entry) => {
+                        let n = entry.tokens.len();
+                        Ok(PromptTokens {
+                            prefix: Some((entry.clone(), n)),
+                            tail: Vec::new(),
+                            stored: Some(entry),
+                        })
+                    }
+                    None => Ok(PromptTokens::uncached(Vec::new())),
+                }
             }
-        };
-        let tokens: Arc<[u32]> = tokens.into();
-        self.insert(tokens.clone(), registered, whole);
-        Ok(tokens)
+        }
     }
 
-    fn insert(&self, tokens: Arc<[u32]>, points: Vec<(u128, u32)>, whole: u128) {
+    fn insert(
+        &self,
+        tokens: Vec<u32>,
+        points: Vec<(u128, u32)>,
+        whole: u128,
+    ) -> Option<Arc<CacheEntry>> {
         if tokens.len() > self.max_tokens {
-            return;
+            return None;
         }
+        let entry = Arc::new(CacheEntry {
+            tokens,
+            digests: Mutex::new(None),
+        });
         let mut inner = self.inner.lock();
         let id = inner.next_id;
         inner.next_id += 1;
@@ -207,29 +373,27 @@ impl PromptCache {
             inner.points.insert(*hash, (id, *tok));
         }
         inner.whole.insert(whole, id);
-        inner.stats.cached_tokens += tokens.len() as u64;
-        inner.entries.insert(
-            id,
-            Entry {
-                tokens,
-                points,
-                last_used: now,
-            },
-        );
+        inner.stats.cached_tokens += entry.tokens.len() as u64;
+        let hashes: Vec<u128> = points
+            .iter()
+            .map(|(h, _)| *h)
+            .chain(std::iter::once(whole))
+            .collect();
+        inner.entries.insert(id, (entry.clone(), hashes, now));
         // Evict least recently used entries beyond the budget.
         while inner.stats.cached_tokens as usize > self.max_tokens {
             let Some(oldest) = inner
                 .entries
                 .iter()
                 .filter(|(k, _)| **k != id)
-                .min_by_key(|(_, e)| e.last_used)
+                .min_by_key(|(_, e)| e.2)
                 .map(|(k, _)| *k)
             else {
                 break;
             };
-            if let Some(e) = inner.entries.remove(&oldest) {
+            if let Some((e, hashes, _)) = inner.entries.remove(&oldest) {
                 inner.stats.cached_tokens -= e.tokens.len() as u64;
-                for (hash, _) in e.points {
+                for hash in hashes {
                     if inner
                         .points
                         .get(&hash)
@@ -237,10 +401,13 @@ impl PromptCache {
                     {
                         inner.points.remove(&hash);
                     }
+                    if inner.whole.get(&hash) == Some(&oldest) {
+                        inner.whole.remove(&hash);
+                    }
                 }
-                inner.whole.retain(|_, owner| *owner != oldest);
             }
         }
+        Some(entry)
     }
 }
 
