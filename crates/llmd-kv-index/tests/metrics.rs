@@ -1,0 +1,156 @@
+//! The `llm_d_epp_kv_cache_*` metrics move with real traffic: a pod added before its publisher
+//! exists connects once it appears (retry with backoff), and messages, gaps, decode errors,
+//! restarts, admissions and lookups show on `/metrics` (rendered by the real exporter).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Recorder, wait_until};
+use llmd_kv_index::events::{BlockStored, EventBatch, KvEvent, Layout, encode_message};
+use llmd_kv_index::hashing::BlockKey;
+use llmd_kv_index::index::IndexOps;
+use llmd_kv_index::subscriber::{PodEndpoint, Subscriber, SubscriberConfig};
+use llmd_telemetry::{exposition, names};
+use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
+
+async fn send(p: &mut PubSocket, frames: Vec<Vec<u8>>) {
+    p.send(ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_cache_metrics_follow_the_event_stream() {
+    let metrics = llmd_telemetry::install_prometheus(&[names::kv_cache::ALL], &[]).unwrap();
+    let rec = Recorder::new(2);
+
+    // A free port nobody listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let config = SubscriberConfig {
+        connect_timeout: Duration::from_millis(200),
+        backoff_min: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let sub = Subscriber::new(rec.clone(), config);
+    sub.add_pod(PodEndpoint {
+        pod: "pod-m".into(),
+        endpoint: endpoint.clone(),
+        replay_endpoint: None,
+        model: "m".into(),
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut publisher = PubSocket::new();
+    publisher.bind(&endpoint).await.unwrap();
+
+    let topic = "kv@pod-m@m";
+    let mut seq = 0;
+    while rec.batches_from("pod-m").is_empty() {
+        send(
+            &mut publisher,
+            encode_message(topic, seq, &EventBatch::default(), Layout::Map).to_vec(),
+        )
+        .await;
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(seq < 500, "never connected");
+    }
+    let stored = EventBatch {
+        events: vec![KvEvent::BlockStored(BlockStored {
+            block_hashes: vec![BlockKey(1), BlockKey(2)],
+            token_ids: vec![1, 2, 3, 4],
+            block_size: 2,
+            ..Default::default()
+        })],
+        ..Default::default()
+    };
+    send(
+        &mut publisher,
+        encode_message(topic, seq + 2, &stored, Layout::Map).to_vec(),
+    )
+    .await; // a gap of 2
+    send(
+        &mut publisher,
+        vec![topic.as_bytes().to_vec(), vec![0; 8], b"\xff".to_vec()],
+    )
+    .await; // garbage
+    send(
+        &mut publisher,
+        encode_message(topic, 0, &EventBatch::default(), Layout::Map).to_vec(),
+    )
+    .await; // restart
+    wait_until("restart seen", || {
+        rec.notices()
+            .iter()
+            .any(|n| matches!(n, common::Notice::Restart { .. }))
+    })
+    .await;
+    rec.kv.index().store(
+        rec.kv.pods().intern("pod-m").unwrap(),
+        llmd_kv_index::events::Tier::Gpu,
+        &[BlockKey(1)],
+    );
+    assert_eq!(rec.kv.lookup(&[BlockKey(1)], &["pod-m"]), vec![1]);
+    rec.kv.index().export_metrics();
+
+    let text = metrics.render();
+    let m = exposition::parse(&text).unwrap();
+    let pod = [("pod", "pod-m")];
+    assert!(
+        m.value(names::kv_cache::EVENTS_MESSAGES_RECEIVED.name, &pod)
+            .unwrap()
+            >= 3.0,
+        "{text}"
+    );
+    assert_eq!(
+        m.value(names::kv_cache::EVENTS_SEQUENCE_GAPS.name, &pod),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value(names::kv_cache::EVENTS_PUBLISHER_RESTARTS.name, &pod),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value(
+            names::kv_cache::EVENTS_DECODE_ERRORS.name,
+            &[("reason", "batch")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        m.value(
+            names::kv_cache::EVENTS_ZMQ_ERRORS.name,
+            &[("operation", "connect")]
+        )
+        .unwrap()
+            >= 1.0,
+        "retries counted"
+    );
+    assert_eq!(
+        m.value(names::kv_cache::EVENTS_ACTIVE_SUBSCRIBERS.name, &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value(names::kv_cache::INDEX_ADMISSIONS.name, &[]),
+        Some(3.0)
+    );
+    assert_eq!(
+        m.value(names::kv_cache::INDEX_LOOKUP_REQUESTS.name, &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value(names::kv_cache::INDEX_LOOKUP_HITS.name, &[]),
+        Some(1.0)
+    );
+    assert_eq!(m.value(names::kv_cache::INDEX_ENTRIES.name, &[]), Some(1.0));
+    assert!(m.value(names::kv_cache::INDEX_BYTES.name, &[]).unwrap() > 0.0);
+    sub.shutdown();
+}
