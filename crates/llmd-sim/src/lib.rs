@@ -8,6 +8,8 @@
 //!
 //! Status: not built yet (issue 4). The binary says so and exits with an error.
 
+pub mod block_pool;
+
 use llmd_telemetry::TelemetryArgs;
 
 /// Command-line flags of `llmd-sim` (also the `llmd` CLI's subcommand of the same name).
