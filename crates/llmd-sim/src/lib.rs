@@ -1,39 +1,188 @@
 //! `llmd-sim`: a vLLM simulator that stands in for one vLLM pod when there is no GPU.
 //!
-//! It will own: vLLM's OpenAI API (completions and chat, streaming and not, usage with cached
-//! tokens, vLLM-style errors), an engine model (scheduler loop, waiting queue, running batch,
-//! a KV block pool with prefix caching and LRU eviction, a timing model), vLLM's KV events over
-//! ZMQ (both encodings), the NIXL P/D protocol (`kv_transfer_params`, a real KV pull from the
-//! prefill sim), vLLM's `vllm:*` metrics and its `llm_request` span, and fault injection.
+//! It serves vLLM's OpenAI API (completions and chat, plain and SSE streaming, usage with
+//! cached tokens, vLLM-style errors), runs an engine model shaped like vLLM V1's scheduler
+//! (waiting queue, running batch, chunked prefill, a KV block pool with prefix caching and LRU
+//! eviction, preemption) with a timing model instead of a model, publishes vLLM's KV events
+//! over ZMQ (either encoding, optional replay), and exposes vLLM's `vllm:*` metrics.
 //!
-//! Status: not built yet (issue 4). The binary says so and exits with an error.
+//! | module | what it does |
+//! |---|---|
+//! | `config` | flags and the timing defaults (Llama-3.1-8B on one H100, see its docs) |
+//! | `block_pool` | vLLM's block pool: prefix-cache hits, LRU free queue, `BlockStored`/`BlockRemoved` |
+//! | `engine` | the scheduler loop and timing |
+//! | `api` | the HTTP handlers |
+//! | `tokens` | the model's tokenizer and chat template (or a byte stand-in), output text |
+//! | `kv_publisher` | ZMQ PUB of KV events, replay ROUTER |
+//! | `metrics` | vLLM's metric names, labels and buckets |
+//!
+//! Status: P/D roles (`kv_transfer_params`, NIXL transfers and metrics), the `llm_request`
+//! span and fault injection are not built yet (issue 4 continues).
 
+pub mod api;
 pub mod block_pool;
+pub mod config;
+pub mod engine;
+pub mod kv_publisher;
+pub mod metrics;
+pub mod tokens;
 
-use llmd_telemetry::TelemetryArgs;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-/// Command-line flags of `llmd-sim` (also the `llmd` CLI's subcommand of the same name).
+use llmd_telemetry::{MetricsHandle, TelemetryArgs};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::EngineArgs;
+
+/// Command-line flags of `llmd-sim` (also `llmd sim`).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "llmd-sim",
     version,
-    about = "The vLLM simulator of llmd-rs (not built yet: issue 4)"
+    about = "vLLM simulator: vLLM's OpenAI API, metrics and KV events, with a timing model instead of a GPU"
 )]
 pub struct Args {
     /// Logging and tracing.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// Listen address.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    /// Listen port (0: any free port, printed at startup).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Engine, API and KV-event settings.
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
-/// Errors of the vLLM simulator.
+/// Errors of the simulator.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The service is not implemented yet.
-    #[error("llmd-sim: the vLLM simulator is not built yet (tracked in issue 4)")]
-    NotBuilt,
+    /// The tokenizer could not be loaded.
+    #[error("tokenizer: {0} (use --dummy-tokenizer to run without tokenizer files)")]
+    Tokenizer(#[from] llmd_kv_index::tokenizer::TokenizerError),
+    /// Listening failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// KV events could not start.
+    #[error(transparent)]
+    Publisher(#[from] kv_publisher::PublisherError),
+    /// Metrics could not be installed.
+    #[error(transparent)]
+    Telemetry(#[from] llmd_telemetry::TelemetryError),
 }
 
-/// Runs the vLLM simulator until shutdown.
-pub async fn run(_args: Args) -> Result<(), Error> {
-    Err(Error::NotBuilt)
+/// A running simulator.
+#[derive(Debug)]
+pub struct Sim {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Where its KV-event PUB socket is bound (when it binds).
+    pub kv_events_bound: Option<String>,
+    /// Where its replay ROUTER is bound.
+    pub kv_replay_bound: Option<String>,
+    /// Finishes when the server stops.
+    pub served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Starts a simulator on `listener` (metrics: served at `/metrics` when `metrics` is given;
+/// install the recorder before calling). Stops when `shutdown` is cancelled.
+pub async fn start(
+    args: EngineArgs,
+    listener: TcpListener,
+    metrics: Option<MetricsHandle>,
+    shutdown: CancellationToken,
+) -> Result<Sim, Error> {
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: "listener".into(),
+        source,
+    })?;
+    let args = Arc::new(args);
+    let tokenizer = Arc::new(tokens::SimTokenizer::load(
+        &args.model,
+        args.tokenizer.as_deref(),
+        args.dummy_tokenizer,
+    )?);
+    let engine_metrics = Arc::new(metrics::EngineMetrics::new(&args.model));
+    let (sink, kv_events_bound, kv_replay_bound) = match &args.kv_events_endpoint {
+        Some(endpoint) => {
+            let topic = args.kv_events_topic.clone().unwrap_or_else(|| {
+                let host = std::env::var("POD_IP").unwrap_or_else(|_| match addr.ip() {
+                    ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+                    ip => ip.to_string(),
+                });
+                format!("kv@{host}:{}@{}", addr.port(), args.model)
+            });
+            let config = kv_publisher::PublisherConfig {
+                endpoint: endpoint.clone(),
+                topic,
+                layout: args.kv_events_encoding,
+                replay_endpoint: args.kv_events_replay_endpoint.clone(),
+                buffer_steps: args.kv_events_buffer_steps,
+            };
+            let (sink, bound, replay) = kv_publisher::start(config, shutdown.clone()).await?;
+            (Some(sink), bound, replay)
+        }
+        None => (None, None, None),
+    };
+    let engine = engine::Engine::start(args.clone(), engine_metrics, sink);
+    let filler = tokenizer.filler();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let state = Arc::new(api::AppState {
+        args: args.clone(),
+        engine,
+        tokenizer,
+        filler,
+        started,
+    });
+    let mut app = api::router(state);
+    if let Some(m) = metrics {
+        app = app.merge(m.router());
+    }
+    tracing::info!(%addr, model = args.model, "llmd-sim listening");
+    let served = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    });
+    Ok(Sim {
+        addr,
+        kv_events_bound,
+        kv_replay_bound,
+        served,
+    })
+}
+
+/// Runs the simulator until `shutdown` is cancelled: installs the metrics recorder, binds
+/// `--host:--port`, serves.
+pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
+    let overrides = vec![];
+    let metrics =
+        llmd_telemetry::install_prometheus(&[llmd_telemetry::names::vllm::ALL], &overrides)?;
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    let sim = start(args.engine, listener, Some(metrics), shutdown).await?;
+    println!("llmd-sim listening on http://{}", sim.addr);
+    match sim.served.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(Error::Listen { addr, source }),
+        Err(_) => Ok(()),
+    }
 }

@@ -1,4 +1,4 @@
-//! `llmd-sim` binary: flags, telemetry, then [`llmd_sim::run`].
+//! `llmd-sim` binary: flags, telemetry, then [`llmd_sim::run`] until SIGTERM/Ctrl-C.
 
 use std::process::ExitCode;
 
@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
 }
 
 async fn try_main(args: llmd_sim::Args) -> anyhow::Result<()> {
-    let _telemetry = llmd_telemetry::init("llmd-sim", &args.telemetry.to_config())?;
-    llmd_sim::run(args).await?;
+    let telemetry = llmd_telemetry::init("llmd-sim", &args.telemetry.to_config())?;
+    llmd_sim::run(args, telemetry.shutdown_token()).await?;
     Ok(())
 }

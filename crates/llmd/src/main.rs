@@ -20,7 +20,7 @@ enum Command {
     /// Prefill/decode routing sidecar.
     PdProxy(llmd_pd_proxy::Args),
     /// vLLM simulator.
-    Sim(llmd_sim::Args),
+    Sim(Box<llmd_sim::Args>),
     /// Load generator.
     Loadgen(llmd_loadgen::Args),
     /// Local ext_proc-calling gateway (a stand-in for Envoy).
@@ -51,8 +51,8 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             llmd_pd_proxy::run(args).await?;
         }
         Command::Sim(args) => {
-            let _t = llmd_telemetry::init("llmd-sim", &args.telemetry.to_config())?;
-            llmd_sim::run(args).await?;
+            let t = llmd_telemetry::init("llmd-sim", &args.telemetry.to_config())?;
+            llmd_sim::run(*args, t.shutdown_token()).await?;
         }
         Command::Loadgen(args) => {
             let _t = llmd_telemetry::init("llmd-loadgen", &args.telemetry.to_config())?;
