@@ -11,6 +11,7 @@ is a matter of moving bytes: weights for every decode step, KV blocks between pr
 pods, and prompts through routers that remember which pod already holds them. ";
 
 /// The sim's tokenizer.
+#[allow(clippy::large_enum_variant)] // one per simulator, never moved around
 pub enum SimTokenizer {
     /// The model's HF tokenizer, with a prompt cache for long shared prefixes.
     Hf(Arc<ModelTokenizer>, PromptCache),

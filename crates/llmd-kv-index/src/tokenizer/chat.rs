@@ -94,6 +94,15 @@ impl ChatRequest {
                 ))),
             }
         };
+        // Every message and tool must be well-formed whatever renders them later.
+        for m in messages {
+            normalize_message(m, false)?;
+        }
+        if let Some(Json::Array(tools)) = body.get("tools") {
+            for t in tools {
+                normalize_tool(t)?;
+            }
+        }
         let kwargs = match body.get("chat_template_kwargs") {
             None | Some(Json::Null) => Map::new(),
             Some(Json::Object(m)) => m.clone(),
@@ -817,6 +826,9 @@ mod tests {
             json!({"messages": "hi"}),
             json!({"messages": [{"role": "user"}], "tools": {}}),
             json!({"messages": [{"role": "user"}], "add_generation_prompt": "yes"}),
+            json!({"messages": [{"content": "no role"}]}),
+            json!({"messages": [{"role": "user", "content": 5}]}),
+            json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}),
         ] {
             assert!(ChatRequest::from_openai_body(&body).is_err(), "{body}");
         }
