@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{EngineArgs, OutputMode};
 use crate::engine::{Emit, Engine, EngineRequest};
+use crate::nixl::{Nixl, RemotePrefill, TransferFailure};
 use crate::tokens::SimTokenizer;
 
 /// Shared state of the HTTP handlers.
@@ -32,6 +33,8 @@ pub struct AppState {
     pub filler: Vec<u32>,
     /// Unix time the server started (`created` of the model card).
     pub started: u64,
+    /// P/D state.
+    pub nixl: Arc<Nixl>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -63,6 +66,14 @@ impl ApiError {
         Self {
             status: StatusCode::NOT_FOUND,
             kind: "NotFoundError",
+            message: message.into(),
+        }
+    }
+
+    fn kv_transfer(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_GATEWAY,
+            kind: "KVTransferError",
             message: message.into(),
         }
     }
@@ -102,12 +113,16 @@ impl IntoResponse for ApiError {
 
 /// The router of one simulated pod (mount `/metrics` beside it).
 pub fn router(state: Arc<AppState>) -> Router {
+    let nixl = Router::new()
+        .route("/nixl/v1/pull", post(crate::nixl::pull_endpoint))
+        .with_state(state.nixl.clone());
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/health", get(|| async { StatusCode::OK }))
         .with_state(state)
+        .merge(nixl)
 }
 
 fn now_secs() -> u64 {
@@ -247,6 +262,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> R
 }
 
 async fn completions_inner(state: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
+    let arrival = std::time::Instant::now();
     let (headers, body) = read_json(&state, req).await?;
     let c = common(&state, &body, &["max_tokens"])?;
     let (prompt, echo_text) = match body.get("prompt") {
@@ -293,12 +309,34 @@ async fn completions_inner(state: Arc<AppState>, req: Request) -> Result<Respons
         }
     };
     let id = request_id(&headers, "cmpl-");
-    generate(state, headers, c, prompt, echo_text, id, Api::Completions).await
+    let kv = body
+        .get("kv_transfer_params")
+        .filter(|v| !v.is_null())
+        .cloned();
+    generate(
+        state,
+        Gen {
+            headers,
+            c,
+            prompt,
+            echo_text,
+            id,
+            api: Api::Completions,
+            kv,
+            arrival,
+        },
+    )
+    .await
 }
 
 async fn chat_inner(state: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
+    let arrival = std::time::Instant::now();
     let (headers, body) = read_json(&state, req).await?;
     let c = common(&state, &body, &["max_completion_tokens", "max_tokens"])?;
+    let kv = body
+        .get("kv_transfer_params")
+        .filter(|v| !v.is_null())
+        .cloned();
     let value = Value::Object(body);
     let chat =
         ChatRequest::from_openai_body(&value).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -315,7 +353,31 @@ async fn chat_inner(state: Arc<AppState>, req: Request) -> Result<Response, ApiE
         .unwrap_or_default()
         .to_owned();
     let id = request_id(&headers, "chatcmpl-");
-    generate(state, headers, c, prompt, echo_text, id, Api::Chat).await
+    generate(
+        state,
+        Gen {
+            headers,
+            c,
+            prompt,
+            echo_text,
+            id,
+            api: Api::Chat,
+            kv,
+            arrival,
+        },
+    )
+    .await
+}
+
+struct Gen {
+    headers: HeaderMap,
+    c: Common,
+    prompt: Vec<u32>,
+    echo_text: String,
+    id: String,
+    api: Api,
+    kv: Option<Value>,
+    arrival: std::time::Instant,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -324,15 +386,30 @@ enum Api {
     Chat,
 }
 
-async fn generate(
-    state: Arc<AppState>,
-    headers: HeaderMap,
-    c: Common,
-    prompt: Vec<u32>,
-    echo_text: String,
-    id: String,
-    api: Api,
-) -> Result<Response, ApiError> {
+async fn generate(state: Arc<AppState>, g: Gen) -> Result<Response, ApiError> {
+    let Gen {
+        headers,
+        c,
+        prompt,
+        echo_text,
+        id,
+        api,
+        kv,
+        arrival,
+    } = g;
+    let flag = |name: &str| {
+        kv.as_ref()
+            .and_then(|p| p.get(name))
+            .and_then(Value::as_bool)
+            == Some(true)
+    };
+    let remote_decode = flag("do_remote_decode");
+    let remote_prefill = flag("do_remote_prefill");
+    if remote_decode && c.stream {
+        return Err(ApiError::bad_request(
+            "the prefill leg (kv_transfer_params.do_remote_decode) must not stream",
+        ));
+    }
     let max_len = state.args.max_model_len;
     if prompt.len() > max_len {
         return Err(ApiError::bad_request(format!(
@@ -367,6 +444,33 @@ async fn generate(
             .take(max_tokens)
             .collect(),
     };
+    // Decode leg: pull the prompt's KV from the prefill pod first.
+    let mut external_tokens = 0;
+    if remote_prefill {
+        match kv.as_ref().and_then(RemotePrefill::from_params) {
+            None => tracing::warn!(
+                request = id,
+                "Got invalid KVTransferParams; computing the prompt locally"
+            ),
+            Some(remote) => {
+                let local = state.engine.cached_blocks(prompt.clone()).await as u64;
+                let needed = (remote.block_ids.len() as u64).saturating_sub(local);
+                match state
+                    .nixl
+                    .pull(&remote, needed, state.args.block_size as u64)
+                    .await
+                {
+                    Ok(()) => external_tokens = prompt.len(),
+                    Err(error) if state.nixl.args.kv_transfer_failure == TransferFailure::Error => {
+                        return Err(ApiError::kv_transfer(error.to_string()));
+                    }
+                    Err(error) => {
+                        tracing::warn!(request = id, %error, "KV transfer failed; computing the prompt locally")
+                    }
+                }
+            }
+        }
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let prompt_len = prompt.len();
     let engine_req = EngineRequest {
@@ -374,11 +478,11 @@ async fn generate(
         prompt,
         output,
         max_tokens,
-        external_tokens: 0,
-        hold_blocks: false,
+        external_tokens,
+        hold_blocks: remote_decode,
         tx,
     };
-    if !state.engine.submit(engine_req) {
+    if !state.engine.submit_at(engine_req, arrival) {
         return Err(ApiError::unavailable("The engine is not running."));
     }
     let created = now_secs();
@@ -390,6 +494,7 @@ async fn generate(
         api,
         prompt_len,
         include_usage: c.include_usage,
+        remote_decode,
     };
     let mut response = if c.stream {
         stream_response(ctx, rx).into_response()
@@ -412,6 +517,8 @@ struct Ctx {
     api: Api,
     prompt_len: usize,
     include_usage: bool,
+    /// Prefill leg: lease the prompt's blocks when done.
+    remote_decode: bool,
 }
 
 impl Ctx {
@@ -430,11 +537,11 @@ async fn full_response(
 ) -> Result<Response, ApiError> {
     let mut tokens = Vec::new();
     let mut cached = 0;
-    let reason = loop {
+    let (reason, blocks) = loop {
         match rx.recv().await {
             Some(Emit::Scheduled { cached_tokens }) => cached = cached_tokens,
             Some(Emit::Token { id, .. }) => tokens.push(id),
-            Some(Emit::Finished { reason, .. }) => break reason,
+            Some(Emit::Finished { reason, blocks }) => break (reason, blocks),
             None => {
                 return Err(ApiError::unavailable(
                     "The engine stopped before the request finished.",
@@ -442,20 +549,41 @@ async fn full_response(
             }
         }
     };
+    let kv_transfer_params = if ctx.remote_decode {
+        // vLLM returns parameters only for a length-capped prefill; the prompt's blocks stay leased.
+        let prompt_blocks = ctx
+            .prompt_len
+            .div_ceil(ctx.state.args.block_size.max(1))
+            .min(blocks.len());
+        let (leased, rest) = blocks.split_at(prompt_blocks);
+        ctx.state.engine.release(rest.to_vec());
+        if reason == "length" {
+            ctx.state.nixl.lease(
+                &ctx.id,
+                leased.to_vec(),
+                ctx.state.nixl.args.tensor_parallel_size,
+            )
+        } else {
+            ctx.state.engine.release(leased.to_vec());
+            Value::Null
+        }
+    } else {
+        Value::Null
+    };
     let text = ctx.state.tokenizer.decode(&tokens);
     let usage = ctx.usage(tokens.len(), cached);
     let body = match ctx.api {
         Api::Completions => json!({
             "id": ctx.id, "object": "text_completion", "created": ctx.created, "model": ctx.model,
             "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": reason, "stop_reason": null, "prompt_logprobs": null}],
-            "usage": usage, "system_fingerprint": null, "kv_transfer_params": null,
+            "usage": usage, "system_fingerprint": null, "kv_transfer_params": kv_transfer_params,
         }),
         Api::Chat => json!({
             "id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": ctx.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null, "annotations": null,
                 "audio": null, "function_call": null, "tool_calls": [], "reasoning_content": null},
                 "logprobs": null, "finish_reason": reason, "stop_reason": null}],
-            "service_tier": null, "system_fingerprint": null, "usage": usage, "prompt_logprobs": null, "kv_transfer_params": null,
+            "service_tier": null, "system_fingerprint": null, "usage": usage, "prompt_logprobs": null, "kv_transfer_params": kv_transfer_params,
         }),
     };
     Ok(axum::Json(body).into_response())

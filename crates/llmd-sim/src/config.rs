@@ -124,9 +124,13 @@ pub struct EngineArgs {
     /// Batches kept for replay.
     #[arg(long, default_value_t = 10_000)]
     pub kv_events_buffer_steps: usize,
-    /// P/D role.
+    /// P/D role (informational: like vLLM with `kv_role: kv_both`, every role serves both
+    /// legs; it labels the pod for routers and dashboards).
     #[arg(long, value_enum, default_value_t = Role::Both)]
     pub role: Role,
+    /// P/D transfer and model shape.
+    #[command(flatten)]
+    pub nixl: crate::nixl::NixlArgs,
 }
 
 impl EngineArgs {

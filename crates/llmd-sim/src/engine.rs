@@ -92,6 +92,7 @@ pub struct Engine {
 enum Command {
     Submit(EngineRequest, Instant),
     Release(Vec<BlockId>),
+    CachedBlocks(Vec<u32>, tokio::sync::oneshot::Sender<usize>),
 }
 
 /// A batch of KV events produced by one step.
@@ -111,7 +112,21 @@ impl Engine {
 
     /// Queues a request. False when the engine stopped.
     pub fn submit(&self, req: EngineRequest) -> bool {
-        self.tx.send(Command::Submit(req, Instant::now())).is_ok()
+        self.submit_at(req, Instant::now())
+    }
+
+    /// Queues a request that arrived at `arrival` (its latency metrics count from then).
+    pub fn submit_at(&self, req: EngineRequest, arrival: Instant) -> bool {
+        self.tx.send(Command::Submit(req, arrival)).is_ok()
+    }
+
+    /// How many of `prompt`'s leading blocks are in the prefix cache now.
+    pub async fn cached_blocks(&self, prompt: Vec<u32>) -> usize {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Command::CachedBlocks(prompt, tx)).is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
     }
 
     /// Releases blocks held for a P/D lease.
@@ -378,6 +393,11 @@ fn handle_command(
             });
         }
         Command::Release(blocks) => pool.free(&blocks),
+        Command::CachedBlocks(prompt, reply) => {
+            let mut digests = Vec::with_capacity(prompt.len() / hasher.block_size());
+            hasher.digests_into(None, &prompt, &RequestExtras::default(), &mut digests);
+            let _ = reply.send(pool.cached_prefix(&digests, prompt.len()));
+        }
     }
 }
 

@@ -16,8 +16,10 @@
 //! | `kv_publisher` | ZMQ PUB of KV events, replay ROUTER |
 //! | `metrics` | vLLM's metric names, labels and buckets |
 //!
-//! Status: P/D roles (`kv_transfer_params`, NIXL transfers and metrics), the `llm_request`
-//! span and fault injection are not built yet (issue 4 continues).
+//! P/D: see `nixl` (the prefill leg leases its blocks; the decode leg pulls them over HTTP and
+//! records vLLM's NIXL metrics).
+//!
+//! Status: the `llm_request` span and fault injection are not built yet (issue 4 continues).
 
 pub mod api;
 pub mod block_pool;
@@ -25,6 +27,7 @@ pub mod config;
 pub mod engine;
 pub mod kv_publisher;
 pub mod metrics;
+pub mod nixl;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -134,7 +137,19 @@ pub async fn start(
         }
         None => (None, None, None),
     };
-    let engine = engine::Engine::start(args.clone(), engine_metrics, sink);
+    let engine = engine::Engine::start(args.clone(), engine_metrics.clone(), sink);
+    let advertised = std::env::var("POD_IP").unwrap_or_else(|_| match addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        ip => ip.to_string(),
+    });
+    let nixl = nixl::Nixl::new(
+        args.nixl.clone(),
+        advertised,
+        addr.port(),
+        engine.clone(),
+        engine_metrics,
+        args.time_scale,
+    );
     let filler = tokenizer.filler();
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -146,6 +161,7 @@ pub async fn start(
         tokenizer,
         filler,
         started,
+        nixl,
     });
     let mut app = api::router(state);
     if let Some(m) = metrics {
