@@ -486,6 +486,25 @@ async fn generate(state: Arc<AppState>, g: Gen) -> Result<Response, ApiError> {
         return Err(ApiError::unavailable("The engine is not running."));
     }
     let created = now_secs();
+    // vLLM's one span per request, parented by the caller's traceparent. Field names are
+    // vLLM's `SpanAttributes` (`vllm/tracing.py`).
+    let span = tracing::info_span!(
+        llmd_telemetry::names::spans::LLM_REQUEST,
+        otel.kind = "server",
+        gen_ai.request.id = %id,
+        gen_ai.response.model = %c.model,
+        gen_ai.request.max_tokens = max_tokens as u64,
+        gen_ai.usage.prompt_tokens = prompt_len as u64,
+        gen_ai.usage.completion_tokens = tracing::field::Empty,
+        gen_ai.latency.time_in_queue = tracing::field::Empty,
+        gen_ai.latency.time_to_first_token = tracing::field::Empty,
+        gen_ai.latency.e2e = tracing::field::Empty,
+        gen_ai.response.finish_reasons = tracing::field::Empty,
+    );
+    llmd_telemetry::propagation::set_parent(
+        &span,
+        llmd_telemetry::propagation::extract_from_headers(&headers),
+    );
     let ctx = Ctx {
         state: state.clone(),
         id,
@@ -495,6 +514,9 @@ async fn generate(state: Arc<AppState>, g: Gen) -> Result<Response, ApiError> {
         prompt_len,
         include_usage: c.include_usage,
         remote_decode,
+        span,
+        arrival,
+        first_token: None,
     };
     let mut response = if c.stream {
         stream_response(ctx, rx).into_response()
@@ -519,9 +541,39 @@ struct Ctx {
     include_usage: bool,
     /// Prefill leg: lease the prompt's blocks when done.
     remote_decode: bool,
+    /// vLLM's `llm_request` span (ends when the context is dropped, i.e. when the response is
+    /// complete).
+    span: tracing::Span,
+    arrival: std::time::Instant,
+    first_token: Option<std::time::Instant>,
 }
 
 impl Ctx {
+    fn on_scheduled(&self) {
+        self.span.record(
+            "gen_ai.latency.time_in_queue",
+            self.arrival.elapsed().as_secs_f64(),
+        );
+    }
+
+    fn on_token(&mut self) {
+        if self.first_token.is_none() {
+            self.first_token = Some(std::time::Instant::now());
+            self.span.record(
+                "gen_ai.latency.time_to_first_token",
+                self.arrival.elapsed().as_secs_f64(),
+            );
+        }
+    }
+
+    fn on_finished(&self, completion_tokens: usize, reason: &str) {
+        self.span
+            .record("gen_ai.usage.completion_tokens", completion_tokens as u64);
+        self.span
+            .record("gen_ai.latency.e2e", self.arrival.elapsed().as_secs_f64());
+        self.span.record("gen_ai.response.finish_reasons", reason);
+    }
+
     fn usage(&self, completion: usize, cached: usize) -> Value {
         let mut u = json!({"prompt_tokens": self.prompt_len, "total_tokens": self.prompt_len + completion, "completion_tokens": completion});
         if self.state.args.enable_prompt_tokens_details {
@@ -532,16 +584,25 @@ impl Ctx {
 }
 
 async fn full_response(
-    ctx: Ctx,
+    mut ctx: Ctx,
     mut rx: mpsc::UnboundedReceiver<Emit>,
 ) -> Result<Response, ApiError> {
     let mut tokens = Vec::new();
     let mut cached = 0;
     let (reason, blocks) = loop {
         match rx.recv().await {
-            Some(Emit::Scheduled { cached_tokens }) => cached = cached_tokens,
-            Some(Emit::Token { id, .. }) => tokens.push(id),
-            Some(Emit::Finished { reason, blocks }) => break (reason, blocks),
+            Some(Emit::Scheduled { cached_tokens }) => {
+                cached = cached_tokens;
+                ctx.on_scheduled();
+            }
+            Some(Emit::Token { id, .. }) => {
+                tokens.push(id);
+                ctx.on_token();
+            }
+            Some(Emit::Finished { reason, blocks }) => {
+                ctx.on_finished(tokens.len(), reason);
+                break (reason, blocks);
+            }
             None => {
                 return Err(ApiError::unavailable(
                     "The engine stopped before the request finished.",
@@ -622,9 +683,13 @@ fn stream_response(
                 return None;
             }
             match s.rx.recv().await {
-                Some(Emit::Scheduled { cached_tokens }) => s.cached = cached_tokens,
+                Some(Emit::Scheduled { cached_tokens }) => {
+                    s.cached = cached_tokens;
+                    s.ctx.on_scheduled();
+                }
                 Some(Emit::Token { id, finish }) => {
                     s.generated += 1;
+                    s.ctx.on_token();
                     let piece = s.ctx.state.tokenizer.decode(&[id]);
                     let mut out = Vec::new();
                     if s.ctx.api == Api::Chat && !s.sent_role {
@@ -637,6 +702,7 @@ fn stream_response(
                     s.finished = finish.is_some();
                 }
                 Some(Emit::Finished { reason, .. }) => {
+                    s.ctx.on_finished(s.generated, reason);
                     // The last token carried the finish reason; a request that ended without a
                     // token (aborted) gets an empty final chunk.
                     let mut out = Vec::new();

@@ -76,6 +76,7 @@ pub mod exposition;
 pub mod names;
 pub mod prometheus;
 pub mod propagation;
+pub mod testing;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
