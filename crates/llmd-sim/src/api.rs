@@ -35,6 +35,8 @@ pub struct AppState {
     pub started: u64,
     /// P/D state.
     pub nixl: Arc<Nixl>,
+    /// Fault injection.
+    pub faults: Arc<crate::faults::Faults>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -387,6 +389,22 @@ enum Api {
 }
 
 async fn generate(state: Arc<AppState>, g: Gen) -> Result<Response, ApiError> {
+    if let Some(delay) = state.faults.extra_latency() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(status) = state.faults.error() {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let message = match status.as_u16() {
+            429 => "Rate limit reached (fault injection).",
+            503 => "The server is overloaded or not ready yet.",
+            _ => "Internal server error (fault injection).",
+        };
+        return Err(ApiError {
+            status,
+            kind: "InjectedError",
+            message: message.into(),
+        });
+    }
     let Gen {
         headers,
         c,
@@ -661,6 +679,7 @@ fn stream_response(
         generated: usize,
         sent_role: bool,
         finished: bool,
+        stall: Option<std::time::Duration>,
         done: bool,
         pending: Vec<Value>,
     }
@@ -673,7 +692,10 @@ fn stream_response(
         finished: false,
         done: false,
         pending: Vec::new(),
+        stall: None,
     };
+    let mut s = s;
+    s.stall = s.ctx.state.faults.stall();
     let events = stream::unfold(s, |mut s| async move {
         loop {
             if let Some(v) = s.pending.pop() {
@@ -688,6 +710,11 @@ fn stream_response(
                     s.ctx.on_scheduled();
                 }
                 Some(Emit::Token { id, finish }) => {
+                    if s.generated == 1
+                        && let Some(stall) = s.stall.take()
+                    {
+                        tokio::time::sleep(stall).await;
+                    }
                     s.generated += 1;
                     s.ctx.on_token();
                     let piece = s.ctx.state.tokenizer.decode(&[id]);

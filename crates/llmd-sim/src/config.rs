@@ -131,6 +131,9 @@ pub struct EngineArgs {
     /// P/D transfer and model shape.
     #[command(flatten)]
     pub nixl: crate::nixl::NixlArgs,
+    /// Fault injection (off by default).
+    #[command(flatten)]
+    pub faults: crate::faults::FaultArgs,
 }
 
 impl EngineArgs {

@@ -15,16 +15,20 @@
 //! | `tokens` | the model's tokenizer and chat template (or a byte stand-in), output text |
 //! | `kv_publisher` | ZMQ PUB of KV events, replay ROUTER |
 //! | `metrics` | vLLM's metric names, labels and buckets |
+//! | `nixl` | P/D: prefill leases, decode pulls, NIXL metrics |
+//! | `faults` | error, latency, stall and dropped-transfer injection |
 //!
 //! P/D: see `nixl` (the prefill leg leases its blocks; the decode leg pulls them over HTTP and
 //! records vLLM's NIXL metrics).
 //!
-//! Status: the `llm_request` span and fault injection are not built yet (issue 4 continues).
+//! Tracing: one `llm_request` span per request (vLLM's name and `gen_ai.*` attributes), parented
+//! by the caller's `traceparent`. Faults: see `faults` (off by default).
 
 pub mod api;
 pub mod block_pool;
 pub mod config;
 pub mod engine;
+pub mod faults;
 pub mod kv_publisher;
 pub mod metrics;
 pub mod nixl;
@@ -142,6 +146,7 @@ pub async fn start(
         ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
         ip => ip.to_string(),
     });
+    let faults = Arc::new(faults::Faults::new(args.faults.clone()));
     let nixl = nixl::Nixl::new(
         args.nixl.clone(),
         advertised,
@@ -149,6 +154,7 @@ pub async fn start(
         engine.clone(),
         engine_metrics,
         args.time_scale,
+        faults.clone(),
     );
     let filler = tokenizer.filler();
     let started = std::time::SystemTime::now()
@@ -162,6 +168,7 @@ pub async fn start(
         filler,
         started,
         nixl,
+        faults,
     });
     let mut app = api::router(state);
     if let Some(m) = metrics {

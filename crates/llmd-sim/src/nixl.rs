@@ -114,6 +114,8 @@ pub struct Nixl {
     engine: Engine,
     metrics: Arc<EngineMetrics>,
     time_scale: f64,
+    /// Fault injection (dropped transfers).
+    pub faults: Arc<crate::faults::Faults>,
 }
 
 impl std::fmt::Debug for Nixl {
@@ -195,6 +197,7 @@ impl Nixl {
         engine: Engine,
         metrics: Arc<EngineMetrics>,
         time_scale: f64,
+        faults: Arc<crate::faults::Faults>,
     ) -> Arc<Self> {
         let engine_id = args
             .engine_id
@@ -216,6 +219,7 @@ impl Nixl {
             engine,
             metrics,
             time_scale,
+            faults,
         });
         tokio::spawn(expire_leases(Arc::downgrade(&nixl)));
         nixl
@@ -323,6 +327,13 @@ pub async fn pull_endpoint(State(nixl): State<Arc<Nixl>>, body: axum::body::Byte
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "body is not JSON").into_response();
     };
+    if nixl.faults.drop_kv() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "KV transfer dropped (fault injection)",
+        )
+            .into_response();
+    }
     let id = req["remote_request_id"].as_str().unwrap_or_default();
     let engine_id = req["remote_engine_id"].as_str().unwrap_or_default();
     let mut leases = nixl.leases.lock();
