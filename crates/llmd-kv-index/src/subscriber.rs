@@ -16,7 +16,9 @@
 //!
 //! Sequence numbers are tracked per pod: a jump forward is a **gap** (counted, and filled from
 //! the replay endpoint when there is one), a jump backward is a **publisher restart** (counted,
-//! and the pod's entries are cleared: its engine's cache is gone). Undecodable messages are
+//! and the pod's entries are cleared: its engine's cache is gone). A first message with a
+//! sequence above 0 means we joined late: with a replay endpoint, the earlier batches still in
+//! the pod's buffer are replayed first (initial sync). Undecodable messages are
 //! counted and skipped. Every loop watches a cancellation token and logs why it stopped.
 
 use std::collections::HashMap;
@@ -323,7 +325,16 @@ impl PodStream {
                 .increment(u64::from(skipped.malformed_events));
         }
         match self.seq.check(msg.seq) {
-            SeqVerdict::First | SeqVerdict::Next => {}
+            SeqVerdict::Next => {}
+            // Joined late: what the pod published before we subscribed can be replayed.
+            SeqVerdict::First => {
+                if msg.seq > 0
+                    && let Some(endpoint) = &self.replay_endpoint
+                {
+                    self.replay(endpoint, &pod, &model, 0, msg.seq, handler, config)
+                        .await;
+                }
+            }
             SeqVerdict::Gap { expected } => {
                 metrics::counter!(names::EVENTS_SEQUENCE_GAPS.name, "pod" => pod.clone())
                     .increment(1);

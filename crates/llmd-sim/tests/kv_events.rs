@@ -146,3 +146,69 @@ async fn map_encoded_events_match_independent_hashes() {
 async fn array_encoded_events_match_independent_hashes() {
     scenario("array").await;
 }
+
+/// An EPP that subscribes late catches up from the simulator's replay endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_subscriber_catches_up_through_replay() {
+    use llmd_kv_index::subscriber::PodEndpoint;
+    let (sim, shutdown) = common::start(&[
+        "--dummy-tokenizer",
+        "--block-size",
+        "16",
+        "--hash-seed",
+        "7",
+        "--time-scale",
+        "0",
+        "--kv-events-endpoint",
+        "tcp://*:0",
+        "--kv-events-replay-endpoint",
+        "tcp://*:0",
+    ])
+    .await;
+    let base = format!("http://{}", sim.addr);
+    let port = |bound: &Option<String>| {
+        bound
+            .as_deref()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let (pub_port, replay_port) = (port(&sim.kv_events_bound), port(&sim.kv_replay_bound));
+    // Published before anyone subscribes: lost on the PUB socket, kept in the replay buffer.
+    let early = "an early prompt that nobody was listening to, long enough for a few blocks";
+    complete(&base, early, 1).await;
+    let kv = Arc::new(
+        KvIndex::new(KvIndexConfig {
+            block_size: 16,
+            hash_seed: Some("7".into()),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let sub = Subscriber::new(kv.clone(), SubscriberConfig::default());
+    let pod = format!("127.0.0.1:{}", sim.addr.port());
+    sub.add_pod(PodEndpoint {
+        pod: pod.clone(),
+        endpoint: format!("tcp://127.0.0.1:{pub_port}"),
+        replay_endpoint: Some(format!("tcp://127.0.0.1:{replay_port}")),
+        model: MODEL.into(),
+    });
+    let early_tokens: Vec<u32> = early.bytes().map(u32::from).collect();
+    let early_keys = kv.request_keys(MODEL, &early_tokens, &RequestExtras::default());
+    let mut n = 0;
+    while kv.lookup(&early_keys, &[pod.as_str()])[0] < (early_tokens.len() / 16) as u32 {
+        complete(
+            &base,
+            &format!("a later prompt number {n} that fills at least one block"),
+            1,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        n += 1;
+        assert!(n < 200, "early blocks never replayed");
+    }
+    shutdown.cancel();
+    sub.shutdown();
+}
