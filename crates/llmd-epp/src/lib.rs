@@ -11,6 +11,9 @@
 //!
 //! Status: not built yet (issue 5). The binary says so and exits with an error.
 
+pub mod extproc;
+pub mod request;
+
 use llmd_telemetry::TelemetryArgs;
 
 /// Command-line flags of `llmd-epp` (also the `llmd` CLI's subcommand of the same name).

@@ -1,0 +1,215 @@
+//! Parsing the inference request the gateway hands over: an OpenAI completions or chat
+//! completions body, chosen by `:path`. Only what scheduling needs is read; the body is kept as
+//! it came (or rewritten when the model name is rewritten).
+
+use serde_json::{Map, Value};
+
+/// Which API a request uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `/v1/completions`.
+    Completions,
+    /// `/v1/chat/completions`.
+    ChatCompletions,
+}
+
+/// The prompt, as the request carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// A completions prompt string.
+    Text(String),
+    /// A completions prompt given as token ids.
+    Tokens(Vec<u32>),
+    /// A chat request body (messages, tools, template kwargs), rendered later with the model's
+    /// chat template.
+    Chat(Value),
+}
+
+/// What the scheduler needs from a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferenceRequest {
+    /// API.
+    pub api: Api,
+    /// `model` as sent.
+    pub model: String,
+    /// The prompt.
+    pub prompt: Prompt,
+    /// `stream`.
+    pub stream: bool,
+    /// `max_tokens` / `max_completion_tokens`.
+    pub max_tokens: Option<u64>,
+    /// Bytes of user input (prompt text or message contents).
+    pub user_input_bytes: usize,
+    /// The body as parsed.
+    pub body: Map<String, Value>,
+}
+
+/// Why a request could not be parsed (each is a 400 to the client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Unknown `:path`.
+    #[error("unsupported path {0:?} (supported: /v1/completions, /v1/chat/completions)")]
+    UnsupportedPath(String),
+    /// Body not JSON.
+    #[error("request body is not valid JSON: {0}")]
+    NotJson(String),
+    /// Body not an object.
+    #[error("request body must be a JSON object")]
+    NotObject,
+    /// A field is missing or of the wrong type.
+    #[error("{0}")]
+    Field(String),
+}
+
+/// Parses a request body for `path` (query string ignored).
+pub fn parse(path: &str, body: &[u8]) -> Result<InferenceRequest, ParseError> {
+    let path = path.split('?').next().unwrap_or_default();
+    let api = match path {
+        "/v1/completions" => Api::Completions,
+        "/v1/chat/completions" => Api::ChatCompletions,
+        other => return Err(ParseError::UnsupportedPath(other.to_owned())),
+    };
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let Value::Object(map) = value else {
+        return Err(ParseError::NotObject);
+    };
+    let model = match map.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(ParseError::Field("model not found in request body".into()));
+        }
+        Some(_) => return Err(ParseError::Field("`model` must be a string".into())),
+    };
+    let stream = match map.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ParseError::Field("`stream` must be a boolean".into())),
+    };
+    let mut max_tokens = None;
+    for field in ["max_tokens", "max_completion_tokens"] {
+        match map.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_u64() {
+                Some(n) => max_tokens = Some(n),
+                None => {
+                    return Err(ParseError::Field(format!(
+                        "`{field}` must be a non-negative integer"
+                    )));
+                }
+            },
+        }
+    }
+    let (prompt, user_input_bytes) = match api {
+        Api::Completions => match map.get("prompt") {
+            Some(Value::String(p)) => (Prompt::Text(p.clone()), p.len()),
+            Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+                let p = items[0].as_str().unwrap_or_default().to_owned();
+                let n = p.len();
+                (Prompt::Text(p), n)
+            }
+            Some(Value::Array(items))
+                if !items.is_empty()
+                    && items
+                        .iter()
+                        .all(|t| t.as_u64().is_some_and(|t| t <= u64::from(u32::MAX))) =>
+            {
+                let ids: Vec<u32> = items
+                    .iter()
+                    .filter_map(Value::as_u64)
+                    .map(|t| t as u32)
+                    .collect();
+                let n = ids.len() * 4;
+                (Prompt::Tokens(ids), n)
+            }
+            _ => {
+                return Err(ParseError::Field(
+                    "`prompt` must be a string, one string, or a list of token ids".into(),
+                ));
+            }
+        },
+        Api::ChatCompletions => {
+            let Some(Value::Array(messages)) = map.get("messages") else {
+                return Err(ParseError::Field("`messages` must be an array".into()));
+            };
+            if messages.is_empty() {
+                return Err(ParseError::Field("`messages` must not be empty".into()));
+            }
+            let bytes = messages
+                .iter()
+                .map(|m| match &m["content"] {
+                    Value::String(s) => s.len(),
+                    Value::Array(parts) => parts
+                        .iter()
+                        .filter_map(|p| p["text"].as_str())
+                        .map(str::len)
+                        .sum(),
+                    _ => 0,
+                })
+                .sum();
+            (Prompt::Chat(Value::Object(map.clone())), bytes)
+        }
+    };
+    Ok(InferenceRequest {
+        api,
+        model,
+        prompt,
+        stream,
+        max_tokens,
+        user_input_bytes,
+        body: map,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_and_chat() {
+        let r = parse(
+            "/v1/completions?x=1",
+            br#"{"model":"m","prompt":"hi","max_tokens":3,"stream":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.api, r.model.as_str(), r.stream, r.max_tokens),
+            (Api::Completions, "m", true, Some(3))
+        );
+        assert_eq!(r.prompt, Prompt::Text("hi".into()));
+        let r = parse("/v1/completions", br#"{"model":"m","prompt":[1,2,3]}"#).unwrap();
+        assert_eq!(r.prompt, Prompt::Tokens(vec![1, 2, 3]));
+        let r = parse("/v1/chat/completions", br#"{"model":"m","messages":[{"role":"user","content":"hello"}],"max_completion_tokens":5}"#).unwrap();
+        assert_eq!(r.user_input_bytes, 5);
+        assert_eq!(r.max_tokens, Some(5));
+    }
+
+    #[test]
+    fn bad_bodies_have_reasons() {
+        for (path, body) in [
+            ("/v1/embeddings", &br#"{}"#[..]),
+            ("/v1/completions", b"{not json"),
+            ("/v1/completions", b"[1]"),
+            ("/v1/completions", br#"{"prompt":"x"}"#),
+            ("/v1/completions", br#"{"model":5,"prompt":"x"}"#),
+            ("/v1/completions", br#"{"model":"m","prompt":5}"#),
+            (
+                "/v1/completions",
+                br#"{"model":"m","prompt":"x","stream":"no"}"#,
+            ),
+            (
+                "/v1/completions",
+                br#"{"model":"m","prompt":"x","max_tokens":-1}"#,
+            ),
+            ("/v1/chat/completions", br#"{"model":"m","messages":[]}"#),
+            ("/v1/chat/completions", br#"{"model":"m"}"#),
+            ("/v1/completions", &[0xff, 0xfe][..]),
+        ] {
+            assert!(
+                parse(path, body).is_err(),
+                "{path} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
