@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Endpoint picker (Envoy ext_proc server).
-    Epp(llmd_epp::Args),
+    Epp(Box<llmd_epp::Args>),
     /// Prefill/decode routing sidecar.
     PdProxy(llmd_pd_proxy::Args),
     /// vLLM simulator.
@@ -43,8 +43,8 @@ async fn main() -> ExitCode {
 async fn try_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Epp(args) => {
-            let _t = llmd_telemetry::init("llmd-epp", &args.telemetry.to_config())?;
-            llmd_epp::run(args).await?;
+            let t = llmd_telemetry::init("llmd-epp", &args.telemetry.to_config())?;
+            llmd_epp::run(*args, t.shutdown_token()).await?;
         }
         Command::PdProxy(args) => {
             let _t = llmd_telemetry::init("llmd-pd-proxy", &args.telemetry.to_config())?;

@@ -1,0 +1,455 @@
+//! The pool's endpoints and their live state.
+//!
+//! Endpoints come from a static file (YAML or JSON, reloaded when it changes) for local runs;
+//! Kubernetes discovery (InferencePool selector → ready pods) is the other source. Each
+//! endpoint's `/metrics` is scraped on an interval for vLLM's queue and KV-cache gauges; data
+//! older than the staleness limit is marked stale and not trusted by the load scorers.
+//!
+//! ```yaml
+//! endpoints:
+//!   - address: 10.0.0.7          # IP or host name
+//!     port: 8000                 # serving port (the pod id is "address:port")
+//!     role: decode               # prefill | decode | both (default both)
+//!     model: meta-llama/Llama-3.1-8B-Instruct   # optional: models this pod serves
+//!     kvEvents: tcp://10.0.0.7:5557             # optional: ZMQ PUB to dial for KV events
+//!     kvEventsReplay: tcp://10.0.0.7:5558       # optional
+//!     metricsPort: 8000          # optional (default: port)
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::RwLock;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+/// A pod's P/D role (`llm-d.ai/role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Prefill pod.
+    Prefill,
+    /// Decode pod.
+    Decode,
+    /// Both (the default).
+    #[default]
+    Both,
+}
+
+/// One endpoint as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// IP or host name.
+    pub address: String,
+    /// Serving port.
+    pub port: u16,
+    /// P/D role.
+    #[serde(default)]
+    pub role: Role,
+    /// Models served (empty: any).
+    #[serde(default, alias = "models", deserialize_with = "one_or_many")]
+    pub model: Vec<String>,
+    /// ZMQ endpoint to dial for KV events.
+    #[serde(default)]
+    pub kv_events: Option<String>,
+    /// Replay endpoint for KV events.
+    #[serde(default)]
+    pub kv_events_replay: Option<String>,
+    /// Port of `/metrics` (default: the serving port).
+    #[serde(default)]
+    pub metrics_port: Option<u16>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    })
+}
+
+impl EndpointSpec {
+    /// `address:port` (IPv6 in brackets): the pod's identity and the destination value.
+    pub fn host_port(&self) -> String {
+        if self.address.contains(':') && !self.address.starts_with('[') {
+            format!("[{}]:{}", self.address, self.port)
+        } else {
+            format!("{}:{}", self.address, self.port)
+        }
+    }
+
+    /// True when the endpoint serves `model` (or serves any model).
+    pub fn serves(&self, model: &str) -> bool {
+        self.model.is_empty() || self.model.iter().any(|m| m == model)
+    }
+}
+
+/// The file format.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointsFile {
+    /// The endpoints.
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// Errors reading the endpoints file.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointsError {
+    /// Reading.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Parsing.
+    #[error("invalid endpoints file {path}: {reason}")]
+    Invalid {
+        /// File.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl EndpointsFile {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Self, EndpointsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| EndpointsError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|reason| EndpointsError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    /// Parses YAML (a superset of JSON).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: Self = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        let mut seen = std::collections::HashSet::new();
+        for e in &file.endpoints {
+            if e.address.is_empty() || e.port == 0 {
+                return Err(format!(
+                    "endpoint {:?} needs an address and a non-zero port",
+                    e.address
+                ));
+            }
+            if !seen.insert(e.host_port()) {
+                return Err(format!("endpoint {} is listed twice", e.host_port()));
+            }
+        }
+        Ok(file)
+    }
+}
+
+/// What the last scrape of an endpoint said.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Load {
+    /// `vllm:num_requests_waiting`.
+    pub waiting: f64,
+    /// `vllm:num_requests_running`.
+    pub running: f64,
+    /// `vllm:kv_cache_usage_perc` (0..1).
+    pub kv_usage: f64,
+}
+
+/// An endpoint with its live state.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// As configured.
+    pub spec: EndpointSpec,
+    /// `address:port`.
+    pub id: String,
+    /// Last good scrape and when it happened.
+    pub load: Option<(Load, Instant)>,
+}
+
+impl Endpoint {
+    /// The load if it is fresher than `max_age`.
+    pub fn fresh_load(&self, max_age: Duration) -> Option<Load> {
+        self.load
+            .filter(|(_, at)| at.elapsed() <= max_age)
+            .map(|(l, _)| l)
+    }
+}
+
+/// The endpoint set, shared by the scheduler, the scraper and the KV-event subscriptions.
+#[derive(Debug, Default)]
+pub struct Pool {
+    endpoints: RwLock<Vec<Endpoint>>,
+}
+
+/// How the set changed (to follow with KV-event subscriptions).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Change {
+    /// New endpoints.
+    pub added: Vec<EndpointSpec>,
+    /// Removed endpoints (ids).
+    pub removed: Vec<String>,
+}
+
+impl Pool {
+    /// A snapshot of the endpoints.
+    pub fn snapshot(&self) -> Vec<Endpoint> {
+        self.endpoints.read().clone()
+    }
+
+    /// Replaces the set, keeping the state of endpoints that stay.
+    pub fn replace(&self, specs: Vec<EndpointSpec>) -> Change {
+        let mut eps = self.endpoints.write();
+        let old: HashMap<String, Endpoint> = eps.drain(..).map(|e| (e.id.clone(), e)).collect();
+        let mut change = Change::default();
+        for spec in specs {
+            let id = spec.host_port();
+            match old.get(&id) {
+                Some(prev) if prev.spec == spec => eps.push(prev.clone()),
+                _ => {
+                    change.added.push(spec.clone());
+                    eps.push(Endpoint {
+                        id,
+                        spec,
+                        load: None,
+                    });
+                }
+            }
+        }
+        let now: std::collections::HashSet<&str> = eps.iter().map(|e| e.id.as_str()).collect();
+        change.removed = old
+            .keys()
+            .filter(|id| !now.contains(id.as_str()))
+            .cloned()
+            .collect();
+        change
+    }
+
+    /// Records a scrape result.
+    pub fn set_load(&self, id: &str, load: Load) {
+        if let Some(e) = self.endpoints.write().iter_mut().find(|e| e.id == id) {
+            e.load = Some((load, Instant::now()));
+        }
+    }
+}
+
+/// Reads `vllm:*` load gauges from a `/metrics` text (summed over label sets, e.g. DP engines).
+pub fn parse_load(text: &str) -> Result<Load, llmd_telemetry::exposition::ParseError> {
+    let m = llmd_telemetry::exposition::parse(text)?;
+    let sum = |name: &str| {
+        m.find(name, &[])
+            .map(|s| s.value)
+            .filter(|v| v.is_finite())
+            .sum::<f64>()
+    };
+    let usage: Vec<f64> = m
+        .find("vllm:kv_cache_usage_perc", &[])
+        .map(|s| s.value)
+        .filter(|v| v.is_finite())
+        .collect();
+    Ok(Load {
+        waiting: sum("vllm:num_requests_waiting"),
+        running: sum("vllm:num_requests_running"),
+        kv_usage: if usage.is_empty() {
+            0.0
+        } else {
+            usage.iter().sum::<f64>() / usage.len() as f64
+        },
+    })
+}
+
+/// Scrapes every endpoint's `/metrics` every `interval` until cancelled.
+pub async fn scrape_loop(
+    pool: Arc<Pool>,
+    interval: Duration,
+    timeout: Duration,
+    cancel: CancellationToken,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .unwrap_or_default();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let eps = pool.snapshot();
+        let scrapes = eps.iter().map(|e| {
+            let url = format!(
+                "http://{}:{}/metrics",
+                bracket(&e.spec.address),
+                e.spec.metrics_port.unwrap_or(e.spec.port)
+            );
+            let client = client.clone();
+            async move {
+                let text = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())?
+                    .text()
+                    .await?;
+                Ok::<_, reqwest::Error>(text)
+            }
+        });
+        let results = futures::future::join_all(scrapes).await;
+        for (e, r) in eps.iter().zip(results) {
+            match r
+                .map_err(|e| e.to_string())
+                .and_then(|t| parse_load(&t).map_err(|e| e.to_string()))
+            {
+                Ok(load) => {
+                    pool.set_load(&e.id, load);
+                    failing.remove(&e.id);
+                }
+                Err(error) => {
+                    if failing.insert(e.id.clone()) {
+                        tracing::warn!(
+                            endpoint = e.id,
+                            error,
+                            "metrics scrape failed; its load data will go stale"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn bracket(address: &str) -> String {
+    if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    }
+}
+
+/// Watches the endpoints file and applies changes (checked every `interval` by mtime).
+pub async fn watch_file(
+    path: PathBuf,
+    pool: Arc<Pool>,
+    on_change: impl Fn(Change) + Send + 'static,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut last: Option<SystemTime> = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
+            continue;
+        };
+        if Some(modified) == last {
+            continue;
+        }
+        last = Some(modified);
+        match EndpointsFile::load(&path) {
+            Ok(file) => {
+                let change = pool.replace(file.endpoints);
+                if change != Change::default() {
+                    tracing::info!(
+                        added = change.added.len(),
+                        removed = change.removed.len(),
+                        "endpoints file reloaded"
+                    );
+                    on_change(change);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "endpoints file not reloaded (keeping the previous set)")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_format_and_validation() {
+        let f = EndpointsFile::parse(
+            "endpoints:\n  - {address: 10.0.0.1, port: 8000, role: prefill, model: m, kvEvents: 'tcp://10.0.0.1:5557'}\n  - {address: '::1', port: 8001}\n",
+        )
+        .unwrap();
+        assert_eq!(f.endpoints[0].role, Role::Prefill);
+        assert_eq!(f.endpoints[0].model, vec!["m".to_owned()]);
+        assert_eq!(f.endpoints[1].host_port(), "[::1]:8001");
+        assert_eq!(f.endpoints[1].role, Role::Both);
+        assert!(f.endpoints[1].serves("anything"));
+        assert!(EndpointsFile::parse("endpoints: [{address: a, port: 0}]").is_err());
+        assert!(
+            EndpointsFile::parse("endpoints: [{address: a, port: 1}, {address: a, port: 1}]")
+                .is_err()
+        );
+        assert!(EndpointsFile::parse("endpoints: [{address: a, port: 1, colour: red}]").is_err());
+    }
+
+    #[test]
+    fn replace_keeps_state_and_reports_changes() {
+        let pool = Pool::default();
+        let a = EndpointSpec {
+            address: "a".into(),
+            port: 1,
+            role: Role::Both,
+            model: vec![],
+            kv_events: None,
+            kv_events_replay: None,
+            metrics_port: None,
+        };
+        let b = EndpointSpec {
+            address: "b".into(),
+            ..a.clone()
+        };
+        assert_eq!(pool.replace(vec![a.clone()]).added.len(), 1);
+        pool.set_load(
+            "a:1",
+            Load {
+                waiting: 3.0,
+                ..Default::default()
+            },
+        );
+        let change = pool.replace(vec![a.clone(), b]);
+        assert_eq!((change.added.len(), change.removed.len()), (1, 0));
+        assert_eq!(
+            pool.snapshot()[0]
+                .fresh_load(Duration::from_secs(5))
+                .unwrap()
+                .waiting,
+            3.0
+        );
+        let change = pool.replace(vec![]);
+        assert_eq!(change.removed.len(), 2);
+    }
+
+    #[test]
+    fn load_from_vllm_metrics() {
+        let text = "vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 3\nvllm:num_requests_waiting{engine=\"1\",model_name=\"m\"} 1\nvllm:num_requests_running{engine=\"0\",model_name=\"m\"} 7\nvllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.5\n";
+        assert_eq!(
+            parse_load(text).unwrap(),
+            Load {
+                waiting: 4.0,
+                running: 7.0,
+                kv_usage: 0.5
+            }
+        );
+        assert!(parse_load("garbage line here").is_err());
+    }
+}
