@@ -269,8 +269,12 @@ pub fn parse_load(text: &str) -> Result<Load, llmd_telemetry::exposition::ParseE
 }
 
 /// Scrapes every endpoint's `/metrics` every `interval` until cancelled.
+///
+/// After each round it sets GIE's pool gauges (`inference_pool_ready_pods` and the averages),
+/// counting an endpoint ready while its last good scrape is at most three intervals old.
 pub async fn scrape_loop(
     pool: Arc<Pool>,
+    pool_name: String,
     interval: Duration,
     timeout: Duration,
     cancel: CancellationToken,
@@ -327,6 +331,26 @@ pub async fn scrape_loop(
                 }
             }
         }
+        let ready: Vec<Load> = pool
+            .snapshot()
+            .iter()
+            .filter_map(|e| e.fresh_load(interval * 3))
+            .collect();
+        let n = ready.len() as f64;
+        let avg = |f: fn(&Load) -> f64| {
+            if ready.is_empty() {
+                0.0
+            } else {
+                ready.iter().map(f).sum::<f64>() / n
+            }
+        };
+        let label = pool_name.clone();
+        metrics::gauge!(llmd_telemetry::names::epp::POOL_READY_PODS.name, "name" => label.clone())
+            .set(n);
+        metrics::gauge!(llmd_telemetry::names::epp::POOL_AVG_KV_CACHE_UTILIZATION.name, "name" => label.clone())
+            .set(avg(|l| l.kv_usage));
+        metrics::gauge!(llmd_telemetry::names::epp::POOL_AVG_QUEUE_SIZE.name, "name" => label)
+            .set(avg(|l| l.waiting));
     }
 }
 

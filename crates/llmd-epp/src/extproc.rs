@@ -114,7 +114,28 @@ impl PickError {
         }
     }
 
-    /// Metric label.
+    /// The OpenAI-style error body (`{"error": {"message", "type", "param", "code"}}`) the
+    /// client receives.
+    pub fn openai_body(&self) -> Vec<u8> {
+        let kind = match self.status() {
+            400 => "BadRequestError",
+            404 => "NotFoundError",
+            413 => "RequestTooLargeError",
+            429 => "RateLimitError",
+            503 => "ServiceUnavailableError",
+            _ => "InternalServerError",
+        };
+        serde_json::json!({"error": {
+            "message": format!("inference error: {self}"),
+            "type": kind,
+            "param": null,
+            "code": self.status(),
+        }})
+        .to_string()
+        .into_bytes()
+    }
+
+    /// A short machine-readable code (the ImmediateResponse `details`, a metric label).
     pub fn code(&self) -> &'static str {
         match self {
             PickError::BadRequest(_) => "bad_request",
@@ -240,6 +261,8 @@ struct StreamState {
     /// An ImmediateResponse went out: nothing more to say.
     closed: bool,
     started: Option<Instant>,
+    /// The routed request's model, once a decision went out (for the duration metric).
+    routed_model: Option<String>,
 }
 
 impl StreamState {
@@ -310,6 +333,9 @@ impl StreamState {
                 ))]
             }
             Some(processing_request::Request::ResponseBody(b)) => {
+                if b.end_of_stream {
+                    self.record_duration();
+                }
                 let common = if self.response_full_duplex {
                     Some(CommonResponse {
                         body_mutation: Some(BodyMutation {
@@ -331,11 +357,24 @@ impl StreamState {
                 ))]
             }
             Some(processing_request::Request::ResponseTrailers(_)) => {
+                self.record_duration();
                 vec![reply(processing_response::Response::ResponseTrailers(
                     TrailersResponse::default(),
                 ))]
             }
             None => Vec::new(),
+        }
+    }
+
+    /// GIE's request duration: first message to the end of the response, once per request.
+    fn record_duration(&mut self) {
+        if let (Some(model), Some(started)) = (self.routed_model.take(), self.started) {
+            metrics::histogram!(
+                llmd_telemetry::names::epp::REQUEST_DURATION.name,
+                "model_name" => model.clone(),
+                "target_model_name" => model
+            )
+            .record(started.elapsed().as_secs_f64());
         }
     }
 
@@ -410,6 +449,7 @@ impl StreamState {
             .body
             .clone()
             .unwrap_or_else(|| std::mem::take(&mut self.body));
+        self.routed_model = Some(parsed.as_ref().map(|r| r.model.clone()).unwrap_or_default());
         let destination = decision.endpoints.join(",");
         let mut set = vec![header(DESTINATION_HEADER, &destination)];
         if !body.is_empty() {
@@ -479,7 +519,7 @@ impl StreamState {
     fn immediate(&mut self, error: &PickError) -> Vec<ProcessingResponse> {
         self.request_done = true;
         self.closed = true;
-        let mut set = vec![header("content-type", "text/plain; charset=utf-8")];
+        let mut set = vec![header("content-type", "application/json")];
         if let Some(reason) = error.dropped_reason() {
             set.push(header(DROPPED_REASON_HEADER, reason));
         }
@@ -493,7 +533,7 @@ impl StreamState {
                     set_headers: set,
                     remove_headers: Vec::new(),
                 }),
-                body: format!("inference error: {error}").into_bytes(),
+                body: error.openai_body(),
                 grpc_status: None,
                 details: error.code().to_owned(),
             },

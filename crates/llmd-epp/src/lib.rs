@@ -78,6 +78,9 @@ pub struct Args {
     /// Largest request body, bytes.
     #[arg(long, default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
+    /// The pool's name, as in GIE's `--pool-name` (label of the `inference_pool_*` gauges).
+    #[arg(long, env = "LLMD_EPP_POOL_NAME", default_value = "llmd")]
+    pub pool_name: String,
 }
 
 /// Errors of the EPP.
@@ -145,6 +148,8 @@ pub struct Options {
     pub scrape_interval: Duration,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// The pool's name (label of the `inference_pool_*` gauges).
+    pub pool_name: String,
 }
 
 /// Starts an EPP on the given listeners.
@@ -161,6 +166,7 @@ pub async fn start(
         kv_events_bind,
         scrape_interval,
         max_body_bytes,
+        pool_name,
     } = options;
     let pool = Arc::new(Pool::default());
     let initial = pool.replace(endpoints.endpoints);
@@ -205,6 +211,7 @@ pub async fn start(
     }
     tokio::spawn(endpoints::scrape_loop(
         pool.clone(),
+        pool_name,
         scrape_interval,
         Duration::from_millis(900).min(scrape_interval),
         shutdown.clone(),
@@ -382,6 +389,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
             kv_events_bind: args.kv_events_bind.clone(),
             scrape_interval: Duration::from_millis(args.scrape_interval_ms.max(50)),
             max_body_bytes: args.max_body_bytes,
+            pool_name: args.pool_name.clone(),
         },
         listeners,
         Some(metrics),

@@ -342,11 +342,15 @@ async fn errors_become_immediate_responses() {
             panic!("{r:?}")
         };
         assert_eq!(imm.status.unwrap().code, status, "{path}");
+        let err: serde_json::Value = serde_json::from_slice(&imm.body).unwrap();
         assert!(
-            String::from_utf8(imm.body)
+            err["error"]["message"]
+                .as_str()
                 .unwrap()
-                .starts_with("inference error: ")
+                .starts_with("inference error: "),
+            "{err}"
         );
+        assert_eq!(err["error"]["code"], status);
         let hs: HashMap<String, String> = imm
             .headers
             .unwrap()

@@ -1,0 +1,291 @@
+//! In-process EPP + simulator fixtures, and an ext_proc client that routes one request the way
+//! Envoy does (headers, then the body with `end_of_stream`).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HttpBody, HttpHeaders, ProcessingRequest, processing_request, processing_response,
+};
+use llmd_epp::config::EndpointPickerConfig;
+use llmd_epp::endpoints::{EndpointSpec, EndpointsFile};
+use llmd_epp::{Epp, Listeners, Options};
+use llmd_sim::Sim;
+use llmd_telemetry::MetricsHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+static METRICS: OnceLock<MetricsHandle> = OnceLock::new();
+
+/// The process's Prometheus recorder (EPP, KV index and simulator metrics share it).
+pub fn metrics() -> MetricsHandle {
+    METRICS
+        .get_or_init(|| {
+            llmd_telemetry::install_prometheus(
+                &[
+                    llmd_telemetry::names::epp::ALL,
+                    llmd_telemetry::names::kv_cache::ALL,
+                    llmd_telemetry::names::vllm::ALL,
+                ],
+                &[],
+            )
+            .unwrap()
+        })
+        .clone()
+}
+
+/// The Llama-3.1 tokenizer dir, if fetched (in CI its absence is a failure).
+pub fn llama_tokenizer() -> Option<String> {
+    let hub = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub");
+    match llmd_kv_index::tokenizer::locate(MODEL, Some(&hub)) {
+        Ok(files) => Some(files.tokenizer_json.parent().unwrap().display().to_string()),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must fetch tokenizers: {e}"
+            );
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+    }
+}
+
+/// Starts a simulator on 127.0.0.1 with these flags; cancel the token to stop it.
+pub async fn sim(flags: &[&str]) -> (Sim, CancellationToken) {
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        engine: llmd_sim::EngineArgs,
+    }
+    let args = Wrap::parse_from(std::iter::once("llmd-sim").chain(flags.iter().copied())).engine;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stop = CancellationToken::new();
+    let sim = llmd_sim::start(args, listener, Some(metrics()), stop.clone())
+        .await
+        .unwrap();
+    (sim, stop)
+}
+
+/// The endpoint spec of a simulator (`role`: prefill/decode/both).
+pub fn spec_of(sim: &Sim, role: &str) -> EndpointSpec {
+    let kv = sim
+        .kv_events_bound
+        .as_deref()
+        .map(|b| format!("tcp://127.0.0.1:{}", b.rsplit(':').next().unwrap()));
+    let yaml = format!(
+        "endpoints: [{{address: 127.0.0.1, port: {}, role: {role}, model: {MODEL}{}}}]",
+        sim.addr.port(),
+        kv.map(|k| format!(", kvEvents: \"{k}\""))
+            .unwrap_or_default()
+    );
+    EndpointsFile::parse(&yaml).unwrap().endpoints.remove(0)
+}
+
+/// A running EPP and a client of its ext_proc service.
+pub struct TestEpp {
+    pub epp: Epp,
+    pub client: ExternalProcessorClient<tonic::transport::Channel>,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for TestEpp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts an EPP on 127.0.0.1 with this config over these endpoints.
+pub async fn epp(
+    config: &str,
+    endpoints: Vec<EndpointSpec>,
+    endpoints_file: Option<std::path::PathBuf>,
+    kv_events_bind: Option<&str>,
+) -> TestEpp {
+    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let shutdown = CancellationToken::new();
+    let epp = llmd_epp::start(
+        Options {
+            config: EndpointPickerConfig::parse(config).unwrap(),
+            endpoints_file,
+            endpoints: EndpointsFile { endpoints },
+            kv_events_bind: kv_events_bind.map(str::to_owned),
+            scrape_interval: Duration::from_millis(100),
+            max_body_bytes: 1 << 20,
+            pool_name: "test-pool".into(),
+        },
+        Listeners {
+            grpc: bind().await,
+            health: None,
+            metrics: bind().await,
+        },
+        Some(metrics()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let client = ExternalProcessorClient::connect(format!("http://{}", epp.grpc))
+        .await
+        .unwrap();
+    TestEpp {
+        epp,
+        client,
+        shutdown,
+    }
+}
+
+/// What the EPP answered for one request.
+#[derive(Debug)]
+pub enum Routed {
+    /// Headers it set (destination, prefiller, ...).
+    To(HashMap<String, String>),
+    /// An ImmediateResponse: HTTP status and body.
+    Rejected(u32, String),
+}
+
+impl Routed {
+    /// The destination list (panics on a rejection).
+    pub fn destination(&self) -> &str {
+        match self {
+            Routed::To(h) => &h["x-gateway-destination-endpoint"],
+            Routed::Rejected(s, b) => panic!("rejected {s}: {b}"),
+        }
+    }
+
+    /// The first destination.
+    pub fn primary(&self) -> String {
+        self.destination().split(',').next().unwrap().to_owned()
+    }
+
+    /// The prefill pod, when P/D was chosen.
+    pub fn prefiller(&self) -> Option<String> {
+        match self {
+            Routed::To(h) => h.get("x-prefiller-host-port").cloned(),
+            Routed::Rejected(s, b) => panic!("rejected {s}: {b}"),
+        }
+    }
+}
+
+fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    HeaderMap {
+        headers: pairs
+            .iter()
+            .map(|(k, v)| HeaderValue {
+                key: (*k).to_owned(),
+                value: String::new(),
+                raw_value: v.as_bytes().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// Routes one POST through the ext_proc stream.
+pub async fn route(
+    client: &mut ExternalProcessorClient<tonic::transport::Channel>,
+    path: &str,
+    body: &[u8],
+) -> Routed {
+    let msgs = vec![
+        ProcessingRequest {
+            request: Some(processing_request::Request::RequestHeaders(HttpHeaders {
+                headers: Some(header_map(&[
+                    (":method", "POST"),
+                    (":path", path),
+                    ("content-type", "application/json"),
+                ])),
+                end_of_stream: false,
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+        ProcessingRequest {
+            request: Some(processing_request::Request::RequestBody(HttpBody {
+                body: body.to_vec(),
+                end_of_stream: true,
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+    ];
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    for m in msgs {
+        tx.send(m).await.unwrap();
+    }
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut responses = client.process(stream).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    drop(tx);
+    match first.response.unwrap() {
+        processing_response::Response::ImmediateResponse(ir) => Routed::Rejected(
+            ir.status.unwrap().code as u32,
+            String::from_utf8_lossy(&ir.body).into_owned(),
+        ),
+        processing_response::Response::RequestHeaders(h) => Routed::To(
+            h.response
+                .unwrap()
+                .header_mutation
+                .unwrap()
+                .set_headers
+                .into_iter()
+                .map(|h| {
+                    let h = h.header.unwrap();
+                    (h.key, String::from_utf8(h.raw_value).unwrap())
+                })
+                .collect(),
+        ),
+        other => panic!("unexpected first response {other:?}"),
+    }
+}
+
+/// A completions body.
+pub fn completion(prompt: &str, max_tokens: u32) -> Vec<u8> {
+    serde_json::to_vec(
+        &serde_json::json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens}),
+    )
+    .unwrap()
+}
+
+/// Sends the request to the routed pod as a gateway would; returns the usage object.
+pub async fn serve(pod: &str, body: &[u8]) -> serde_json::Value {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{pod}/v1/completions"))
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json::<serde_json::Value>().await.unwrap()["usage"].clone()
+}
+
+/// Waits (at most 10 s) for a condition.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A metric's value from the rendered exposition (sum over series whose labels contain all
+/// of `labels`).
+pub fn metric(name: &str, labels: &[&str]) -> f64 {
+    metrics()
+        .render()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}

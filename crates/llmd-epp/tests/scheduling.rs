@@ -1,0 +1,358 @@
+//! The EPP end to end: real simulators publish KV events over ZMQ, the EPP indexes them, and
+//! requests routed through its ext_proc gRPC service land where their prefix is cached; P/D
+//! decisions follow the threshold and the cache; bad input and pool churn get the right
+//! answers.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use common::{MODEL, Routed, completion, epp, metric, route, serve, sim, spec_of, wait_until};
+
+fn prefix_config(tok: &str) -> String {
+    format!(
+        r#"
+plugins:
+  - type: precise-prefix-cache-scorer
+    parameters: {{hashSeed: "7", tokenizer: "{tok}"}}
+  - type: max-score-picker
+schedulingProfiles:
+  - name: default
+    plugins:
+      - {{pluginRef: precise-prefix-cache-scorer}}
+      - {{pluginRef: max-score-picker}}
+"#
+    )
+}
+
+fn pd_config(tok: &str) -> String {
+    format!(
+        r#"
+plugins:
+  - type: precise-prefix-cache-scorer
+    parameters: {{hashSeed: "7", tokenizer: "{tok}"}}
+  - type: decode-filter
+  - type: prefill-filter
+  - type: max-score-picker
+  - type: pd-profile-handler
+    parameters: {{threshold: 256}}
+schedulingProfiles:
+  - name: decode
+    plugins:
+      - {{pluginRef: decode-filter}}
+      - {{pluginRef: precise-prefix-cache-scorer}}
+      - {{pluginRef: max-score-picker}}
+  - name: prefill
+    plugins:
+      - {{pluginRef: prefill-filter}}
+      - {{pluginRef: max-score-picker}}
+"#
+    )
+}
+
+fn sim_flags<'a>(tok: &'a str, kv_events: &'a str) -> Vec<&'a str> {
+    vec![
+        "--model",
+        MODEL,
+        "--tokenizer",
+        tok,
+        "--hash-seed",
+        "7",
+        "--time-scale",
+        "0",
+        "--kv-events-endpoint",
+        kv_events,
+    ]
+}
+
+/// A text of about `words` × 2 tokens, distinct per `seed`.
+fn text(seed: &str, words: usize) -> String {
+    (0..words).map(|i| format!("{seed}{i} ")).collect()
+}
+
+/// `POST /debug/route`: the blocks each pod holds of this prompt's prefix.
+async fn matched(metrics_addr: std::net::SocketAddr, prompt: &str) -> serde_json::Value {
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{metrics_addr}/debug/route"))
+        .body(completion(prompt, 1))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["prefix"]["matched_blocks"].clone()
+}
+
+/// Sends short prompts straight to each pod until the index has heard from all of them (a
+/// ZMQ subscription drops what was published before it was in place).
+async fn warm_up(kv: &llmd_kv_index::KvIndex, pods: &[String]) {
+    for (i, pod) in pods.iter().enumerate() {
+        let mut n = 0;
+        while kv.pods().get(pod).is_none() {
+            serve(pod, &completion(&text(&format!("warm{i}x{n}y"), 80), 1)).await;
+            n += 1;
+            assert!(n < 200, "no KV events from {pod}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_prefixes_land_on_the_pod_that_holds_them() {
+    let Some(tok) = common::llama_tokenizer() else {
+        return;
+    };
+    let mut sims = Vec::new();
+    for _ in 0..4 {
+        sims.push(sim(&sim_flags(&tok, "tcp://*:0")).await);
+    }
+    let specs: Vec<_> = sims.iter().map(|(s, _)| spec_of(s, "both")).collect();
+    let pods: Vec<String> = specs.iter().map(|s| s.host_port()).collect();
+    let mut e = epp(&prefix_config(&tok), specs, None, None).await;
+    let kv = e.epp.scheduler.prefix().unwrap().kv.clone();
+    warm_up(&kv, &pods).await;
+
+    let hits_before = metric("llm_d_epp_prefix_cache_hits_total", &[MODEL]);
+    for doc in 0..4 {
+        let document = text(&format!("doc{doc}w"), 350); // ~700 tokens: 10+ blocks of 64
+        let first = format!("{document}Question 0: what is this about?");
+        let holder = route(&mut e.client, "/v1/completions", &completion(&first, 4))
+            .await
+            .primary();
+        assert!(pods.contains(&holder));
+        let usage = serve(&holder, &completion(&first, 4)).await;
+        let full_blocks = usage["prompt_tokens"].as_u64().unwrap() / 64;
+        assert!(full_blocks >= 10, "{usage}");
+        let mut waited = 0;
+        while matched(e.epp.metrics, &first).await[&holder]
+            .as_u64()
+            .unwrap_or(0)
+            < full_blocks
+        {
+            waited += 1;
+            assert!(waited < 500, "the EPP never indexed {holder}'s blocks");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        for q in 1..4 {
+            let follow_up = format!("{document}Question {q}: and what else?");
+            let routed = route(&mut e.client, "/v1/completions", &completion(&follow_up, 4)).await;
+            assert_eq!(routed.primary(), holder, "doc {doc} question {q}");
+            // The pod really had it: vLLM-style cached tokens on the follow-up.
+            let usage = serve(&holder, &completion(&follow_up, 4)).await;
+            let cached = usage["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap();
+            assert!(cached >= (full_blocks - 1) * 64, "doc {doc} q {q}: {usage}");
+        }
+    }
+    let hits = metric("llm_d_epp_prefix_cache_hits_total", &[MODEL]) - hits_before;
+    assert!(hits >= 12.0, "prefix-cache hits counted: {hits}");
+    assert!(
+        metric(
+            "llm_d_epp_prefix_cache_scorer_matched_blocks_count",
+            &[MODEL]
+        ) >= 16.0
+    );
+    wait_until("the pool gauge", || {
+        metric("inference_pool_ready_pods", &["test-pool"]) == 4.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pd_is_chosen_for_long_uncached_prompts_only() {
+    let Some(tok) = common::llama_tokenizer() else {
+        return;
+    };
+    // This time the EPP binds and the pods connect to it (vLLM's usual setup), and the pods
+    // arrive through the endpoints file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.yaml");
+    std::fs::write(&file, "endpoints: []\n").unwrap();
+    let mut e = epp(
+        &pd_config(&tok),
+        Vec::new(),
+        Some(file.clone()),
+        Some("tcp://127.0.0.1:0"),
+    )
+    .await;
+    let bound = e.epp.kv_events_bound.clone().unwrap();
+    let (decode, _d) = sim(&sim_flags(&tok, &bound)).await;
+    let (p1, _p1) = sim(&sim_flags(&tok, &bound)).await;
+    let (p2, _p2) = sim(&sim_flags(&tok, &bound)).await;
+    let yaml = |s: &llmd_sim::Sim, role: &str| {
+        format!(
+            "  - {{address: 127.0.0.1, port: {}, role: {role}, model: {MODEL}}}\n",
+            s.addr.port()
+        )
+    };
+    std::fs::write(
+        &file,
+        format!(
+            "endpoints:\n{}{}{}",
+            yaml(&decode, "decode"),
+            yaml(&p1, "prefill"),
+            yaml(&p2, "prefill")
+        ),
+    )
+    .unwrap();
+    let pool = e.epp.scheduler.pool().clone();
+    wait_until("the endpoints file reloaded", || pool.snapshot().len() == 3).await;
+    let decode_pod = format!("127.0.0.1:{}", decode.addr.port());
+    let prefill_pods = [
+        format!("127.0.0.1:{}", p1.addr.port()),
+        format!("127.0.0.1:{}", p2.addr.port()),
+    ];
+    let kv = e.epp.scheduler.prefix().unwrap().kv.clone();
+    warm_up(&kv, std::slice::from_ref(&decode_pod)).await;
+
+    let pd_before = metric(
+        "llm_d_inference_scheduler_pd_decision_total",
+        &["prefill-decode"],
+    );
+    let short = "Say hello.";
+    let r = route(&mut e.client, "/v1/completions", &completion(short, 4)).await;
+    assert_eq!(r.destination(), decode_pod, "only the decode pod decodes");
+    assert_eq!(r.prefiller(), None, "a short prompt stays decode-only");
+
+    let long = text("ctx", 500); // ~1,000 uncached tokens > threshold 256
+    let r = route(&mut e.client, "/v1/completions", &completion(&long, 4)).await;
+    assert_eq!(r.destination(), decode_pod);
+    let prefiller = r.prefiller().expect("a long uncached prompt gets P/D");
+    assert!(prefill_pods.contains(&prefiller), "{prefiller}");
+
+    // Once the decode pod holds the prompt, only a few tokens are uncached: decode-only.
+    let usage = serve(&decode_pod, &completion(&long, 4)).await;
+    let blocks = usage["prompt_tokens"].as_u64().unwrap() / 64;
+    let mut waited = 0;
+    while matched(e.epp.metrics, &long).await[&decode_pod]
+        .as_u64()
+        .unwrap_or(0)
+        < blocks
+    {
+        waited += 1;
+        assert!(
+            waited < 500,
+            "the EPP never indexed the decode pod's blocks"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let r = route(&mut e.client, "/v1/completions", &completion(&long, 4)).await;
+    assert_eq!(r.prefiller(), None, "cached prompt: decode-only");
+    // The same prefix with 600 new tokens: P/D again.
+    let extended = format!("{long}{}", text("more", 300));
+    let r = route(&mut e.client, "/v1/completions", &completion(&extended, 4)).await;
+    assert!(r.prefiller().is_some(), "600 uncached tokens: P/D");
+    let pd = metric(
+        "llm_d_inference_scheduler_pd_decision_total",
+        &["prefill-decode"],
+    ) - pd_before;
+    assert!(pd >= 2.0, "P/D decisions counted: {pd}");
+
+    // No prefill pods left: decode-only rather than an error.
+    std::fs::write(&file, format!("endpoints:\n{}", yaml(&decode, "decode"))).unwrap();
+    wait_until("the prefill pods removed", || pool.snapshot().len() == 1).await;
+    let r = route(&mut e.client, "/v1/completions", &completion(&extended, 4)).await;
+    assert_eq!(r.destination(), decode_pod);
+    assert_eq!(r.prefiller(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_and_pool_churn_get_clear_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.yaml");
+    let (live, stop_live) = sim(&["--model", MODEL, "--dummy-tokenizer"]).await;
+    let live_pod = format!("127.0.0.1:{}", live.addr.port());
+    // A pod whose port nobody listens on: its metrics never arrive.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_pod = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let both = format!(
+        "endpoints:\n  - {{address: 127.0.0.1, port: {}, model: {MODEL}}}\n  - {{address: 127.0.0.1, port: {}, model: {MODEL}}}\n",
+        live.addr.port(),
+        dead_pod.rsplit(':').next().unwrap()
+    );
+    std::fs::write(&file, &both).unwrap();
+    let initial = llmd_epp::endpoints::EndpointsFile::load(&file).unwrap();
+    let config = llmd_epp::config::DEFAULT_CONFIG;
+    let mut e = epp(config, initial.endpoints, Some(file.clone()), None).await;
+
+    // Bad input: the right status, an OpenAI-style error, and the stream keeps working.
+    for (body, status) in [
+        (b"{not json".to_vec(), 400),
+        (br#"{"model": 5, "prompt": "x"}"#.to_vec(), 400),
+        (br#"{"prompt": "no model"}"#.to_vec(), 400),
+        (vec![b' '; 2 << 20], 413),
+        (br#"{"model": "not-served", "prompt": "x"}"#.to_vec(), 404),
+    ] {
+        match route(&mut e.client, "/v1/completions", &body).await {
+            Routed::Rejected(s, text) => {
+                assert_eq!(s, status, "{text}");
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert!(v["error"]["message"].is_string(), "{text}");
+            }
+            other => panic!("expected {status}, got {other:?}"),
+        }
+    }
+    assert!(
+        metric(
+            "inference_objective_request_error_total",
+            &["not-served", "error_code=\"404\""]
+        ) >= 1.0
+    );
+
+    // Stale metrics on one pod: requests still route, and the pool gauge counts one ready pod.
+    wait_until("one ready pod", || {
+        metric("inference_pool_ready_pods", &["test-pool"]) == 1.0
+    })
+    .await;
+    for i in 0..8 {
+        let r = route(
+            &mut e.client,
+            "/v1/completions",
+            &completion(&format!("p{i}"), 1),
+        )
+        .await;
+        assert!([&live_pod, &dead_pod].contains(&&r.primary()), "{r:?}");
+    }
+
+    // The live pod goes away and is removed from the file: only the other one is chosen.
+    stop_live.cancel();
+    std::fs::write(
+        &file,
+        format!(
+            "endpoints:\n  - {{address: 127.0.0.1, port: {}, model: {MODEL}}}\n",
+            dead_pod.rsplit(':').next().unwrap()
+        ),
+    )
+    .unwrap();
+    let pool = e.epp.scheduler.pool().clone();
+    wait_until("the pod removed", || pool.snapshot().len() == 1).await;
+    for i in 0..4 {
+        let r = route(
+            &mut e.client,
+            "/v1/completions",
+            &completion(&format!("q{i}"), 1),
+        )
+        .await;
+        assert_eq!(r.destination(), dead_pod);
+    }
+
+    // An empty pool: 503, and a broken file is ignored (the last good set stays).
+    std::fs::write(&file, "endpoints: []\n").unwrap();
+    wait_until("the pool emptied", || pool.snapshot().is_empty()).await;
+    match route(&mut e.client, "/v1/completions", &completion("x", 1)).await {
+        Routed::Rejected(503, _) => {}
+        other => panic!("expected 503, got {other:?}"),
+    }
+    std::fs::write(&file, &both).unwrap();
+    wait_until("the pool refilled", || pool.snapshot().len() == 2).await;
+    std::fs::write(&file, "endpoints: [{address: 127.0.0.1}]\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        pool.snapshot().len(),
+        2,
+        "an invalid file must not empty the pool"
+    );
+}
