@@ -272,7 +272,10 @@ pub async fn start(
             source,
         })?;
     let mut app = axum::Router::new()
-        .route("/debug/route", axum::routing::post(debug_route))
+        .route(
+            "/debug/route",
+            axum::routing::get(debug_route).post(debug_route),
+        )
         .with_state(scheduler.clone());
     if let Some(m) = metrics {
         app = app.merge(m.router());
@@ -316,7 +319,7 @@ struct RouteQuery {
     path: Option<String>,
 }
 
-/// `POST /debug/route?path=/v1/completions`: the decision for a request body, with every
+/// `GET` or `POST /debug/route?path=/v1/completions` with a request body: the decision for a request body, with every
 /// plugin's score per endpoint; nothing is routed.
 async fn debug_route(
     State(scheduler): State<Arc<Scheduler>>,

@@ -7,96 +7,10 @@
 
 mod common;
 
-use common::{MODEL, Routed, completion, epp, metric, route, serve, sim, spec_of, wait_until};
-
-fn prefix_config(tok: &str) -> String {
-    format!(
-        r#"
-plugins:
-  - type: precise-prefix-cache-scorer
-    parameters: {{hashSeed: "7", tokenizer: "{tok}"}}
-  - type: max-score-picker
-schedulingProfiles:
-  - name: default
-    plugins:
-      - {{pluginRef: precise-prefix-cache-scorer}}
-      - {{pluginRef: max-score-picker}}
-"#
-    )
-}
-
-fn pd_config(tok: &str) -> String {
-    format!(
-        r#"
-plugins:
-  - type: precise-prefix-cache-scorer
-    parameters: {{hashSeed: "7", tokenizer: "{tok}"}}
-  - type: decode-filter
-  - type: prefill-filter
-  - type: max-score-picker
-  - type: pd-profile-handler
-    parameters: {{threshold: 256}}
-schedulingProfiles:
-  - name: decode
-    plugins:
-      - {{pluginRef: decode-filter}}
-      - {{pluginRef: precise-prefix-cache-scorer}}
-      - {{pluginRef: max-score-picker}}
-  - name: prefill
-    plugins:
-      - {{pluginRef: prefill-filter}}
-      - {{pluginRef: max-score-picker}}
-"#
-    )
-}
-
-fn sim_flags<'a>(tok: &'a str, kv_events: &'a str) -> Vec<&'a str> {
-    vec![
-        "--model",
-        MODEL,
-        "--tokenizer",
-        tok,
-        "--hash-seed",
-        "7",
-        "--time-scale",
-        "0",
-        "--kv-events-endpoint",
-        kv_events,
-    ]
-}
-
-/// A text of about `words` × 2 tokens, distinct per `seed`.
-fn text(seed: &str, words: usize) -> String {
-    (0..words).map(|i| format!("{seed}{i} ")).collect()
-}
-
-/// `POST /debug/route`: the blocks each pod holds of this prompt's prefix.
-async fn matched(metrics_addr: std::net::SocketAddr, prompt: &str) -> serde_json::Value {
-    let v: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{metrics_addr}/debug/route"))
-        .body(completion(prompt, 1))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["prefix"]["matched_blocks"].clone()
-}
-
-/// Sends short prompts straight to each pod until the index has heard from all of them (a
-/// ZMQ subscription drops what was published before it was in place).
-async fn warm_up(kv: &llmd_kv_index::KvIndex, pods: &[String]) {
-    for (i, pod) in pods.iter().enumerate() {
-        let mut n = 0;
-        while kv.pods().get(pod).is_none() {
-            serve(pod, &completion(&text(&format!("warm{i}x{n}y"), 80), 1)).await;
-            n += 1;
-            assert!(n < 200, "no KV events from {pod}");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
-}
+use common::{
+    MODEL, Routed, completion, epp, matched, metric, pd_config, prefix_config, route, serve, sim,
+    sim_flags, spec_of, text, wait_until, warm_up,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_prefixes_land_on_the_pod_that_holds_them() {

@@ -190,14 +190,26 @@ pub async fn route(
     path: &str,
     body: &[u8],
 ) -> Routed {
+    route_with(client, path, body, &[]).await
+}
+
+/// Routes one POST with extra request headers (e.g. `traceparent`).
+pub async fn route_with(
+    client: &mut ExternalProcessorClient<tonic::transport::Channel>,
+    path: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+) -> Routed {
+    let mut pairs = vec![
+        (":method", "POST"),
+        (":path", path),
+        ("content-type", "application/json"),
+    ];
+    pairs.extend_from_slice(extra);
     let msgs = vec![
         ProcessingRequest {
             request: Some(processing_request::Request::RequestHeaders(HttpHeaders {
-                headers: Some(header_map(&[
-                    (":method", "POST"),
-                    (":path", path),
-                    ("content-type", "application/json"),
-                ])),
+                headers: Some(header_map(&pairs)),
                 end_of_stream: false,
                 ..Default::default()
             })),
@@ -288,4 +300,93 @@ pub fn metric(name: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|x| l.contains(x)))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
+}
+
+pub fn prefix_config(tok: &str) -> String {
+    format!(
+        r#"
+plugins:
+  - type: precise-prefix-cache-scorer
+    parameters: {{hashSeed: "7", tokenizer: "{tok}"}}
+  - type: max-score-picker
+schedulingProfiles:
+  - name: default
+    plugins:
+      - {{pluginRef: precise-prefix-cache-scorer}}
+      - {{pluginRef: max-score-picker}}
+"#
+    )
+}
+
+pub fn pd_config(tok: &str) -> String {
+    format!(
+        r#"
+plugins:
+  - type: precise-prefix-cache-scorer
+    parameters: {{hashSeed: "7", tokenizer: "{tok}"}}
+  - type: decode-filter
+  - type: prefill-filter
+  - type: max-score-picker
+  - type: pd-profile-handler
+    parameters: {{threshold: 256}}
+schedulingProfiles:
+  - name: decode
+    plugins:
+      - {{pluginRef: decode-filter}}
+      - {{pluginRef: precise-prefix-cache-scorer}}
+      - {{pluginRef: max-score-picker}}
+  - name: prefill
+    plugins:
+      - {{pluginRef: prefill-filter}}
+      - {{pluginRef: max-score-picker}}
+"#
+    )
+}
+
+pub fn sim_flags<'a>(tok: &'a str, kv_events: &'a str) -> Vec<&'a str> {
+    vec![
+        "--model",
+        MODEL,
+        "--tokenizer",
+        tok,
+        "--hash-seed",
+        "7",
+        "--time-scale",
+        "0",
+        "--kv-events-endpoint",
+        kv_events,
+    ]
+}
+
+/// A text of about `words` × 2 tokens, distinct per `seed`.
+pub fn text(seed: &str, words: usize) -> String {
+    (0..words).map(|i| format!("{seed}{i} ")).collect()
+}
+
+/// `POST /debug/route`: the blocks each pod holds of this prompt's prefix.
+pub async fn matched(metrics_addr: std::net::SocketAddr, prompt: &str) -> serde_json::Value {
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{metrics_addr}/debug/route"))
+        .body(completion(prompt, 1))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["prefix"]["matched_blocks"].clone()
+}
+
+/// Sends short prompts straight to each pod until the index has heard from all of them (a
+/// ZMQ subscription drops what was published before it was in place).
+pub async fn warm_up(kv: &llmd_kv_index::KvIndex, pods: &[String]) {
+    for (i, pod) in pods.iter().enumerate() {
+        let mut n = 0;
+        while kv.pods().get(pod).is_none() {
+            serve(pod, &completion(&text(&format!("warm{i}x{n}y"), 80), 1)).await;
+            n += 1;
+            assert!(n < 200, "no KV events from {pod}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 }
