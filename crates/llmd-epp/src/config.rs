@@ -90,6 +90,41 @@ pub struct EndpointPickerConfig {
     pub plugins: Vec<PluginSpec>,
     /// Profiles.
     pub scheduling_profiles: Vec<ProfileSpec>,
+    /// Load shedding (GIE's saturation detector); absent: never shed.
+    #[serde(default)]
+    pub saturation_detector: Option<SaturationDetector>,
+}
+
+/// GIE's saturation detector: when every candidate pod is saturated, requests get 429.
+///
+/// A pod is saturated when its waiting queue reaches `queueDepthThreshold`, its KV-cache usage
+/// reaches `kvCacheUtilThreshold`, or its metrics are older than `metricsStalenessThreshold`
+/// (then nothing is known about it, and GIE does not trust it either).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SaturationDetector {
+    /// Waiting requests at which a pod is saturated (GIE default 5).
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth_threshold: f64,
+    /// KV-cache usage (0..1) at which a pod is saturated (GIE default 0.8).
+    #[serde(default = "default_kv_util")]
+    pub kv_cache_util_threshold: f64,
+    /// Metrics older than this are not trusted (GIE's default is 200ms; ours follows the
+    /// scrape interval, so the default here is 5s).
+    #[serde(default = "default_staleness", with = "humantime_serde")]
+    pub metrics_staleness_threshold: std::time::Duration,
+}
+
+fn default_queue_depth() -> f64 {
+    5.0
+}
+
+fn default_kv_util() -> f64 {
+    0.8
+}
+
+fn default_staleness() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
 }
 
 /// The default configuration: the precise prefix-cache scorer plus load, one decode profile.

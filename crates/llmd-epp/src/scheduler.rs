@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use llmd_telemetry::names;
 
-use crate::config::{ConfigError, EndpointPickerConfig};
+use crate::config::{ConfigError, EndpointPickerConfig, SaturationDetector};
 use crate::endpoints::{Endpoint, Pool};
 use crate::extproc::{Decision, PickContext, PickError, Picker};
 use crate::plugins::precise_prefix_cache_scorer::PrefixEnv;
@@ -23,6 +23,7 @@ pub struct Scheduler {
     profiles: Profiles,
     handler: Arc<dyn ProfileHandler>,
     prefix: Option<Arc<PrefixEnv>>,
+    saturation: Option<SaturationDetector>,
     bodyless: AtomicU64,
 }
 
@@ -44,6 +45,7 @@ impl Scheduler {
             profiles,
             handler,
             prefix: env.prefix,
+            saturation: config.saturation_detector.clone(),
             bodyless: AtomicU64::new(0),
         })
     }
@@ -116,6 +118,11 @@ impl Scheduler {
                 None,
             );
         };
+        if let Some(sd) = &self.saturation
+            && eps.iter().all(|e| saturated(sd, e))
+        {
+            return (Err(PickError::Saturated), None, None);
+        }
         let mut cs = CycleState {
             request: ctx.request,
             headers: ctx.headers,
@@ -125,6 +132,16 @@ impl Scheduler {
         };
         let result = self.handler.handle(&self.profiles, &mut cs, eps);
         (result, cs.explain, cs.prefix)
+    }
+}
+
+/// True when `e` cannot take more work (or nothing recent is known about it).
+fn saturated(sd: &SaturationDetector, e: &Endpoint) -> bool {
+    match e.fresh_load(sd.metrics_staleness_threshold) {
+        None => true,
+        Some(l) => {
+            l.waiting >= sd.queue_depth_threshold || l.kv_usage >= sd.kv_cache_util_threshold
+        }
     }
 }
 

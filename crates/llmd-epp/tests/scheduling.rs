@@ -270,3 +270,72 @@ async fn bad_requests_and_pool_churn_get_clear_answers() {
         "an invalid file must not empty the pool"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_pool_sheds_with_429_and_recovers() {
+    // One sequence at a time, 20 ms per token: four 50-token requests queue three deep.
+    let (pod, _stop) = sim(&[
+        "--model",
+        MODEL,
+        "--dummy-tokenizer",
+        "--max-num-seqs",
+        "1",
+        "--decode-itl-ms",
+        "20",
+    ])
+    .await;
+    let config = format!(
+        "{}saturationDetector: {{queueDepthThreshold: 2, kvCacheUtilThreshold: 0.9, metricsStalenessThreshold: 2s}}\n",
+        llmd_epp::config::ROUND_ROBIN_CONFIG
+    );
+    let spec = spec_of(&pod, "both");
+    let id = spec.host_port();
+    let mut e = epp(&config, vec![spec], None, None).await;
+    let pool = e.epp.scheduler.pool().clone();
+    wait_until("the first scrape", || {
+        pool.snapshot()[0]
+            .fresh_load(std::time::Duration::from_secs(1))
+            .is_some()
+    })
+    .await;
+    let ok = route(&mut e.client, "/v1/completions", &completion("hi", 1)).await;
+    assert_eq!(ok.destination(), id);
+
+    let busy: Vec<_> = (0..4)
+        .map(|i| {
+            let id = id.clone();
+            tokio::spawn(async move { serve(&id, &completion(&format!("busy {i}"), 50)).await })
+        })
+        .collect();
+    let mut shed = None;
+    for _ in 0..200 {
+        match route(&mut e.client, "/v1/completions", &completion("hi", 1)).await {
+            Routed::Rejected(status, body) => {
+                shed = Some((status, body));
+                break;
+            }
+            Routed::To(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+    let (status, body) = shed.expect("the queue never looked saturated");
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("RateLimitError"), "{body}");
+    for b in busy {
+        b.await.unwrap();
+    }
+    let mut recovered = false;
+    for _ in 0..200 {
+        if let Routed::To(_) = route(&mut e.client, "/v1/completions", &completion("hi", 1)).await {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(recovered, "still shedding after the queue drained");
+    assert!(
+        metric(
+            "inference_objective_request_error_total",
+            &["error_code=\"429\""]
+        ) >= 1.0
+    );
+}
