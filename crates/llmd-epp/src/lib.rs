@@ -244,7 +244,8 @@ pub async fn start(
             .add_service(ExternalProcessorServer::new(svc))
             .add_service(hs)
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listeners.grpc),
+                tonic::transport::server::TcpIncoming::from(listeners.grpc)
+                    .with_nodelay(Some(true)),
                 stop.cancelled_owned(),
             )
             .await;
@@ -258,7 +259,7 @@ pub async fn start(
             let _ = tonic::transport::Server::builder()
                 .add_service(health_service)
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(health),
+                    tonic::transport::server::TcpIncoming::from(health).with_nodelay(Some(true)),
                     stop.cancelled_owned(),
                 )
                 .await;

@@ -70,7 +70,9 @@ async fn server(
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(ExternalProcessorServer::new(svc))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
             .await
             .unwrap();
     });
