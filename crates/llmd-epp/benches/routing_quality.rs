@@ -220,6 +220,7 @@ async fn run_policy(
             scrape_interval: Duration::from_secs(1),
             max_body_bytes: 4 << 20,
             pool_name: "bench".into(),
+            kubernetes: None,
         },
         Listeners {
             grpc: bind().await,

@@ -6,6 +6,7 @@
 //! | `extproc` | the ext_proc stream state machine (full-duplex and buffered bodies, destination header and `envoy.lb` metadata, `ImmediateResponse` errors, response pass-through) |
 //! | `request` | OpenAI completions / chat request parsing |
 //! | `endpoints` | the endpoint set (static file, reloaded), `/metrics` scraping with staleness |
+//! | `discovery` | Kubernetes: an `InferencePool`'s ready pods as the endpoint set |
 //! | `config` | the llm-d-shaped `EndpointPickerConfig` |
 //! | `plugins` | filters, scorers (precise prefix cache, queue, KV usage, load), pickers, profile handlers (single, P/D) |
 //! | `scheduler` | model and subset filtering, the handler, decision metrics |
@@ -13,10 +14,9 @@
 //! Ports (`shared/design.md` §5): gRPC 9002, gRPC health 9003, metrics 9090 (`/metrics`, and
 //! `POST /debug/route` to explain a decision without routing anything).
 //!
-//! Status: Kubernetes discovery, saturation shedding and the benchmarks are not built yet
-//! (issue 5 continues).
 
 pub mod config;
+pub mod discovery;
 pub mod endpoints;
 pub mod extproc;
 pub mod plugins;
@@ -66,9 +66,29 @@ pub struct Args {
     /// Scheduler config (EndpointPickerConfig YAML); default: precise prefix cache + load.
     #[arg(long, env = "LLMD_EPP_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Endpoints file (YAML/JSON), reloaded when it changes.
-    #[arg(long, env = "LLMD_EPP_ENDPOINTS")]
-    pub endpoints_file: PathBuf,
+    /// Endpoints file (YAML/JSON), reloaded when it changes (local runs; else --pool-name).
+    #[arg(
+        long,
+        env = "LLMD_EPP_ENDPOINTS",
+        required_unless_present = "pool_name",
+        conflicts_with = "pool_name"
+    )]
+    pub endpoints_file: Option<PathBuf>,
+    /// Follow this Kubernetes InferencePool (in-cluster config or KUBECONFIG).
+    #[arg(long, env = "LLMD_EPP_POOL_NAME")]
+    pub pool_name: Option<String>,
+    /// Namespace of the InferencePool.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub pool_namespace: String,
+    /// API group of the InferencePool.
+    #[arg(long, default_value = "inference.networking.k8s.io")]
+    pub pool_group: String,
+    /// Dial each discovered pod's KV events on this port (else pods connect to --kv-events-bind).
+    #[arg(long)]
+    pub kv_events_port: Option<u16>,
+    /// How often to list the pool's pods, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub discovery_interval_ms: u64,
     /// Also bind a ZMQ SUB socket that pods connect to for KV events (e.g. tcp://*:5557).
     #[arg(long)]
     pub kv_events_bind: Option<String>,
@@ -78,9 +98,6 @@ pub struct Args {
     /// Largest request body, bytes.
     #[arg(long, default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
-    /// The pool's name, as in GIE's `--pool-name` (label of the `inference_pool_*` gauges).
-    #[arg(long, env = "LLMD_EPP_POOL_NAME", default_value = "llmd")]
-    pub pool_name: String,
 }
 
 /// Errors of the EPP.
@@ -107,6 +124,9 @@ pub enum Error {
     /// Telemetry.
     #[error(transparent)]
     Telemetry(#[from] llmd_telemetry::TelemetryError),
+    /// No usable Kubernetes configuration.
+    #[error("kubernetes client: {0}")]
+    Kubernetes(String),
 }
 
 /// A running EPP.
@@ -150,6 +170,25 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// The pool's name (label of the `inference_pool_*` gauges).
     pub pool_name: String,
+    /// Follow a Kubernetes `InferencePool` (its ready pods replace the endpoints).
+    pub kubernetes: Option<KubeSource>,
+}
+
+/// A Kubernetes client and the pool to follow.
+#[derive(Clone)]
+pub struct KubeSource {
+    /// The API client.
+    pub client: kube::Client,
+    /// The pool.
+    pub pool: discovery::PoolRef,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Starts an EPP on the given listeners.
@@ -167,45 +206,53 @@ pub async fn start(
         scrape_interval,
         max_body_bytes,
         pool_name,
+        kubernetes,
     } = options;
     let pool = Arc::new(Pool::default());
     let initial = pool.replace(endpoints.endpoints);
     let scheduler = Arc::new(Scheduler::new(&config, pool.clone())?);
     let mut kv_events_bound = None;
-    if let Some(prefix) = scheduler.prefix() {
-        let subscriber = Arc::new(Subscriber::new(
-            prefix.kv.clone(),
-            SubscriberConfig::default(),
-        ));
-        follow(&subscriber, &prefix.kv, &initial);
-        if let Some(bind) = &kv_events_bind {
-            kv_events_bound = Some(subscriber.bind(bind).await?);
-        }
-        if let Some(path) = endpoints_file.clone() {
-            let (sub, kv) = (subscriber.clone(), prefix.kv.clone());
-            tokio::spawn(endpoints::watch_file(
-                path,
-                pool.clone(),
-                move |c| follow(&sub, &kv, &c),
-                Duration::from_secs(2),
-                shutdown.clone(),
+    // Who hears about endpoint changes: the KV-event subscriptions follow the pod set.
+    let on_change: Arc<dyn Fn(endpoints::Change) + Send + Sync> = match scheduler.prefix() {
+        Some(prefix) => {
+            let subscriber = Arc::new(Subscriber::new(
+                prefix.kv.clone(),
+                SubscriberConfig::default(),
             ));
-        }
-        let (kv, stop) = (prefix.kv.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            while !stop.is_cancelled() {
-                tick.tick().await;
-                kv.index().export_metrics();
+            follow(&subscriber, &prefix.kv, &initial);
+            if let Some(bind) = &kv_events_bind {
+                kv_events_bound = Some(subscriber.bind(bind).await?);
             }
-            drop(subscriber);
-        });
-    } else if let Some(path) = endpoints_file {
+            let (kv, stop, sub) = (prefix.kv.clone(), shutdown.clone(), subscriber.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                while !stop.is_cancelled() {
+                    tick.tick().await;
+                    kv.index().export_metrics();
+                }
+                drop(sub);
+            });
+            let kv = prefix.kv.clone();
+            Arc::new(move |c| follow(&subscriber, &kv, &c))
+        }
+        None => Arc::new(|_| {}),
+    };
+    if let Some(path) = endpoints_file {
+        let on_change = on_change.clone();
         tokio::spawn(endpoints::watch_file(
             path,
             pool.clone(),
-            |_| {},
+            move |c| on_change(c),
             Duration::from_secs(2),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(k) = kubernetes {
+        tokio::spawn(discovery::run(
+            k.client,
+            k.pool,
+            pool.clone(),
+            move |c| on_change(c),
             shutdown.clone(),
         ));
     }
@@ -371,7 +418,27 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
         Some(path) => EndpointPickerConfig::load(path)?,
         None => EndpointPickerConfig::parse(config::DEFAULT_CONFIG)?,
     };
-    let endpoints = EndpointsFile::load(&args.endpoints_file)?;
+    let endpoints = match &args.endpoints_file {
+        Some(path) => EndpointsFile::load(path)?,
+        None => EndpointsFile {
+            endpoints: Vec::new(),
+        },
+    };
+    let kubernetes = match &args.pool_name {
+        Some(name) if args.endpoints_file.is_none() => Some(KubeSource {
+            client: kube::Client::try_default()
+                .await
+                .map_err(|e| Error::Kubernetes(e.to_string()))?,
+            pool: discovery::PoolRef {
+                name: name.clone(),
+                namespace: args.pool_namespace.clone(),
+                group: args.pool_group.clone(),
+                kv_events_port: args.kv_events_port,
+                resync: Duration::from_millis(args.discovery_interval_ms.max(100)),
+            },
+        }),
+        _ => None,
+    };
     let bind = |port: u16| {
         let addr = format!("{}:{port}", args.host);
         async move {
@@ -388,12 +455,13 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
     start(
         Options {
             config,
-            endpoints_file: Some(args.endpoints_file.clone()),
+            endpoints_file: args.endpoints_file.clone(),
             endpoints,
             kv_events_bind: args.kv_events_bind.clone(),
             scrape_interval: Duration::from_millis(args.scrape_interval_ms.max(50)),
             max_body_bytes: args.max_body_bytes,
-            pool_name: args.pool_name.clone(),
+            pool_name: args.pool_name.clone().unwrap_or_else(|| "static".into()),
+            kubernetes,
         },
         listeners,
         Some(metrics),

@@ -118,6 +118,7 @@ pub async fn epp(
             scrape_interval: Duration::from_millis(100),
             max_body_bytes: 1 << 20,
             pool_name: "test-pool".into(),
+            kubernetes: None,
         },
         Listeners {
             grpc: bind().await,
