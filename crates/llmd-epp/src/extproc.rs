@@ -263,6 +263,55 @@ struct StreamState {
     started: Option<Instant>,
     /// The routed request's model, once a decision went out (for the duration metric).
     routed_model: Option<String>,
+    /// The last bytes of the response body (where `usage` is, streamed or not).
+    response_tail: Vec<u8>,
+}
+
+/// How much of the response's end is kept to find `usage` in.
+const RESPONSE_TAIL_BYTES: usize = 16 << 10;
+
+/// Token counts of an OpenAI `usage` object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// `prompt_tokens`.
+    pub prompt: u64,
+    /// `completion_tokens`.
+    pub completion: u64,
+    /// `prompt_tokens_details.cached_tokens`, when reported.
+    pub cached: Option<u64>,
+}
+
+/// The last `usage` object in the end of a response body: a JSON response or an SSE stream
+/// (where it is the last event before `[DONE]` with `stream_options.include_usage`).
+pub fn find_usage(tail: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut end = tail.len();
+    while let Some(at) = tail[..end].windows(KEY.len()).rposition(|w| w == KEY) {
+        end = at;
+        let rest = &tail[at + KEY.len()..];
+        let start = rest
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))?;
+        let mut values =
+            serde_json::Deserializer::from_slice(&rest[start..]).into_iter::<serde_json::Value>();
+        if let Some(Ok(v)) = values.next()
+            && let (Some(prompt), Some(completion)) = (
+                v.get("prompt_tokens").and_then(serde_json::Value::as_u64),
+                v.get("completion_tokens")
+                    .and_then(serde_json::Value::as_u64),
+            )
+        {
+            return Some(Usage {
+                prompt,
+                completion,
+                cached: v
+                    .get("prompt_tokens_details")
+                    .and_then(|d| d.get("cached_tokens"))
+                    .and_then(serde_json::Value::as_u64),
+            });
+        }
+    }
+    None
 }
 
 impl StreamState {
@@ -333,7 +382,15 @@ impl StreamState {
                 ))]
             }
             Some(processing_request::Request::ResponseBody(b)) => {
+                if self.routed_model.is_some() {
+                    self.response_tail.extend_from_slice(&b.body);
+                    if self.response_tail.len() > RESPONSE_TAIL_BYTES {
+                        let cut = self.response_tail.len() - RESPONSE_TAIL_BYTES;
+                        self.response_tail.drain(..cut);
+                    }
+                }
                 if b.end_of_stream {
+                    self.record_usage();
                     self.record_duration();
                 }
                 let common = if self.response_full_duplex {
@@ -357,6 +414,7 @@ impl StreamState {
                 ))]
             }
             Some(processing_request::Request::ResponseTrailers(_)) => {
+                self.record_usage();
                 self.record_duration();
                 vec![reply(processing_response::Response::ResponseTrailers(
                     TrailersResponse::default(),
@@ -364,6 +422,24 @@ impl StreamState {
             }
             None => Vec::new(),
         }
+    }
+
+    /// GIE's token histograms from the response's `usage`, when it has one.
+    fn record_usage(&mut self) {
+        let Some(model) = self.routed_model.clone() else {
+            return;
+        };
+        let Some(u) = find_usage(&self.response_tail) else {
+            return;
+        };
+        use llmd_telemetry::names::epp;
+        let labels = [("model_name", model.clone()), ("target_model_name", model)];
+        metrics::histogram!(epp::INPUT_TOKENS.name, &labels).record(u.prompt as f64);
+        metrics::histogram!(epp::OUTPUT_TOKENS.name, &labels).record(u.completion as f64);
+        if let Some(c) = u.cached {
+            metrics::histogram!(epp::PROMPT_CACHED_TOKENS.name, &labels).record(c as f64);
+        }
+        self.response_tail = Vec::new();
     }
 
     /// GIE's request duration: first message to the end of the response, once per request.
@@ -605,6 +681,45 @@ fn body_chunks(body: &[u8]) -> Vec<(&[u8], bool)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn usage_from_json_and_sse_tails() {
+        use super::{Usage, find_usage};
+        let json = br#"{"id":"cmpl-1","choices":[{"text":"usage"}],"usage":{"prompt_tokens":12,"total_tokens":15,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        assert_eq!(
+            find_usage(json),
+            Some(Usage {
+                prompt: 12,
+                completion: 3,
+                cached: Some(0)
+            })
+        );
+        let sse = b"data: {\"choices\":[{\"text\":\"a\"}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\": {\"prompt_tokens\":700,\"completion_tokens\":4,\"total_tokens\":704,\"prompt_tokens_details\":{\"cached_tokens\":640}}}\n\ndata: [DONE]\n\n";
+        assert_eq!(
+            find_usage(sse),
+            Some(Usage {
+                prompt: 700,
+                completion: 4,
+                cached: Some(640)
+            })
+        );
+        // Only `usage: null` chunks, a cut-off object, or nothing: no usage.
+        assert_eq!(
+            find_usage(b"data: {\"usage\":null}\n\ndata: [DONE]\n\n"),
+            None
+        );
+        assert_eq!(find_usage(br#"{"usage":{"prompt_tokens":1,"#), None);
+        assert_eq!(find_usage(b""), None);
+        // Without details.
+        assert_eq!(
+            find_usage(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#),
+            Some(Usage {
+                prompt: 1,
+                completion: 2,
+                cached: None
+            })
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -204,6 +204,33 @@ pub mod epp {
         &[MODEL_NAME, DECISION_TYPE],
     );
 
+    /// GIE's token-count buckets.
+    pub const TOKEN_BUCKETS: &[f64] = &[
+        1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+        32768.0, 65536.0, 131072.0, 262144.0, 524288.0, 1048576.0,
+    ];
+    /// GIE: prompt tokens per request, from the response's `usage`.
+    pub const INPUT_TOKENS: MetricDef = histogram(
+        "inference_objective_input_tokens",
+        "Inference objective input token count distribution for requests in each model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME],
+        TOKEN_BUCKETS,
+    );
+    /// GIE: completion tokens per request, from the response's `usage`.
+    pub const OUTPUT_TOKENS: MetricDef = histogram(
+        "inference_objective_output_tokens",
+        "Inference objective output token count distribution for requests in each model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME],
+        TOKEN_BUCKETS,
+    );
+    /// GIE: prompt tokens served from the engine's prefix cache, from `usage.prompt_tokens_details`.
+    pub const PROMPT_CACHED_TOKENS: MetricDef = histogram(
+        "inference_objective_prompt_cached_tokens",
+        "Inference objective prompt cached token count distribution for requests in each model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME],
+        TOKEN_BUCKETS,
+    );
+
     /// Every EPP metric except the KV-index ones (see [`super::kv_cache`]).
     pub const ALL: &[&MetricDef] = &[
         &PREFIX_CACHE_HITS,
@@ -217,6 +244,9 @@ pub mod epp {
         &POOL_READY_PODS,
         &SCHEDULER_E2E_DURATION,
         &PD_DECISION_TOTAL,
+        &INPUT_TOKENS,
+        &OUTPUT_TOKENS,
+        &PROMPT_CACHED_TOKENS,
     ];
 }
 
