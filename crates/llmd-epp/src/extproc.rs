@@ -47,6 +47,10 @@ pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
 pub const DESTINATION_SERVED_HEADER: &str = "x-gateway-destination-endpoint-served";
 /// Why a request was dropped (GIE names).
 pub const DROPPED_REASON_HEADER: &str = "x-llm-d-request-dropped-reason";
+
+/// Set on every error answer: the error's code and message (printable ASCII, at most 256
+/// bytes), so a client or access log sees why without parsing the body.
+pub const ERROR_REASON_HEADER: &str = "x-llm-d-error-reason";
 /// The prefill pod for the P/D sidecar.
 pub const PREFILLER_HEADER: &str = "x-prefiller-host-port";
 /// Dynamic-metadata namespace of the destination.
@@ -595,7 +599,21 @@ impl StreamState {
     fn immediate(&mut self, error: &PickError) -> Vec<ProcessingResponse> {
         self.request_done = true;
         self.closed = true;
-        let mut set = vec![header("content-type", "application/json")];
+        let reason: String = format!("{}: {error}", error.code())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .take(256)
+            .collect();
+        let mut set = vec![
+            header("content-type", "application/json"),
+            header(ERROR_REASON_HEADER, &reason),
+        ];
         if let Some(reason) = error.dropped_reason() {
             set.push(header(DROPPED_REASON_HEADER, reason));
         }

@@ -367,6 +367,17 @@ async fn errors_become_immediate_responses() {
             hs.get("x-llm-d-request-dropped-reason").map(String::as_str),
             reason
         );
+        let why = &hs["x-llm-d-error-reason"];
+        assert!(
+            why.len() <= 256 && why.bytes().all(|b| (b' '..=b'~').contains(&b)),
+            "{why}"
+        );
+        assert!(
+            ["bad_request: ", "no_endpoints: ", "too_large: "]
+                .iter()
+                .any(|p| why.starts_with(p)),
+            "{why}"
+        );
     }
 }
 
