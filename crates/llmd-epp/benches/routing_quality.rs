@@ -17,11 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HttpBody, HttpHeaders, ProcessingRequest, processing_request, processing_response,
-};
 use futures::StreamExt;
 use llmd_epp::config::EndpointPickerConfig;
 use llmd_epp::endpoints::EndpointsFile;
@@ -77,53 +73,11 @@ async fn route(
     client: &mut ExternalProcessorClient<tonic::transport::Channel>,
     body: &[u8],
 ) -> String {
-    let headers = HeaderMap {
-        headers: [(":method", "POST"), (":path", "/v1/completions")]
-            .iter()
-            .map(|(k, v)| HeaderValue {
-                key: (*k).into(),
-                value: String::new(),
-                raw_value: v.as_bytes().to_vec(),
-            })
-            .collect(),
-    };
-    let msgs = vec![
-        ProcessingRequest {
-            request: Some(processing_request::Request::RequestHeaders(HttpHeaders {
-                headers: Some(headers),
-                ..Default::default()
-            })),
-            ..Default::default()
-        },
-        ProcessingRequest {
-            request: Some(processing_request::Request::RequestBody(HttpBody {
-                body: body.to_vec(),
-                end_of_stream: true,
-                ..Default::default()
-            })),
-            ..Default::default()
-        },
-    ];
-    let mut responses = client
-        .process(futures::stream::iter(msgs))
+    let headers = [(":method", "POST"), (":path", "/v1/completions")];
+    let answer = llmd_epp::client::decide(client, &headers, body, Duration::from_secs(10))
         .await
-        .unwrap()
-        .into_inner();
-    let r = responses.message().await.unwrap().unwrap();
-    let Some(processing_response::Response::RequestHeaders(h)) = r.response else {
-        panic!("{r:?}")
-    };
-    let set = h.response.unwrap().header_mutation.unwrap().set_headers;
-    let dest = set
-        .iter()
-        .find(|h| h.header.as_ref().unwrap().key == "x-gateway-destination-endpoint")
         .unwrap();
-    String::from_utf8(dest.header.as_ref().unwrap().raw_value.clone())
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_owned()
+    answer.destinations()[0].to_owned()
 }
 
 /// Streams a completion from `pod`; returns (TTFT, prompt tokens, cached tokens).

@@ -7,11 +7,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HttpBody, HttpHeaders, ProcessingRequest, processing_request, processing_response,
-};
+use llmd_epp::client::Answer;
 use llmd_epp::config::EndpointPickerConfig;
 use llmd_epp::endpoints::{EndpointSpec, EndpointsFile};
 use llmd_epp::{Epp, Listeners, Options};
@@ -172,19 +169,6 @@ impl Routed {
     }
 }
 
-fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
-    HeaderMap {
-        headers: pairs
-            .iter()
-            .map(|(k, v)| HeaderValue {
-                key: (*k).to_owned(),
-                value: String::new(),
-                raw_value: v.as_bytes().to_vec(),
-            })
-            .collect(),
-    }
-}
-
 /// Routes one POST through the ext_proc stream.
 pub async fn route(
     client: &mut ExternalProcessorClient<tonic::transport::Channel>,
@@ -207,56 +191,15 @@ pub async fn route_with(
         ("content-type", "application/json"),
     ];
     pairs.extend_from_slice(extra);
-    let msgs = vec![
-        ProcessingRequest {
-            request: Some(processing_request::Request::RequestHeaders(HttpHeaders {
-                headers: Some(header_map(&pairs)),
-                end_of_stream: false,
-                ..Default::default()
-            })),
-            ..Default::default()
-        },
-        ProcessingRequest {
-            request: Some(processing_request::Request::RequestBody(HttpBody {
-                body: body.to_vec(),
-                end_of_stream: true,
-                ..Default::default()
-            })),
-            ..Default::default()
-        },
-    ];
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    for m in msgs {
-        tx.send(m).await.unwrap();
-    }
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut responses = client.process(stream).await.unwrap().into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(10), responses.message())
+    match llmd_epp::client::decide(client, &pairs, body, Duration::from_secs(10))
         .await
         .unwrap()
-        .unwrap()
-        .unwrap();
-    drop(tx);
-    match first.response.unwrap() {
-        processing_response::Response::ImmediateResponse(ir) => Routed::Rejected(
-            ir.status.unwrap().code as u32,
-            String::from_utf8_lossy(&ir.body).into_owned(),
+    {
+        Answer::Route(headers) => Routed::To(headers.into_iter().collect()),
+        Answer::Reject { status, body, .. } => Routed::Rejected(
+            u32::from(status),
+            String::from_utf8_lossy(&body).into_owned(),
         ),
-        processing_response::Response::RequestHeaders(h) => Routed::To(
-            h.response
-                .unwrap()
-                .header_mutation
-                .unwrap()
-                .set_headers
-                .into_iter()
-                .map(|h| {
-                    let h = h.header.unwrap();
-                    (h.key, String::from_utf8(h.raw_value).unwrap())
-                })
-                .collect(),
-        ),
-        other => panic!("unexpected first response {other:?}"),
     }
 }
 
