@@ -1,38 +1,210 @@
 //! `llmd-pd-proxy`: the prefill/decode routing sidecar that runs beside each decode engine.
 //!
-//! It will own: the HTTP proxy on port 8000 in front of the local engine on 8200; for requests
-//! carrying `x-prefiller-host-port`, the nixlv2 flow (prefill leg on the named, allow-listed
-//! prefill pod, then the decode leg with the prefill's `kv_transfer_params`, the answer streamed
-//! back event by event); and the measurements no engine can make: true TTFT, coordinator
-//! overhead, prefill and decode durations, as the `llm_d_inference_scheduler_pd_proxy_*`
-//! histograms and the `llm_d.pd_proxy.*` spans of `shared/design.md` §4.
+//! It listens on 8000 in front of the local engine (default `http://127.0.0.1:8200`). A
+//! completions or chat request carrying `x-prefiller-host-port` runs llm-d's nixlv2 flow:
+//! the prefill leg on the named prefill pod (which must be in the allowlist), then the decode
+//! leg on the local engine with the prefill's `kv_transfer_params`, the answer relayed event by
+//! event with `cached_tokens` rewritten to the prefill's. Everything else passes through.
+//! It measures what no engine can: true TTFT (the first decoded bytes as the client gets them),
+//! coordinator overhead (its own time: total minus the time spent waiting on the two legs),
+//! prefill and decode durations, as the `llm_d_inference_scheduler_pd_proxy_*` histograms, the
+//! `llm_d.pd_proxy.*` spans, and a `server-timing` response header.
 //!
-//! Status: not built yet (issue 6). The binary says so and exits with an error.
+//! | module | what it does |
+//! |---|---|
+//! | `allowlist` | which prefill targets may be called (IPs, CIDRs, host names) |
+//! | `nixl` | the nixlv2 body transforms and the `cached_tokens` rewrite |
+//! | `proxy` | the HTTP server, the two legs, relaying, timings and metrics |
+//!
+//! Status (issue 6 in progress): nixlv2 flow, pass-through, allowlist, errors, metrics, spans
+//! and `server-timing` are built; other connectors, retries' tests, TLS, Kubernetes-fed
+//! allowlists and the benchmarks are not.
 
-use llmd_telemetry::TelemetryArgs;
+pub mod allowlist;
+pub mod nixl;
+pub mod proxy;
 
-/// Command-line flags of `llmd-pd-proxy` (also the `llmd` CLI's subcommand of the same name).
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use llmd_telemetry::{MetricsHandle, TelemetryArgs};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use proxy::Config;
+
+/// KV connectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Connector {
+    /// vLLM's NixlConnector, llm-d's protocol v2 (the default).
+    Nixlv2,
+}
+
+impl Connector {
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Connector::Nixlv2 => "nixlv2",
+        }
+    }
+}
+
+/// Command-line flags of `llmd-pd-proxy` (also `llmd pd-proxy`).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "llmd-pd-proxy",
     version,
-    about = "The P/D routing proxy of llmd-rs (not built yet: issue 6)"
+    about = "P/D routing sidecar: prefill on the EPP's chosen pod, decode locally, true TTFT measured"
 )]
 pub struct Args {
     /// Logging and tracing.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// Listen address.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    /// Listen port.
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Port of the proxy's own `/metrics` (the engine's `/metrics` passes through on --port).
+    #[arg(long, default_value_t = 9090)]
+    pub metrics_port: u16,
+    /// The local decode engine.
+    #[arg(long, env = "LLMD_PD_DECODER", default_value = "http://127.0.0.1:8200")]
+    pub decoder: String,
+    /// KV connector protocol.
+    #[arg(long, value_enum, default_value = "nixlv2")]
+    pub connector: Connector,
+    /// Prefill targets that may be called: IPs, CIDRs or host names (repeat or comma-separate).
+    /// Nothing is allowed unless listed (or --allow-any-prefill).
+    #[arg(long, env = "LLMD_PD_ALLOW_PREFILL", value_delimiter = ',')]
+    pub allow_prefill: Vec<String>,
+    /// Allow any prefill target (development only: any client could make the proxy call any host).
+    #[arg(long)]
+    pub allow_any_prefill: bool,
+    /// Largest request body, bytes (larger: 413).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+    /// Timeout of the whole prefill leg, ms.
+    #[arg(long, default_value_t = 120_000)]
+    pub prefill_timeout_ms: u64,
+    /// Timeout until the decode engine answers with headers, ms.
+    #[arg(long, default_value_t = 120_000)]
+    pub decode_timeout_ms: u64,
+    /// TCP connect timeout to either engine, ms.
+    #[arg(long, default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+    /// Retries of a prefill that answered 502/503/504 or could not be reached.
+    #[arg(long, default_value_t = 0)]
+    pub prefill_max_retries: u32,
+    /// Wait between prefill retries, ms.
+    #[arg(long, default_value_t = 200)]
+    pub prefill_retry_backoff_ms: u64,
 }
 
 /// Errors of the P/D routing proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The service is not implemented yet.
-    #[error("llmd-pd-proxy: the P/D routing proxy is not built yet (tracked in issue 6)")]
-    NotBuilt,
+    /// Invalid flags.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Listening.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Telemetry.
+    #[error(transparent)]
+    Telemetry(#[from] llmd_telemetry::TelemetryError),
 }
 
-/// Runs the P/D routing proxy until shutdown.
-pub async fn run(_args: Args) -> Result<(), Error> {
-    Err(Error::NotBuilt)
+impl Args {
+    /// The proxy configuration these flags describe.
+    pub fn config(&self) -> Result<Config, Error> {
+        let allow = allowlist::Allowlist::new(&self.allow_prefill, self.allow_any_prefill)
+            .map_err(Error::Config)?;
+        if allow.is_empty() {
+            tracing::warn!(
+                "no prefill target is allowed (--allow-prefill): P/D requests will get 403"
+            );
+        }
+        let decoder = self.decoder.trim_end_matches('/').to_owned();
+        if !decoder.starts_with("http://") && !decoder.starts_with("https://") {
+            return Err(Error::Config(format!(
+                "--decoder {decoder:?} must be an http(s) URL"
+            )));
+        }
+        Ok(Config {
+            decoder,
+            connector: self.connector,
+            allow,
+            max_body_bytes: self.max_body_bytes,
+            prefill_timeout: Duration::from_millis(self.prefill_timeout_ms),
+            decode_timeout: Duration::from_millis(self.decode_timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            prefill_max_retries: self.prefill_max_retries,
+            prefill_retry_backoff: Duration::from_millis(self.prefill_retry_backoff_ms),
+        })
+    }
+}
+
+/// Starts the proxy on `listener`, and its `/metrics` on the second listener when given.
+pub async fn start(
+    config: Config,
+    listener: TcpListener,
+    metrics: Option<(MetricsHandle, TcpListener)>,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, Error> {
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: "listener".into(),
+        source,
+    })?;
+    if let Some((handle, ml)) = metrics {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(ml, handle.router())
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+    }
+    let app = proxy::router(config);
+    tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = r {
+            tracing::error!(%error, "pd-proxy server stopped");
+        }
+    });
+    tracing::info!(%addr, "llmd-pd-proxy serving");
+    Ok(addr)
+}
+
+/// Runs the proxy until `shutdown` is cancelled.
+pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
+    let metrics = llmd_telemetry::install_prometheus(&[llmd_telemetry::names::pd_proxy::ALL], &[])?;
+    let config = args.config()?;
+    let bind = |port: u16| {
+        let addr = format!("{}:{port}", args.host);
+        async move {
+            TcpListener::bind(&addr)
+                .await
+                .map_err(|source| Error::Listen { addr, source })
+        }
+    };
+    let listener = bind(args.port).await?;
+    let metrics_listener = bind(args.metrics_port).await?;
+    start(
+        config,
+        listener,
+        Some((metrics, metrics_listener)),
+        shutdown.clone(),
+    )
+    .await?;
+    shutdown.cancelled().await;
+    Ok(())
 }

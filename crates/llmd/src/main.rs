@@ -18,7 +18,7 @@ enum Command {
     /// Endpoint picker (Envoy ext_proc server).
     Epp(Box<llmd_epp::Args>),
     /// Prefill/decode routing sidecar.
-    PdProxy(llmd_pd_proxy::Args),
+    PdProxy(Box<llmd_pd_proxy::Args>),
     /// vLLM simulator.
     Sim(Box<llmd_sim::Args>),
     /// Load generator.
@@ -47,8 +47,8 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             llmd_epp::run(*args, t.shutdown_token()).await?;
         }
         Command::PdProxy(args) => {
-            let _t = llmd_telemetry::init("llmd-pd-proxy", &args.telemetry.to_config())?;
-            llmd_pd_proxy::run(args).await?;
+            let t = llmd_telemetry::init("llmd-pd-proxy", &args.telemetry.to_config())?;
+            llmd_pd_proxy::run(*args, t.shutdown_token()).await?;
         }
         Command::Sim(args) => {
             let t = llmd_telemetry::init("llmd-sim", &args.telemetry.to_config())?;

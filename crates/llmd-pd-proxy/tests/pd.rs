@@ -1,0 +1,379 @@
+//! The proxy in front of a decode `llmd-sim`, with a prefill `llmd-sim`: the nixlv2 flow end to
+//! end (the decode sim really pulls the KV blocks the prefill sim leased), streaming and not,
+//! the answers equal a direct decode's, timings and errors.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use clap::Parser;
+use llmd_pd_proxy::{Args, Config};
+use llmd_telemetry::MetricsHandle;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+static METRICS: OnceLock<MetricsHandle> = OnceLock::new();
+
+fn metrics() -> MetricsHandle {
+    METRICS
+        .get_or_init(|| {
+            llmd_telemetry::install_prometheus(
+                &[
+                    llmd_telemetry::names::pd_proxy::ALL,
+                    llmd_telemetry::names::vllm::ALL,
+                ],
+                &[],
+            )
+            .unwrap()
+        })
+        .clone()
+}
+
+fn metric(name: &str, labels: &[&str]) -> f64 {
+    metrics()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn sim(flags: &[&str]) -> SocketAddr {
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        engine: llmd_sim::EngineArgs,
+    }
+    let args = Wrap::parse_from(std::iter::once("llmd-sim").chain(flags.iter().copied())).engine;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    llmd_sim::start(args, listener, Some(metrics()), CancellationToken::new())
+        .await
+        .unwrap()
+        .addr
+}
+
+async fn proxy(flags: &[&str]) -> SocketAddr {
+    let args = Args::parse_from(std::iter::once("llmd-pd-proxy").chain(flags.iter().copied()));
+    let config: Config = args.config().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    llmd_pd_proxy::start(config, listener, None, CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+struct Pair {
+    prefill: SocketAddr,
+    decode: SocketAddr,
+    proxy: SocketAddr,
+}
+
+async fn pair(extra_proxy: &[&str]) -> Pair {
+    metrics();
+    let common = [
+        "--dummy-tokenizer",
+        "--time-scale",
+        "0",
+        "--mode",
+        "echo",
+        "--block-size",
+        "16",
+    ];
+    let mut pf = common.to_vec();
+    pf.extend(["--role", "prefill", "--engine-id", "prefill-0"]);
+    let prefill = sim(&pf).await;
+    let mut df = common.to_vec();
+    df.extend(["--role", "decode"]);
+    let decode = sim(&df).await;
+    let decoder = format!("http://{decode}");
+    let mut pflags = vec![
+        "--decoder",
+        decoder.as_str(),
+        "--allow-prefill",
+        "127.0.0.1",
+    ];
+    pflags.extend_from_slice(extra_proxy);
+    let proxy = proxy(&pflags).await;
+    Pair {
+        prefill,
+        decode,
+        proxy,
+    }
+}
+
+const PROMPT: &str = "The prefill pod computes this prompt's KV cache, which is long enough for several blocks of sixteen tokens each, and the decode pod pulls it.";
+
+async fn post(url: String, body: Value, prefill: Option<&str>) -> reqwest::Response {
+    let mut r = reqwest::Client::new().post(url).json(&body);
+    if let Some(p) = prefill {
+        r = r.header("x-prefiller-host-port", p);
+    }
+    r.send().await.unwrap()
+}
+
+fn sse_text(body: &str) -> (String, Value) {
+    let mut text = String::new();
+    let mut usage = Value::Null;
+    for data in body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        if let Some(t) = v["choices"][0]["text"].as_str() {
+            text.push_str(t);
+        }
+        if v["usage"].is_object() {
+            usage = v["usage"].clone();
+        }
+    }
+    (text, usage)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pd_requests_equal_direct_decode_and_pull_kv() {
+    let p = pair(&[]).await;
+    let prefill = p.prefill.to_string();
+    let body =
+        json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": PROMPT, "max_tokens": 12});
+    let pulls_before = metric("vllm:nixl_xfer_time_seconds_count", &[]);
+    let ok_before = metric(
+        "llm_d_inference_scheduler_pd_proxy_requests_total",
+        &["outcome=\"ok\""],
+    );
+
+    // Non-streaming.
+    let via = post(
+        format!("http://{}/v1/completions", p.proxy),
+        body.clone(),
+        Some(&prefill),
+    )
+    .await;
+    assert_eq!(via.status(), 200);
+    let timing = via.headers()["server-timing"].to_str().unwrap().to_owned();
+    assert!(
+        timing.starts_with("prefill;dur=")
+            && timing.contains("coordinator;dur=")
+            && timing.contains("decode_ttft;dur="),
+        "{timing}"
+    );
+    let via: Value = via.json().await.unwrap();
+    let direct: Value = post(
+        format!("http://{}/v1/completions", p.decode),
+        body.clone(),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(via["choices"][0]["text"], direct["choices"][0]["text"]);
+    assert_eq!(
+        via["usage"]["prompt_tokens"],
+        direct["usage"]["prompt_tokens"]
+    );
+    assert_eq!(via["usage"]["completion_tokens"], 12);
+    // cached_tokens is the prefill's (a cold prompt there: 0), not the decode's pulled blocks.
+    assert_eq!(via["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert!(
+        metric("vllm:nixl_xfer_time_seconds_count", &[]) > pulls_before,
+        "the decode sim pulled KV from the prefill sim"
+    );
+
+    // Streaming, with usage: the same text, event by event.
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    sbody["stream_options"] = json!({"include_usage": true});
+    let via = post(
+        format!("http://{}/v1/completions", p.proxy),
+        sbody.clone(),
+        Some(&prefill),
+    )
+    .await;
+    assert_eq!(via.status(), 200);
+    assert!(
+        via.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let (via_text, via_usage) = sse_text(&via.text().await.unwrap());
+    let (direct_text, _) = sse_text(
+        &post(format!("http://{}/v1/completions", p.decode), sbody, None)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(via_text, direct_text);
+    assert_eq!(via_usage["completion_tokens"], 12);
+    // The prefill sim now holds the prompt: its cached tokens are what the client sees.
+    assert!(
+        via_usage["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{via_usage}"
+    );
+
+    // Chat goes through the same flow.
+    let chat = json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 5});
+    let via = post(
+        format!("http://{}/v1/chat/completions", p.proxy),
+        chat,
+        Some(&prefill),
+    )
+    .await;
+    assert_eq!(via.status(), 200);
+    let via: Value = via.json().await.unwrap();
+    assert_eq!(via["usage"]["completion_tokens"], 5);
+
+    assert!(
+        metric(
+            "llm_d_inference_scheduler_pd_proxy_requests_total",
+            &["outcome=\"ok\""]
+        ) >= ok_before + 3.0
+    );
+    assert!(
+        metric(
+            "llm_d_inference_scheduler_pd_proxy_true_ttft_milliseconds_count",
+            &["nixlv2"]
+        ) >= 3.0
+    );
+    assert!(
+        metric(
+            "llm_d_inference_scheduler_pd_proxy_coordinator_overhead_milliseconds_count",
+            &["nixlv2"]
+        ) >= 3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_header_it_is_a_pass_through() {
+    let p = pair(&[]).await;
+    let models: Value = reqwest::get(format!("http://{}/v1/models", p.proxy))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "meta-llama/Llama-3.1-8B-Instruct");
+    let body = json!({"prompt": PROMPT, "max_tokens": 3});
+    let r = post(
+        format!("http://{}/v1/completions", p.proxy),
+        body.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    // An empty header is no header.
+    let r = post(
+        format!("http://{}/v1/completions", p.proxy),
+        body,
+        Some(" "),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        reqwest::get(format!("http://{}/health", p.proxy))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_clear_and_nothing_untrusted_is_called() {
+    let p = pair(&["--max-body-bytes", "4096"]).await;
+    let url = format!("http://{}/v1/completions", p.proxy);
+    let body = json!({"prompt": PROMPT, "max_tokens": 3});
+    // Not in the allowlist: 403, and the target is never contacted.
+    let outsider = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let target = outsider.local_addr().unwrap().to_string();
+    let r = post(url.clone(), body.clone(), Some(&target)).await;
+    assert_eq!(r.status(), 403);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), outsider.accept())
+            .await
+            .is_err(),
+        "the proxy called a denied host"
+    );
+    // A malformed target, bad JSON, a non-object, an oversized body.
+    assert_eq!(
+        post(url.clone(), body.clone(), Some("127.0.0.1"))
+            .await
+            .status(),
+        400
+    );
+    let prefill = p.prefill.to_string();
+    for (raw, status) in [
+        (b"{oops".to_vec(), 400),
+        (b"[1,2]".to_vec(), 400),
+        (vec![b' '; 8192], 413),
+    ] {
+        let r = reqwest::Client::new()
+            .post(&url)
+            .header("x-prefiller-host-port", &prefill)
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["object"], "error");
+        assert_eq!(v["code"], status);
+    }
+    // A prefill error comes back verbatim and decode is not run.
+    let r = post(
+        url.clone(),
+        json!({"prompt": PROMPT, "max_tokens": 3, "n": 2}),
+        Some(&prefill),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    // A dead prefill pod: 502.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let r = post(url.clone(), body.clone(), Some(&dead.to_string())).await;
+    assert_eq!(r.status(), 502);
+    // A dead decode engine: 503 with vLLM's message.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let decoder = format!("http://{gone}");
+    let lonely = proxy(&["--decoder", &decoder, "--allow-prefill", "127.0.0.1"]).await;
+    let r = post(
+        format!("http://{lonely}/v1/completions"),
+        body,
+        Some(&prefill),
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("decode node is not ready")
+    );
+    assert!(
+        metric(
+            "llm_d_inference_scheduler_pd_proxy_errors_total",
+            &["stage=\"prefill\""]
+        ) >= 2.0
+    );
+    assert!(
+        metric(
+            "llm_d_inference_scheduler_pd_proxy_errors_total",
+            &["stage=\"decode\""]
+        ) >= 1.0
+    );
+}
