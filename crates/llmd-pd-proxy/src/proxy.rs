@@ -18,6 +18,10 @@ use crate::nixl;
 /// The prefill header the EPP sets.
 pub const PREFILLER_HEADER: &str = "x-prefiller-host-port";
 
+/// A client that sends this request header (any value but `0`) on a streaming P/D request gets
+/// the final timings as an SSE comment line (`: llmd-timing ...`) just before `data: [DONE]`.
+pub const TIMING_REQUEST_HEADER: &str = "x-llmd-timing";
+
 /// What the proxy does.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -85,8 +89,17 @@ fn upstream_headers(client: &HeaderMap) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in client {
         match k.as_str() {
-            "host" | "content-length" | "connection" | "keep-alive" | "transfer-encoding"
-            | "te" | "trailer" | "upgrade" | "proxy-connection" | PREFILLER_HEADER => {}
+            "host"
+            | "content-length"
+            | "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-connection"
+            | PREFILLER_HEADER
+            | TIMING_REQUEST_HEADER => {}
             _ => {
                 h.append(k.clone(), v.clone());
             }
@@ -219,6 +232,25 @@ impl Timings {
         }
     }
 
+    /// The figures so far, `server-timing` style.
+    fn summary(&self) -> String {
+        let now = Instant::now();
+        let total = now - self.started;
+        let decode = self.decode_started.map(|d| now - d).unwrap_or_default();
+        let ttft = self
+            .first_byte
+            .map(|f| f - self.started)
+            .unwrap_or_default();
+        format!(
+            "prefill;dur={:.3}, decode;dur={:.3}, true_ttft;dur={:.3}, coordinator;dur={:.3}, total;dur={:.3}",
+            Self::ms(self.prefill),
+            Self::ms(decode),
+            Self::ms(ttft),
+            Self::ms(total.saturating_sub(self.prefill + decode)),
+            Self::ms(total)
+        )
+    }
+
     fn finish(&mut self, outcome: &'static str) {
         if self.finished {
             return;
@@ -260,6 +292,7 @@ fn sse_relay(
     upstream: impl Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
     cached: u64,
     timings: Timings,
+    timing_comment: bool,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
     struct S<U> {
         up: U,
@@ -267,6 +300,25 @@ fn sse_relay(
         cached: u64,
         t: Timings,
         done: bool,
+        comment: bool,
+    }
+    impl<U> S<U> {
+        fn emit(&mut self, complete: &[u8]) -> Bytes {
+            self.t.first_byte();
+            let out = rewrite_lines(complete, self.cached);
+            if !self.comment {
+                return out;
+            }
+            let Some(at) = find_done(&out) else {
+                return out;
+            };
+            self.comment = false;
+            let mut with = Vec::with_capacity(out.len() + 160);
+            with.extend_from_slice(&out[..at]);
+            with.extend_from_slice(format!(": llmd-timing {}\n\n", self.t.summary()).as_bytes());
+            with.extend_from_slice(&out[at..]);
+            Bytes::from(with)
+        }
     }
     let state = S {
         up: upstream,
@@ -274,6 +326,7 @@ fn sse_relay(
         cached,
         t: timings,
         done: false,
+        comment: timing_comment,
     };
     futures::stream::unfold(state, |mut s| async move {
         if s.done {
@@ -289,8 +342,7 @@ fn sse_relay(
                     };
                     let rest = s.buf.split_off(last_nl + 1);
                     let complete = std::mem::replace(&mut s.buf, rest);
-                    let out = rewrite_lines(&complete, s.cached);
-                    s.t.first_byte();
+                    let out = s.emit(&complete);
                     return Some((Ok(out), s));
                 }
                 Some(Err(e)) => {
@@ -302,16 +354,22 @@ fn sse_relay(
                 None => {
                     s.done = true;
                     let tail = std::mem::take(&mut s.buf);
+                    let out = (!tail.is_empty()).then(|| s.emit(&tail));
                     s.t.finish("ok");
-                    if tail.is_empty() {
-                        return None;
-                    }
-                    s.t.first_byte();
-                    return Some((Ok(rewrite_lines(&tail, s.cached)), s));
+                    return out.map(|o| (Ok(o), s));
                 }
             }
         }
     })
+}
+
+/// Where the `data: [DONE]` line starts, if this text has it at a line start.
+fn find_done(bytes: &[u8]) -> Option<usize> {
+    const DONE: &[u8] = b"data: [DONE]";
+    bytes
+        .windows(DONE.len())
+        .position(|w| w == DONE)
+        .filter(|at| *at == 0 || bytes[at - 1] == b'\n')
 }
 
 fn rewrite_lines(bytes: &[u8], cached: u64) -> Bytes {
@@ -354,6 +412,10 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
     let Some(target) = target else {
         return passthrough(State(inner), req).await;
     };
+    let timing_comment = req
+        .headers()
+        .get(TIMING_REQUEST_HEADER)
+        .is_some_and(|v| !v.is_empty() && v.as_bytes() != b"0");
     let connector = inner.config.connector.name();
     let span = tracing::info_span!(
         spans::PD_PROXY_REQUEST,
@@ -598,7 +660,12 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if is_sse && status.is_success() {
-        let stream = sse_relay(Box::pin(resp.bytes_stream()), cached, timings);
+        let stream = sse_relay(
+            Box::pin(resp.bytes_stream()),
+            cached,
+            timings,
+            timing_comment,
+        );
         let mut out = Response::new(Body::from_stream(stream));
         *out.status_mut() = status;
         *out.headers_mut() = headers;

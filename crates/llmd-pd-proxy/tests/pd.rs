@@ -198,7 +198,12 @@ async fn pd_requests_equal_direct_decode_and_pull_kv() {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let (via_text, via_usage) = sse_text(&via.text().await.unwrap());
+    let raw = via.text().await.unwrap();
+    assert!(
+        !raw.contains("llmd-timing"),
+        "no timing comment unless asked for"
+    );
+    let (via_text, via_usage) = sse_text(&raw);
     let (direct_text, _) = sse_text(
         &post(format!("http://{}/v1/completions", p.decode), sbody, None)
             .await
@@ -216,6 +221,32 @@ async fn pd_requests_equal_direct_decode_and_pull_kv() {
             > 0,
         "{via_usage}"
     );
+
+    // Asked for, the final timings arrive as an SSE comment just before [DONE].
+    let mut tbody = body.clone();
+    tbody["stream"] = json!(true);
+    let via = reqwest::Client::new()
+        .post(format!("http://{}/v1/completions", p.proxy))
+        .header("x-prefiller-host-port", &prefill)
+        .header("x-llmd-timing", "1")
+        .json(&tbody)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<&str> = via.split("\n\n").filter(|e| !e.is_empty()).collect();
+    let n = events.len();
+    assert_eq!(events[n - 1], "data: [DONE]");
+    assert!(
+        events[n - 2].starts_with(": llmd-timing prefill;dur=")
+            && events[n - 2].contains("true_ttft;dur=")
+            && events[n - 2].contains("coordinator;dur="),
+        "{}",
+        events[n - 2]
+    );
+    assert!(!via_text.is_empty());
 
     // Chat goes through the same flow.
     let chat = json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 5});
