@@ -80,6 +80,8 @@ async fn pair(extra_proxy: &[&str]) -> Pair {
         "echo",
         "--block-size",
         "16",
+        "--record-requests",
+        "64",
     ];
     let mut pf = common.to_vec();
     pf.extend(["--role", "prefill", "--engine-id", "prefill-0"]);
@@ -179,6 +181,53 @@ async fn pd_requests_equal_direct_decode_and_pull_kv() {
     assert!(
         metric("vllm:nixl_xfer_time_seconds_count", &[]) > pulls_before,
         "the decode sim pulled KV from the prefill sim"
+    );
+    // What each engine received.
+    let seen = |addr: SocketAddr| async move {
+        let r = reqwest::get(format!("http://{addr}/debug/requests"))
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text:?}: {e}"));
+        v.as_array().unwrap()[0].clone()
+    };
+    let (pre, dec) = (seen(p.prefill).await, seen(p.decode).await);
+    assert_eq!(pre["path"], "/v1/completions");
+    let pb = &pre["body"];
+    assert_eq!(
+        (
+            pb["stream"].clone(),
+            pb["max_tokens"].clone(),
+            pb["max_completion_tokens"].clone(),
+            pb["min_tokens"].clone()
+        ),
+        (json!(false), json!(1), json!(1), json!(1))
+    );
+    assert_eq!(
+        pb["kv_transfer_params"],
+        llmd_pd_proxy::nixl::prefill_placeholder()
+    );
+    assert_eq!(pb["prompt"], PROMPT);
+    let db = &dec["body"];
+    assert_eq!(db["max_tokens"], 12);
+    assert!(
+        db.get("stream").is_none() && db.get("min_tokens").is_none(),
+        "{db}"
+    );
+    assert_eq!(db["kv_transfer_params"]["remote_engine_id"], "prefill-0");
+    assert!(
+        db["kv_transfer_params"]["remote_block_ids"]
+            .as_array()
+            .is_some_and(|b| !b.is_empty())
+    );
+    let rid = pre["x-request-id"][0].as_str().unwrap();
+    assert_eq!(rid.len(), 36, "a fresh UUID");
+    assert_eq!(
+        dec["x-request-id"],
+        json!([rid]),
+        "the same id on both legs"
     );
 
     // Streaming, with usage: the same text, event by event.

@@ -37,6 +37,8 @@ pub struct AppState {
     pub nixl: Arc<Nixl>,
     /// Fault injection.
     pub faults: Arc<crate::faults::Faults>,
+    /// The last `--record-requests` requests, oldest first.
+    pub recorded: parking_lot::Mutex<std::collections::VecDeque<Value>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -118,13 +120,24 @@ pub fn router(state: Arc<AppState>) -> Router {
     let nixl = Router::new()
         .route("/nixl/v1/pull", post(crate::nixl::pull_endpoint))
         .with_state(state.nixl.clone());
-    Router::new()
+    let router = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
-        .route("/health", get(|| async { StatusCode::OK }))
-        .with_state(state)
-        .merge(nixl)
+        .route("/health", get(|| async { StatusCode::OK }));
+    let router = if state.args.record_requests > 0 {
+        router.route("/debug/requests", get(recorded))
+    } else {
+        router
+    };
+    router.with_state(state).merge(nixl)
+}
+
+/// `GET /debug/requests`: the recorded requests, oldest first.
+async fn recorded(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
+    axum::Json(Value::Array(
+        state.recorded.lock().iter().cloned().collect(),
+    ))
 }
 
 fn now_secs() -> u64 {
@@ -168,6 +181,27 @@ async fn read_json(
         })?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("JSON decode error: {e}")))?;
+    if state.args.record_requests > 0 {
+        let header = |n: &str| {
+            let all: Vec<&str> = parts
+                .headers
+                .get_all(n)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            all
+        };
+        let mut rec = state.recorded.lock();
+        if rec.len() == state.args.record_requests {
+            rec.pop_front();
+        }
+        rec.push_back(serde_json::json!({
+            "path": parts.uri.path(),
+            "x-request-id": header("x-request-id"),
+            "traceparent": header("traceparent"),
+            "body": value,
+        }));
+    }
     match value {
         Value::Object(map) => Ok((parts.headers, map)),
         _ => Err(ApiError::bad_request("request body must be a JSON object")),

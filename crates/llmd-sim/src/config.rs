@@ -105,6 +105,10 @@ pub struct EngineArgs {
     /// Echo `X-Request-Id` in responses (vLLM's `--enable-request-id-headers`).
     #[arg(long)]
     pub enable_request_id_headers: bool,
+    /// Keep the last N completion/chat requests (path, `x-request-id`, `traceparent`, body) and
+    /// show them at `GET /debug/requests` (for testing what a proxy sent; 0: off, no route).
+    #[arg(long, default_value_t = 0)]
+    pub record_requests: usize,
     /// Largest request body accepted, bytes.
     #[arg(long, default_value_t = 32 << 20)]
     pub max_request_body_bytes: usize,

@@ -169,6 +169,7 @@ pub async fn start(
         started,
         nixl,
         faults,
+        recorded: parking_lot::Mutex::new(std::collections::VecDeque::new()),
     });
     let mut app = api::router(state);
     if let Some(m) = metrics {
