@@ -173,6 +173,13 @@ pub async fn start(
     }
     let app = proxy::router(config);
     tokio::spawn(async move {
+        // Nagle's algorithm would hold a streamed chunk until the client's delayed ACK (~40 ms).
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;

@@ -177,6 +177,14 @@ pub async fn start(
     }
     tracing::info!(%addr, model = args.model, "llmd-sim listening");
     let served = tokio::spawn(async move {
+        // Like uvicorn (vLLM's server), no Nagle: a streamed token is not held back until the
+        // peer's delayed ACK (~40 ms on a pooled connection).
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
