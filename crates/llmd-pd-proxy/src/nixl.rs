@@ -8,15 +8,58 @@ pub fn prefill_placeholder() -> Value {
            "remote_block_ids": null, "remote_host": null, "remote_port": null})
 }
 
+/// Which API a request uses: where its token limits live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiType {
+    /// `/v1/completions`, `/v1/chat/completions`, `/v1/messages`: `max_tokens`,
+    /// `max_completion_tokens` and `min_tokens`.
+    ChatCompletions,
+    /// `/v1/responses`: `max_output_tokens`.
+    Responses,
+    /// `/inference/v1/generate`: `sampling_params.max_tokens` and `.min_tokens`.
+    Generate,
+}
+
+impl ApiType {
+    /// The API type of a path, if the P/D flow handles it.
+    pub fn of_path(path: &str) -> Option<Self> {
+        match path {
+            "/v1/completions" | "/v1/chat/completions" | "/v1/messages" => {
+                Some(Self::ChatCompletions)
+            }
+            "/v1/responses" => Some(Self::Responses),
+            "/inference/v1/generate" => Some(Self::Generate),
+            _ => None,
+        }
+    }
+}
+
 /// The prefill body: the client's, with the placeholder parameters, no streaming, and the
-/// token limits (`max_tokens`, `max_completion_tokens`, `min_tokens`) all set to 1.
-pub fn prefill_body(client: &Map<String, Value>) -> Map<String, Value> {
+/// token limits set to 1 (all of them, even those the client did not send).
+pub fn prefill_body(client: &Map<String, Value>, api: ApiType) -> Map<String, Value> {
     let mut b = client.clone();
     b.insert("kv_transfer_params".into(), prefill_placeholder());
     b.insert("stream".into(), Value::Bool(false));
     b.remove("stream_options");
-    for k in ["max_tokens", "max_completion_tokens", "min_tokens"] {
-        b.insert(k.into(), json!(1));
+    match api {
+        ApiType::ChatCompletions => {
+            for k in ["max_tokens", "max_completion_tokens", "min_tokens"] {
+                b.insert(k.into(), json!(1));
+            }
+        }
+        ApiType::Responses => {
+            b.insert("max_output_tokens".into(), json!(1));
+        }
+        ApiType::Generate => {
+            let sp = b.entry("sampling_params").or_insert_with(|| json!({}));
+            if !sp.is_object() {
+                *sp = json!({});
+            }
+            if let Some(sp) = sp.as_object_mut() {
+                sp.insert("max_tokens".into(), json!(1));
+                sp.insert("min_tokens".into(), json!(1));
+            }
+        }
     }
     b
 }
@@ -79,7 +122,7 @@ mod tests {
             "max_tokens": 50, "kv_transfer_params": {"x": 1}, "temperature": 0.5
         }))
         .unwrap();
-        let p = prefill_body(&client);
+        let p = prefill_body(&client, ApiType::ChatCompletions);
         assert_eq!(p["stream"], false);
         assert!(!p.contains_key("stream_options"));
         assert_eq!(
@@ -100,6 +143,22 @@ mod tests {
         assert_eq!(d["stream_options"], json!({"include_usage": true}));
         assert_eq!(d["max_tokens"], 50);
         assert!(!d.contains_key("min_tokens"));
+
+        let r = prefill_body(&client, ApiType::Responses);
+        assert_eq!(
+            (r["max_output_tokens"].clone(), r["max_tokens"].clone()),
+            (json!(1), json!(50))
+        );
+        let g = prefill_body(&client, ApiType::Generate);
+        assert_eq!(
+            g["sampling_params"],
+            json!({"max_tokens": 1, "min_tokens": 1})
+        );
+        assert_eq!(
+            ApiType::of_path("/v1/messages"),
+            Some(ApiType::ChatCompletions)
+        );
+        assert_eq!(ApiType::of_path("/v1/models"), None);
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub fn router(config: Config) -> axum::Router {
         .route("/health", axum::routing::get(|| async { StatusCode::OK }))
         .route("/v1/completions", axum::routing::post(disaggregated))
         .route("/v1/chat/completions", axum::routing::post(disaggregated))
+        .route("/v1/messages", axum::routing::post(disaggregated))
+        .route("/v1/responses", axum::routing::post(disaggregated))
+        .route("/inference/v1/generate", axum::routing::post(disaggregated))
         .fallback(passthrough)
         .with_state(inner)
 }
@@ -399,7 +402,8 @@ fn rewrite_lines(bytes: &[u8], cached: u64) -> Bytes {
     Bytes::from(out)
 }
 
-/// Completions and chat: P/D when the EPP named a prefill pod, else pass-through.
+/// Completions, chat, messages, responses and generate: P/D when the EPP named a prefill pod,
+/// else pass-through.
 async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let started = Instant::now();
     let target = req
@@ -455,6 +459,7 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
     };
     span.record("llm_d.pd_proxy.prefill_target", target.as_str());
     let path = path_and_query(&req);
+    let api = nixl::ApiType::of_path(req.uri().path()).unwrap_or(nixl::ApiType::ChatCompletions);
     let headers = upstream_headers(req.headers());
     let body = match read_body(req.into_body(), inner.config.max_body_bytes).await {
         Ok(b) => b,
@@ -497,7 +502,7 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
     };
 
     // Prefill leg.
-    let prefill_body = match serde_json::to_vec(&nixl::prefill_body(&client)) {
+    let prefill_body = match serde_json::to_vec(&nixl::prefill_body(&client, api)) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_GATEWAY, "BadGateway", &e.to_string()),
     };
