@@ -16,9 +16,8 @@
 //! | `nixl` | the nixlv2 body transforms and the `cached_tokens` rewrite |
 //! | `proxy` | the HTTP server, the two legs, relaying, timings and metrics |
 //!
-//! Status (issue 6 in progress): nixlv2 flow, pass-through, allowlist, errors, metrics, spans
-//! and `server-timing` are built; other connectors, retries' tests, TLS, Kubernetes-fed
-//! allowlists and the benchmarks are not.
+//! Status (issue 6 in progress): TLS, h2c to the engine, an allowlist fed by the
+//! InferencePool's pods and the other connectors are not built yet.
 
 pub mod allowlist;
 pub mod nixl;
