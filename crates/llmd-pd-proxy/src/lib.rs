@@ -16,8 +16,8 @@
 //! | `nixl` | the nixlv2 body transforms and the `cached_tokens` rewrite |
 //! | `proxy` | the HTTP server, the two legs, relaying, timings and metrics |
 //!
-//! Status (issue 6 in progress): TLS, h2c to the engine, an allowlist fed by the
-//! InferencePool's pods and the other connectors are not built yet.
+//! Status (issue 6 in progress): TLS, an allowlist fed by the InferencePool's pods and the
+//! other connectors are not built yet.
 
 pub mod allowlist;
 pub mod nixl;
@@ -90,6 +90,12 @@ pub struct Args {
     /// Timeout until the decode engine answers with headers, ms.
     #[arg(long, default_value_t = 120_000)]
     pub decode_timeout_ms: u64,
+    /// Longest silence of a streaming decode answer before it is cut, ms (0: no limit).
+    #[arg(long, default_value_t = 120_000)]
+    pub decode_idle_timeout_ms: u64,
+    /// Speak HTTP/2 without TLS (h2c, prior knowledge) to the decode engine.
+    #[arg(long)]
+    pub decoder_h2c: bool,
     /// TCP connect timeout to either engine, ms.
     #[arg(long, default_value_t = 5_000)]
     pub connect_timeout_ms: u64,
@@ -144,6 +150,8 @@ impl Args {
             max_body_bytes: self.max_body_bytes,
             prefill_timeout: Duration::from_millis(self.prefill_timeout_ms),
             decode_timeout: Duration::from_millis(self.decode_timeout_ms),
+            decode_idle_timeout: Duration::from_millis(self.decode_idle_timeout_ms),
+            decoder_h2c: self.decoder_h2c,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             prefill_max_retries: self.prefill_max_retries,
             prefill_retry_backoff: Duration::from_millis(self.prefill_retry_backoff_ms),

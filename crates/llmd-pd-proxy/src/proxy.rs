@@ -37,6 +37,10 @@ pub struct Config {
     pub prefill_timeout: Duration,
     /// Until the decode engine's response headers.
     pub decode_timeout: Duration,
+    /// Longest silence of a streaming decode answer before it is cut (zero: no limit).
+    pub decode_idle_timeout: Duration,
+    /// Speak HTTP/2 without TLS (prior knowledge) to the decode engine.
+    pub decoder_h2c: bool,
     /// TCP connect to either engine.
     pub connect_timeout: Duration,
     /// Retries on 502/503/504 or unreachable prefill.
@@ -47,19 +51,35 @@ pub struct Config {
 
 struct Inner {
     config: Config,
+    /// To prefill pods (HTTP/1.1, as vLLM serves).
     http: reqwest::Client,
+    /// To the local decode engine (h2c with `--decoder-h2c`).
+    decoder: reqwest::Client,
 }
 
 /// The proxy's routes: `/health` local, completions and chat through P/D, the rest passed
 /// through to the decode engine.
 pub fn router(config: Config) -> axum::Router {
-    let http = reqwest::Client::builder()
-        .connect_timeout(config.connect_timeout)
-        .pool_max_idle_per_host(1024)
-        .tcp_nodelay(true)
-        .build()
-        .unwrap_or_default();
-    let inner = Arc::new(Inner { config, http });
+    let builder = || {
+        reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+    };
+    let http = builder().build().unwrap_or_default();
+    let decoder = if config.decoder_h2c {
+        builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap_or_default()
+    } else {
+        http.clone()
+    };
+    let inner = Arc::new(Inner {
+        config,
+        http,
+        decoder,
+    });
     axum::Router::new()
         .route("/health", axum::routing::get(|| async { StatusCode::OK }))
         .route("/v1/completions", axum::routing::post(disaggregated))
@@ -197,7 +217,7 @@ async fn passthrough(State(inner): State<Arc<Inner>>, req: Request) -> Response 
     let headers = upstream_headers(req.headers());
     let body = reqwest::Body::wrap_stream(req.into_body().into_data_stream());
     match inner
-        .http
+        .decoder
         .request(method, url)
         .headers(headers)
         .body(body)
@@ -296,6 +316,7 @@ fn sse_relay(
     cached: u64,
     timings: Timings,
     timing_comment: bool,
+    idle: Duration,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
     struct S<U> {
         up: U,
@@ -331,12 +352,35 @@ fn sse_relay(
         done: false,
         comment: timing_comment,
     };
-    futures::stream::unfold(state, |mut s| async move {
+    futures::stream::unfold(state, move |mut s| async move {
         if s.done {
             return None;
         }
         loop {
-            match s.up.next().await {
+            let next = if idle.is_zero() {
+                s.up.next().await
+            } else {
+                match tokio::time::timeout(idle, s.up.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        count_error("decode");
+                        tracing::warn!(
+                            idle_ms = idle.as_millis() as u64,
+                            "decode stream went silent; cutting it"
+                        );
+                        s.done = true;
+                        s.t.finish("decode_error");
+                        return Some((
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "decode stream idle timeout",
+                            )),
+                            s,
+                        ));
+                    }
+                }
+            };
+            match next {
                 Some(Ok(chunk)) => {
                     s.buf.extend_from_slice(&chunk);
                     // Forward every complete line now; keep a partial one for the next chunk.
@@ -618,7 +662,7 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
     let sent = tokio::time::timeout(
         inner.config.decode_timeout,
         inner
-            .http
+            .decoder
             .request(Method::POST, format!("{}{path}", inner.config.decoder))
             .headers(decode_headers)
             .header("content-type", "application/json")
@@ -670,6 +714,7 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
             cached,
             timings,
             timing_comment,
+            inner.config.decode_idle_timeout,
         );
         let mut out = Response::new(Body::from_stream(stream));
         *out.status_mut() = status;

@@ -28,6 +28,8 @@ struct Script {
     prefill_cancelled: AtomicBool,
     /// Decode streams malformed SSE.
     decode_malformed: AtomicBool,
+    /// Decode sends one event, then goes silent for 5 s.
+    decode_stall: AtomicBool,
     /// Set when the slow decode stream was dropped before its end.
     decode_cancelled: AtomicBool,
     decode_bodies: parking_lot::Mutex<Vec<Value>>,
@@ -92,13 +94,15 @@ async fn decode(
         ));
     }
     // 200 events, 20 ms apart: 4 s unless the client goes away.
+    let stall = s.decode_stall.load(Ordering::SeqCst);
     let guard = DropFlag(s.clone(), false, |s| &s.decode_cancelled);
-    let stream = futures::stream::unfold((0, guard), |(i, mut g)| async move {
+    let stream = futures::stream::unfold((0, guard), move |(i, mut g)| async move {
         if i == 200 {
             g.disarm();
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let pause = if stall && i == 1 { 5_000 } else { 20 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
         Some((
             Ok::<_, std::io::Error>(format!("data: {{\"choices\":[{{\"text\":\"t{i}\"}}]}}\n\n")),
             (i + 1, g),
@@ -271,6 +275,46 @@ async fn a_client_that_goes_away_cancels_both_legs() {
         assert!(
             std::time::Instant::now() < deadline,
             "the prefill call was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_decode_stream_is_cut_after_the_idle_timeout() {
+    use futures::StreamExt;
+    let (s, p, d) = engines().await;
+    let px = proxy(d, &["--decode-idle-timeout-ms", "300"]).await;
+    s.decode_stall.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let r = request(px, p, true).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let mut failed = false;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => text.push_str(&String::from_utf8_lossy(&c)),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut after the idle timeout, not the stall"
+    );
+    assert!(text.contains("t0"), "{text}");
+    assert!(
+        failed || !text.contains("[DONE]"),
+        "the client sees an incomplete stream"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !s.decode_cancelled.load(Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the silent decode call was not cancelled"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

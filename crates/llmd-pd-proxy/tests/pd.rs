@@ -71,6 +71,10 @@ struct Pair {
 }
 
 async fn pair(extra_proxy: &[&str]) -> Pair {
+    pair_with(extra_proxy).await
+}
+
+async fn pair_with(extra_proxy: &[&str]) -> Pair {
     metrics();
     let common = [
         "--dummy-tokenizer",
@@ -456,4 +460,29 @@ async fn errors_are_clear_and_nothing_untrusted_is_called() {
             &["stage=\"decode\""]
         ) >= 1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decode_leg_can_speak_h2c() {
+    let p = pair_with(&["--decoder-h2c"]).await;
+    let body = json!({"prompt": PROMPT, "max_tokens": 3, "stream": true});
+    let r = post(
+        format!("http://{}/v1/completions", p.proxy),
+        body,
+        Some(&p.prefill.to_string()),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    let last = |addr: SocketAddr| async move {
+        let v: Value = reqwest::get(format!("http://{addr}/debug/requests"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.as_array().unwrap().last().unwrap()["version"].clone()
+    };
+    assert_eq!(last(p.decode).await, "HTTP/2.0");
+    assert_eq!(last(p.prefill).await, "HTTP/1.1");
 }

@@ -197,6 +197,7 @@ async fn read_json(
         }
         rec.push_back(serde_json::json!({
             "path": parts.uri.path(),
+            "version": format!("{:?}", parts.version),
             "x-request-id": header("x-request-id"),
             "traceparent": header("traceparent"),
             "body": value,
