@@ -8,7 +8,8 @@ use llmd_kv_index::events::{Layout, decode_batch, encode_batch};
 fuzz_target!(|data: &[u8]| {
     if let Ok(batch) = decode_batch(data) {
         for layout in [Layout::Map, Layout::Array] {
-            let again = decode_batch(&encode_batch(&batch, layout)).expect("our own encoding decodes");
+            let again =
+                decode_batch(&encode_batch(&batch, layout)).expect("our own encoding decodes");
             assert_eq!(again.events, batch.events);
         }
     }

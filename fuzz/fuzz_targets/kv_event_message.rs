@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let n = usize::from(data[0] % 5);
-    let mut cuts: Vec<usize> = data[1..3].iter().map(|b| 3 + usize::from(*b) % (data.len() - 2)).collect();
+    let mut cuts: Vec<usize> = data[1..3]
+        .iter()
+        .map(|b| 3 + usize::from(*b) % (data.len() - 2))
+        .collect();
     cuts.sort_unstable();
     let body = &data[3..];
     let mut frames: Vec<&[u8]> = Vec::new();

@@ -23,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
         nixl::rewrite_cached(&mut v, 7);
         let _ = nixl::cached_tokens(&v);
         if let serde_json::Value::Object(m) = v {
-            for api in [nixl::ApiType::ChatCompletions, nixl::ApiType::Responses, nixl::ApiType::Generate] {
+            for api in [
+                nixl::ApiType::ChatCompletions,
+                nixl::ApiType::Responses,
+                nixl::ApiType::Generate,
+            ] {
                 let _ = nixl::prefill_body(&m, api);
             }
             let _ = nixl::decode_body(&m, serde_json::Value::Null);
