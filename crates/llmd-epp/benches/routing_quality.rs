@@ -16,7 +16,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use futures::StreamExt;
 use llmd_epp::config::EndpointPickerConfig;
@@ -123,17 +122,11 @@ async fn run_policy(
     tok: &str,
     prefixes: &Arc<Vec<String>>,
 ) -> (f64, f64, f64) {
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        engine: llmd_sim::EngineArgs,
-    }
     let stop = CancellationToken::new();
     let mut specs = String::from("endpoints:\n");
     let mut pods = Vec::new();
     for _ in 0..4 {
-        let args = Wrap::parse_from([
-            "llmd-sim",
+        let args = llmd_sim::EngineArgs::from_flags([
             "--model",
             MODEL,
             "--tokenizer",
@@ -145,7 +138,7 @@ async fn run_policy(
             "--kv-events-endpoint",
             "tcp://*:0",
         ])
-        .engine;
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sim = llmd_sim::start(args, listener, None, stop.clone())
             .await

@@ -8,8 +8,8 @@
 mod common;
 
 use common::{
-    MODEL, Routed, completion, epp, matched, metric, pd_config, prefix_config, route, serve, sim,
-    sim_flags, spec_of, text, wait_until, warm_up,
+    MODEL, Routed, completion, epp, metric, pd_config, prefix_config, route, serve, sim, sim_flags,
+    spec_of, text, wait_until, warm_up,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,16 +38,7 @@ async fn shared_prefixes_land_on_the_pod_that_holds_them() {
         let usage = serve(&holder, &completion(&first, 4)).await;
         let full_blocks = usage["prompt_tokens"].as_u64().unwrap() / 64;
         assert!(full_blocks >= 10, "{usage}");
-        let mut waited = 0;
-        while matched(e.epp.metrics, &first).await[&holder]
-            .as_u64()
-            .unwrap_or(0)
-            < full_blocks
-        {
-            waited += 1;
-            assert!(waited < 500, "the EPP never indexed {holder}'s blocks");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        common::wait_indexed(e.epp.metrics, &first, &holder, full_blocks).await;
         for q in 1..4 {
             let follow_up = format!("{document}Question {q}: and what else?");
             let routed = route(&mut e.client, "/v1/completions", &completion(&follow_up, 4)).await;
@@ -139,19 +130,7 @@ async fn pd_is_chosen_for_long_uncached_prompts_only() {
     // Once the decode pod holds the prompt, only a few tokens are uncached: decode-only.
     let usage = serve(&decode_pod, &completion(&long, 4)).await;
     let blocks = usage["prompt_tokens"].as_u64().unwrap() / 64;
-    let mut waited = 0;
-    while matched(e.epp.metrics, &long).await[&decode_pod]
-        .as_u64()
-        .unwrap_or(0)
-        < blocks
-    {
-        waited += 1;
-        assert!(
-            waited < 500,
-            "the EPP never indexed the decode pod's blocks"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    common::wait_indexed(e.epp.metrics, &long, &decode_pod, blocks).await;
     let r = route(&mut e.client, "/v1/completions", &completion(&long, 4)).await;
     assert_eq!(r.prefiller(), None, "cached prompt: decode-only");
     // The same prefix with 600 new tokens: P/D again.

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    completion, epp, matched, pd_config, route_with, serve, sim, sim_flags, spec_of, text, warm_up,
+    completion, epp, pd_config, route_with, serve, sim, sim_flags, spec_of, text, warm_up,
 };
 use llmd_telemetry::{OtlpProtocol, TelemetryConfig, TracingConfig, testing};
 
@@ -46,19 +46,7 @@ async fn scorer_and_handler_spans_continue_the_trace() {
     assert_eq!(cold.prefiller().as_deref(), Some(prefill_pod.as_str()));
     let usage = serve(&decode_pod, &body).await;
     let blocks = usage["prompt_tokens"].as_u64().unwrap() / 64;
-    let mut waited = 0;
-    while matched(e.epp.metrics, &long).await[&decode_pod]
-        .as_u64()
-        .unwrap_or(0)
-        < blocks
-    {
-        waited += 1;
-        assert!(
-            waited < 500,
-            "the EPP never indexed the decode pod's blocks"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_indexed(e.epp.metrics, &long, &decode_pod, blocks).await;
     let warm = route_with(
         &mut e.client,
         "/v1/completions",

@@ -21,12 +21,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 async fn sim(flags: &[&str]) -> std::net::SocketAddr {
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        engine: llmd_sim::EngineArgs,
-    }
-    let args = Wrap::parse_from(std::iter::once("llmd-sim").chain(flags.iter().copied())).engine;
+    let args = llmd_sim::EngineArgs::from_flags(flags.iter().copied()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     llmd_sim::start(args, listener, None, CancellationToken::new())
         .await

@@ -3,48 +3,18 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use clap::Parser;
+mod common;
+
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
-fn python() -> Option<std::path::PathBuf> {
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    let found = std::env::var_os("LLMD_TEST_PYTHON")
-        .map(std::path::PathBuf::from)
-        .filter(|p| p.exists())
-        .or_else(|| venv.exists().then_some(venv));
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide the Python test venv"
-        );
-        eprintln!("SKIPPED: no Python test venv");
-    }
-    found
-}
-
-async fn sim(flags: &[&str]) -> std::net::SocketAddr {
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        engine: llmd_sim::EngineArgs,
-    }
-    let args = Wrap::parse_from(std::iter::once("llmd-sim").chain(flags.iter().copied())).engine;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    llmd_sim::start(args, listener, None, CancellationToken::new())
-        .await
-        .unwrap()
-        .addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_client_sees_pd_exactly_as_direct_decode() {
-    let Some(python) = python() else {
+    let Some(python) = common::python() else {
         return;
     };
-    let common = [
+    let sim_flags = [
         "--dummy-tokenizer",
         "--time-scale",
         "0",
@@ -53,25 +23,8 @@ async fn openai_client_sees_pd_exactly_as_direct_decode() {
         "--block-size",
         "16",
     ];
-    let prefill = sim(&[&common[..], &["--role", "prefill"]].concat()).await;
-    let decode = sim(&[&common[..], &["--role", "decode"]].concat()).await;
-    let decoder = format!("http://{decode}");
-    let args = llmd_pd_proxy::Args::parse_from([
-        "llmd-pd-proxy",
-        "--decoder",
-        &decoder,
-        "--allow-prefill",
-        "127.0.0.1/32",
-    ]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = llmd_pd_proxy::start(
-        args.config().unwrap(),
-        listener,
-        None,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let p = common::pair(&sim_flags, &[], &[], None).await;
+    let (prefill, proxy, decoder) = (p.prefill, p.proxy, format!("http://{}", p.decode));
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_pd.py");
     let out = tokio::process::Command::new(python)
         .arg(script)

@@ -4,15 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use clap::Parser;
-use llmd_pd_proxy::{Args, Config};
+use common::{Pair, proxy};
 use llmd_telemetry::MetricsHandle;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 static METRICS: OnceLock<MetricsHandle> = OnceLock::new();
 
@@ -41,42 +41,12 @@ fn metric(name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-async fn sim(flags: &[&str]) -> SocketAddr {
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        engine: llmd_sim::EngineArgs,
-    }
-    let args = Wrap::parse_from(std::iter::once("llmd-sim").chain(flags.iter().copied())).engine;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    llmd_sim::start(args, listener, Some(metrics()), CancellationToken::new())
-        .await
-        .unwrap()
-        .addr
-}
-
-async fn proxy(flags: &[&str]) -> SocketAddr {
-    let args = Args::parse_from(std::iter::once("llmd-pd-proxy").chain(flags.iter().copied()));
-    let config: Config = args.config().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    llmd_pd_proxy::start(config, listener, None, CancellationToken::new())
-        .await
-        .unwrap()
-}
-
-struct Pair {
-    prefill: SocketAddr,
-    decode: SocketAddr,
-    proxy: SocketAddr,
-}
-
 async fn pair(extra_proxy: &[&str]) -> Pair {
     pair_with(extra_proxy).await
 }
 
 async fn pair_with(extra_proxy: &[&str]) -> Pair {
-    metrics();
-    let common = [
+    let sim_flags = [
         "--dummy-tokenizer",
         "--time-scale",
         "0",
@@ -87,26 +57,13 @@ async fn pair_with(extra_proxy: &[&str]) -> Pair {
         "--record-requests",
         "64",
     ];
-    let mut pf = common.to_vec();
-    pf.extend(["--role", "prefill", "--engine-id", "prefill-0"]);
-    let prefill = sim(&pf).await;
-    let mut df = common.to_vec();
-    df.extend(["--role", "decode"]);
-    let decode = sim(&df).await;
-    let decoder = format!("http://{decode}");
-    let mut pflags = vec![
-        "--decoder",
-        decoder.as_str(),
-        "--allow-prefill",
-        "127.0.0.1",
-    ];
-    pflags.extend_from_slice(extra_proxy);
-    let proxy = proxy(&pflags).await;
-    Pair {
-        prefill,
-        decode,
-        proxy,
-    }
+    common::pair(
+        &sim_flags,
+        &["--engine-id", "prefill-0"],
+        extra_proxy,
+        Some(metrics()),
+    )
+    .await
 }
 
 const PROMPT: &str = "The prefill pod computes this prompt's KV cache, which is long enough for several blocks of sixteen tokens each, and the decode pod pulls it.";

@@ -4,25 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use std::time::Duration;
 
-use clap::Parser;
 use llmd_telemetry::{OtlpProtocol, TelemetryConfig, TracingConfig, testing};
-use tokio_util::sync::CancellationToken;
-
-async fn sim(flags: &[&str]) -> std::net::SocketAddr {
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        engine: llmd_sim::EngineArgs,
-    }
-    let args = Wrap::parse_from(std::iter::once("llmd-sim").chain(flags.iter().copied())).engine;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    llmd_sim::start(args, listener, None, CancellationToken::new())
-        .await
-        .unwrap()
-        .addr
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_span_tree_follows_the_request() {
@@ -33,32 +19,15 @@ async fn the_span_tree_follows_the_request() {
         ..TelemetryConfig::default()
     };
     let guard = llmd_telemetry::init("llmd-pd-proxy", &config).unwrap();
-    let common = [
+    let sim_flags = [
         "--dummy-tokenizer",
         "--time-scale",
         "0",
         "--block-size",
         "16",
     ];
-    let prefill = sim(&[&common[..], &["--role", "prefill"]].concat()).await;
-    let decode = sim(&[&common[..], &["--role", "decode"]].concat()).await;
-    let decoder = format!("http://{decode}");
-    let args = llmd_pd_proxy::Args::parse_from([
-        "llmd-pd-proxy",
-        "--decoder",
-        &decoder,
-        "--allow-prefill",
-        "127.0.0.1",
-    ]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = llmd_pd_proxy::start(
-        args.config().unwrap(),
-        listener,
-        None,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let p = common::pair(&sim_flags, &[], &[], None).await;
+    let (prefill, proxy) = (p.prefill, p.proxy);
     let trace = "0af7651916cd43dd8448eb211c80319c";
     for stream in [false, true] {
         let r = reqwest::Client::new()

@@ -141,6 +141,23 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// Parses engine flags as `llmd-sim` would (without the program name), e.g. to start a
+    /// simulator in-process from a test or a benchmark.
+    pub fn from_flags<I, S>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            engine: EngineArgs,
+        }
+        let all = std::iter::once(std::ffi::OsString::from("llmd-sim"))
+            .chain(flags.into_iter().map(Into::into));
+        <Flags as clap::Parser>::try_parse_from(all).map(|f| f.engine)
+    }
+
     /// A simulated duration of `ms` milliseconds, scaled.
     pub fn scaled(&self, ms: f64) -> Duration {
         Duration::from_secs_f64((ms * self.time_scale).max(0.0) / 1e3)

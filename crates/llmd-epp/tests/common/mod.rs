@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use llmd_epp::client::Answer;
 use llmd_epp::config::EndpointPickerConfig;
@@ -55,12 +54,7 @@ pub fn llama_tokenizer() -> Option<String> {
 
 /// Starts a simulator on 127.0.0.1 with these flags; cancel the token to stop it.
 pub async fn sim(flags: &[&str]) -> (Sim, CancellationToken) {
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        engine: llmd_sim::EngineArgs,
-    }
-    let args = Wrap::parse_from(std::iter::once("llmd-sim").chain(flags.iter().copied())).engine;
+    let args = llmd_sim::EngineArgs::from_flags(flags.iter().copied()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stop = CancellationToken::new();
     let sim = llmd_sim::start(args, listener, Some(metrics()), stop.clone())
@@ -332,5 +326,24 @@ pub async fn warm_up(kv: &llmd_kv_index::KvIndex, pods: &[String]) {
             assert!(n < 200, "no KV events from {pod}");
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// Waits (at most 10 s) until `/debug/route` says `pod` holds `blocks` blocks of `prompt`.
+pub async fn wait_indexed(
+    metrics_addr: std::net::SocketAddr,
+    prompt: &str,
+    pod: &str,
+    blocks: u64,
+) {
+    let mut waited = 0;
+    while matched(metrics_addr, prompt).await[pod]
+        .as_u64()
+        .unwrap_or(0)
+        < blocks
+    {
+        waited += 1;
+        assert!(waited < 500, "the EPP never indexed {pod}'s blocks");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

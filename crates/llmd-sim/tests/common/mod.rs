@@ -3,7 +3,6 @@
 
 use std::sync::OnceLock;
 
-use clap::Parser;
 use llmd_sim::{EngineArgs, Sim};
 use llmd_telemetry::MetricsHandle;
 use tokio_util::sync::CancellationToken;
@@ -41,12 +40,7 @@ pub fn llama_tokenizer() -> Option<String> {
 
 /// Engine flags from a command line (as `llmd-sim` would parse them).
 pub fn engine_args(flags: &[&str]) -> EngineArgs {
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        engine: EngineArgs,
-    }
-    Wrap::parse_from(std::iter::once("llmd-sim").chain(flags.iter().copied())).engine
+    llmd_sim::EngineArgs::from_flags(flags.iter().copied()).unwrap()
 }
 
 /// Starts a simulator on 127.0.0.1 with these flags.

@@ -1,0 +1,94 @@
+//! A prefill simulator, a decode simulator and the proxy in front of the decode one, all
+//! in-process on 127.0.0.1.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use llmd_telemetry::MetricsHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Starts a simulator with these flags.
+pub async fn sim(flags: &[&str], metrics: Option<MetricsHandle>) -> SocketAddr {
+    let args = llmd_sim::EngineArgs::from_flags(flags.iter().copied()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    llmd_sim::start(args, listener, metrics, CancellationToken::new())
+        .await
+        .unwrap()
+        .addr
+}
+
+/// Starts the proxy with these flags.
+pub async fn proxy(flags: &[&str]) -> SocketAddr {
+    let args = llmd_pd_proxy::Args::parse_from(
+        std::iter::once("llmd-pd-proxy").chain(flags.iter().copied()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    llmd_pd_proxy::start(
+        args.config().unwrap(),
+        listener,
+        None,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The three servers of a P/D setup.
+pub struct Pair {
+    pub prefill: SocketAddr,
+    pub decode: SocketAddr,
+    pub proxy: SocketAddr,
+}
+
+/// Both simulators get `sim_flags` (and `--role`), the prefill one also `prefill_extra`; the
+/// proxy fronts the decode one, allows 127.0.0.1 as prefill target, plus `proxy_extra`.
+pub async fn pair(
+    sim_flags: &[&str],
+    prefill_extra: &[&str],
+    proxy_extra: &[&str],
+    metrics: Option<MetricsHandle>,
+) -> Pair {
+    let prefill = sim(
+        &[sim_flags, &["--role", "prefill"], prefill_extra].concat(),
+        metrics.clone(),
+    )
+    .await;
+    let decode = sim(&[sim_flags, &["--role", "decode"]].concat(), metrics).await;
+    let decoder = format!("http://{decode}");
+    let proxy = proxy(
+        &[
+            &[
+                "--decoder",
+                decoder.as_str(),
+                "--allow-prefill",
+                "127.0.0.1",
+            ][..],
+            proxy_extra,
+        ]
+        .concat(),
+    )
+    .await;
+    Pair {
+        prefill,
+        decode,
+        proxy,
+    }
+}
+
+/// The test venv's Python (None outside CI when missing).
+pub fn python() -> Option<std::path::PathBuf> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let found = std::env::var_os("LLMD_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.exists())
+        .or_else(|| venv.exists().then_some(venv));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide the Python test venv"
+        );
+        eprintln!("SKIPPED: no Python test venv");
+    }
+    found
+}
