@@ -388,7 +388,8 @@ impl StreamState {
             Some(processing_request::Request::ResponseBody(b)) => {
                 if self.routed_model.is_some() {
                     self.response_tail.extend_from_slice(&b.body);
-                    if self.response_tail.len() > RESPONSE_TAIL_BYTES {
+                    // Trim only once it is twice the window: amortized, not a memmove per chunk.
+                    if self.response_tail.len() > 2 * RESPONSE_TAIL_BYTES {
                         let cut = self.response_tail.len() - RESPONSE_TAIL_BYTES;
                         self.response_tail.drain(..cut);
                     }
