@@ -22,8 +22,10 @@
 pub mod allowlist;
 pub mod nixl;
 pub mod proxy;
+pub mod tls;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use llmd_telemetry::{MetricsHandle, TelemetryArgs};
@@ -105,6 +107,29 @@ pub struct Args {
     /// Wait between prefill retries, ms.
     #[arg(long, default_value_t = 200)]
     pub prefill_retry_backoff_ms: u64,
+    /// Serve HTTPS with `tls.crt` and `tls.key` from this directory (a `kubernetes.io/tls`
+    /// secret's mount), re-read when they change. Without it the listener is plain HTTP.
+    #[arg(long, env = "LLMD_PD_CERT_PATH")]
+    pub cert_path: Option<std::path::PathBuf>,
+    /// Upstream legs to dial over HTTPS: `prefiller`, `decoder` (repeat or comma-separate).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub enable_tls: Vec<Stage>,
+    /// Upstream legs whose certificate is not verified (development only).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub tls_insecure_skip_verify: Vec<Stage>,
+    /// PEM file of the CA(s) that sign the engines' certificates; only these are trusted
+    /// (default: the system roots).
+    #[arg(long)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+}
+
+/// An upstream leg, for the TLS flags (llm-d's stage names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// Calls to prefill pods.
+    Prefiller,
+    /// Calls to the local decode engine.
+    Decoder,
 }
 
 /// Errors of the P/D routing proxy.
@@ -125,6 +150,9 @@ pub enum Error {
     /// Telemetry.
     #[error(transparent)]
     Telemetry(#[from] llmd_telemetry::TelemetryError),
+    /// TLS material.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 impl Args {
@@ -137,12 +165,40 @@ impl Args {
                 "no prefill target is allowed (--allow-prefill): P/D requests will get 403"
             );
         }
-        let decoder = self.decoder.trim_end_matches('/').to_owned();
+        let mut decoder = self.decoder.trim_end_matches('/').to_owned();
         if !decoder.starts_with("http://") && !decoder.starts_with("https://") {
             return Err(Error::Config(format!(
                 "--decoder {decoder:?} must be an http(s) URL"
             )));
         }
+        if self.enable_tls.contains(&Stage::Decoder)
+            && let Some(rest) = decoder.strip_prefix("http://")
+        {
+            decoder = format!("https://{rest}");
+        }
+        if self.decoder_h2c && decoder.starts_with("https://") {
+            return Err(Error::Config(
+                "--decoder-h2c is HTTP/2 without TLS; over TLS, h2 is negotiated by ALPN".into(),
+            ));
+        }
+        let leg_tls = |stage: Stage, on: bool| -> Result<Option<rustls::ClientConfig>, Error> {
+            if !on {
+                return Ok(None);
+            }
+            let insecure = self.tls_insecure_skip_verify.contains(&stage);
+            if insecure {
+                tracing::warn!(?stage, "TLS certificate verification is off for this leg");
+            }
+            Ok(Some(tls::client_config(
+                self.tls_ca_file.as_deref(),
+                insecure,
+            )?))
+        };
+        let prefill_tls = leg_tls(
+            Stage::Prefiller,
+            self.enable_tls.contains(&Stage::Prefiller),
+        )?;
+        let decoder_tls = leg_tls(Stage::Decoder, decoder.starts_with("https://"))?;
         Ok(Config {
             decoder,
             connector: self.connector,
@@ -152,6 +208,13 @@ impl Args {
             decode_timeout: Duration::from_millis(self.decode_timeout_ms),
             decode_idle_timeout: Duration::from_millis(self.decode_idle_timeout_ms),
             decoder_h2c: self.decoder_h2c,
+            prefill_tls,
+            decoder_tls,
+            server_tls: self
+                .cert_path
+                .as_deref()
+                .map(tls::CertDir::load)
+                .transpose()?,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             prefill_max_retries: self.prefill_max_retries,
             prefill_retry_backoff: Duration::from_millis(self.prefill_retry_backoff_ms),
@@ -178,7 +241,15 @@ pub async fn start(
                 .await;
         });
     }
+    let server_tls = config.server_tls.clone();
     let app = proxy::router(config);
+    if let Some(certs) = server_tls {
+        certs.watch(CERT_POLL, shutdown.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()?));
+        tokio::spawn(serve_tls(listener, acceptor, app, shutdown));
+        tracing::info!(%addr, "llmd-pd-proxy serving HTTPS");
+        return Ok(addr);
+    }
     tokio::spawn(async move {
         // Nagle's algorithm would hold a streamed chunk until the client's delayed ACK (~40 ms).
         use axum::serve::ListenerExt;
@@ -196,6 +267,71 @@ pub async fn start(
     });
     tracing::info!(%addr, "llmd-pd-proxy serving");
     Ok(addr)
+}
+
+/// How often `--cert-path` is checked for a rotated certificate.
+const CERT_POLL: Duration = Duration::from_secs(10);
+
+/// A TLS handshake that takes longer than this is dropped (a slow or silent client).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTPS accept loop: TLS by rustls, then HTTP/1.1 or h2 (ALPN) by hyper, connections
+/// drained on shutdown (up to 30 s).
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let tcp = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let acceptor = acceptor.clone();
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    metrics::counter!(llmd_telemetry::names::pd_proxy::ERRORS_TOTAL.name, "stage" => "client").increment(1);
+                    tracing::debug!(%error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!(llmd_telemetry::names::pd_proxy::ERRORS_TOTAL.name, "stage" => "client").increment(1);
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%error, "HTTPS connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTPS connections still open after 30 s; closing them");
+    }
 }
 
 /// Runs the proxy until `shutdown` is cancelled.

@@ -5,9 +5,13 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
+use http_body_util::{BodyExt, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use llmd_telemetry::names::{pd_proxy as m, spans};
 use serde_json::{Map, Value};
 
@@ -41,6 +45,12 @@ pub struct Config {
     pub decode_idle_timeout: Duration,
     /// Speak HTTP/2 without TLS (prior knowledge) to the decode engine.
     pub decoder_h2c: bool,
+    /// TLS to prefill pods (`https://`); `None`: plain HTTP.
+    pub prefill_tls: Option<rustls::ClientConfig>,
+    /// TLS to the decode engine, used when `decoder` is an `https://` URL.
+    pub decoder_tls: Option<rustls::ClientConfig>,
+    /// Serve the listener over TLS with this certificate.
+    pub server_tls: Option<Arc<crate::tls::CertDir>>,
     /// TCP connect to either engine.
     pub connect_timeout: Duration,
     /// Retries on 502/503/504 or unreachable prefill.
@@ -49,35 +59,64 @@ pub struct Config {
     pub prefill_retry_backoff: Duration,
 }
 
+/// A pooled hyper client for one leg: plain HTTP, or HTTPS when the URL says so.
+type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
 struct Inner {
     config: Config,
     /// To prefill pods (HTTP/1.1, as vLLM serves).
-    http: reqwest::Client,
+    prefill: Upstream,
+    /// `http` or `https`, for prefill URLs.
+    prefill_scheme: &'static str,
     /// To the local decode engine (h2c with `--decoder-h2c`).
-    decoder: reqwest::Client,
+    decoder: Upstream,
+}
+
+fn upstream(config: &Config, tls: Option<&rustls::ClientConfig>, h2_only: bool) -> Upstream {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(config.connect_timeout));
+    tcp.enforce_http(false);
+    // Without TLS on this leg no URL is https; an empty root store makes sure nothing verifies.
+    let tls = tls.cloned().unwrap_or_else(|| {
+        rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            })
+            .unwrap_or_else(|_| {
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            })
+    });
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(tcp);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_only(h2_only)
+        .build(connector)
 }
 
 /// The proxy's routes: `/health` local, completions and chat through P/D, the rest passed
 /// through to the decode engine.
 pub fn router(config: Config) -> axum::Router {
-    let builder = || {
-        reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-    };
-    let http = builder().build().unwrap_or_default();
-    let decoder = if config.decoder_h2c {
-        builder()
-            .http2_prior_knowledge()
-            .build()
-            .unwrap_or_default()
+    let prefill = upstream(&config, config.prefill_tls.as_ref(), false);
+    let decoder = upstream(&config, config.decoder_tls.as_ref(), config.decoder_h2c);
+    let prefill_scheme = if config.prefill_tls.is_some() {
+        "https"
     } else {
-        http.clone()
+        "http"
     };
     let inner = Arc::new(Inner {
         config,
-        http,
+        prefill,
+        prefill_scheme,
         decoder,
     });
     axum::Router::new()
@@ -132,7 +171,7 @@ fn upstream_headers(client: &HeaderMap) -> HeaderMap {
 }
 
 /// Response headers relayed to the client (hop-by-hop and length dropped: the body may change).
-fn downstream_headers(upstream: &reqwest::header::HeaderMap) -> HeaderMap {
+fn downstream_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in upstream {
         match k.as_str() {
@@ -178,16 +217,27 @@ fn path_and_query(req: &Request) -> String {
 }
 
 /// Relays a response (status, headers, streamed body).
-fn relay(resp: reqwest::Response) -> Response {
-    let status = resp.status();
-    let headers = downstream_headers(resp.headers());
-    let mut out = Response::new(Body::from_stream(resp.bytes_stream()));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
+fn relay(resp: http::Response<hyper::body::Incoming>) -> Response {
+    let (parts, body) = resp.into_parts();
+    let mut out = Response::new(Body::new(body));
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = downstream_headers(&parts.headers);
     out
 }
 
-fn decoder_unreachable(e: &reqwest::Error) -> Response {
+/// The full error chain, for messages.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    text
+}
+
+fn decoder_unreachable(e: &hyper_util::client::legacy::Error) -> Response {
     count_error("decode");
     if e.is_connect() {
         error(
@@ -195,37 +245,75 @@ fn decoder_unreachable(e: &reqwest::Error) -> Response {
             "ServiceUnavailable",
             "The decode node is not ready. Please check that the vLLM service is running and the port configuration is correct.",
         )
-    } else if e.is_timeout() {
-        error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "GatewayTimeout",
-            "the decode engine did not answer in time",
-        )
     } else {
         error(
             StatusCode::BAD_GATEWAY,
             "BadGateway",
-            &format!("decode engine: {e}"),
+            &format!("decode engine: {}", chain(e)),
         )
     }
 }
 
+fn decoder_timeout() -> Response {
+    count_error("decode");
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        "GatewayTimeout",
+        "the decode engine did not answer in time",
+    )
+}
+
+/// An upstream request.
+fn upstream_request(
+    method: Method,
+    url: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Option<http::Request<Body>> {
+    let uri: Uri = url.parse().ok()?;
+    let mut req = http::Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Some(req)
+}
+
 /// Everything but completions and chat: to the decode engine unchanged, streamed both ways.
 async fn passthrough(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    let limit = inner.config.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        count_error("client");
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BadRequestError",
+            &format!("request body over {limit} bytes"),
+        );
+    }
     let url = format!("{}{}", inner.config.decoder, path_and_query(&req));
-    let method = req.method().clone();
-    let headers = upstream_headers(req.headers());
-    let body = reqwest::Body::wrap_stream(req.into_body().into_data_stream());
-    match inner
-        .decoder
-        .request(method, url)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await
-    {
-        Ok(resp) => relay(resp),
-        Err(e) => decoder_unreachable(&e),
+    let (parts, body) = req.into_parts();
+    let mut headers = upstream_headers(&parts.headers);
+    if let Some(n) = declared {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    // A body without a declared length is cut (and the upstream call fails) past the limit.
+    let body = Body::new(Limited::new(body, limit));
+    let Some(up) = upstream_request(parts.method, &url, headers, body) else {
+        count_error("client");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequestError",
+            "invalid request path",
+        );
+    };
+    match tokio::time::timeout(inner.config.decode_timeout, inner.decoder.request(up)).await {
+        Ok(Ok(resp)) => relay(resp),
+        Ok(Err(e)) => decoder_unreachable(&e),
+        Err(_) => decoder_timeout(),
     }
 }
 
@@ -312,7 +400,7 @@ impl Drop for Timings {
 
 /// Relays SSE line-complete, rewriting `cached_tokens` in usage events; records the timings.
 fn sse_relay(
-    upstream: impl Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
+    upstream: impl Stream<Item = Result<Bytes, axum::Error>> + Send + Unpin + 'static,
     cached: u64,
     timings: Timings,
     timing_comment: bool,
@@ -556,22 +644,38 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
         prefill_headers.append(HeaderName::from_static("x-request-id"), v);
     }
     llmd_telemetry::propagation::inject_span_into_headers(&prefill_span, &mut prefill_headers);
-    let url = format!("http://{target}{path}");
+    prefill_headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let url = format!("{}://{target}{path}", inner.prefill_scheme);
+    let prefill_body = Bytes::from(prefill_body);
     let prefill_started = Instant::now();
     let mut attempt = 0;
     let prefill_resp = loop {
-        let sent = inner
-            .http
-            .post(&url)
-            .headers(prefill_headers.clone())
-            .header("content-type", "application/json")
-            .body(prefill_body.clone())
-            .timeout(inner.config.prefill_timeout)
-            .send()
-            .await;
+        let Some(req) = upstream_request(
+            Method::POST,
+            &url,
+            prefill_headers.clone(),
+            Body::from(prefill_body.clone()),
+        ) else {
+            count_error("client");
+            timings.finish("bad_request");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequestError",
+                &format!("prefill target {target:?} does not make a valid URL"),
+            );
+        };
+        let sent = tokio::time::timeout(
+            inner.config.prefill_timeout,
+            prefill_call(&inner.prefill, req, inner.config.max_body_bytes),
+        )
+        .await
+        .unwrap_or(Err(PrefillError::Timeout));
         let retryable = match &sent {
-            Ok(r) => matches!(r.status().as_u16(), 502..=504),
-            Err(e) => !e.is_timeout(),
+            Ok((parts, _)) => matches!(parts.status.as_u16(), 502..=504),
+            Err(e) => !matches!(e, PrefillError::Timeout),
         };
         if retryable && attempt < inner.config.prefill_max_retries {
             attempt += 1;
@@ -580,37 +684,22 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
         }
         break sent;
     };
-    let prefill_resp = match prefill_resp {
+    timings.prefill = prefill_started.elapsed();
+    let (parts, prefill_bytes) = match prefill_resp {
         Ok(r) => r,
         Err(e) => {
-            timings.prefill = prefill_started.elapsed();
             count_error("prefill");
             timings.finish("prefill_error");
-            let (status, kind) = if e.is_timeout() {
-                (StatusCode::GATEWAY_TIMEOUT, "GatewayTimeout")
-            } else {
-                (StatusCode::BAD_GATEWAY, "BadGateway")
+            let (status, kind) = match e {
+                PrefillError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "GatewayTimeout"),
+                _ => (StatusCode::BAD_GATEWAY, "BadGateway"),
             };
             return error(status, kind, &format!("prefill on {target} failed: {e}"));
         }
     };
-    let status = prefill_resp.status();
+    let status = parts.status;
     prefill_span.record("http.response.status_code", status.as_u16());
-    let prefill_headers_back = downstream_headers(prefill_resp.headers());
-    let prefill_bytes = match prefill_resp.bytes().await {
-        Ok(b) => b,
-        Err(e) => {
-            timings.prefill = prefill_started.elapsed();
-            count_error("prefill");
-            timings.finish("prefill_error");
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "BadGateway",
-                &format!("prefill on {target}: {e}"),
-            );
-        }
-    };
-    timings.prefill = prefill_started.elapsed();
+    let prefill_headers_back = downstream_headers(&parts.headers);
     drop(prefill_span);
     if !status.is_success() {
         // The prefill's answer, verbatim; no decode.
@@ -659,17 +748,25 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
     llmd_telemetry::propagation::inject_span_into_headers(&decode_span, &mut decode_headers);
     let decode_started = Instant::now();
     timings.decode_started = Some(decode_started);
-    let sent = tokio::time::timeout(
-        inner.config.decode_timeout,
-        inner
-            .decoder
-            .request(Method::POST, format!("{}{path}", inner.config.decoder))
-            .headers(decode_headers)
-            .header("content-type", "application/json")
-            .body(decode_body)
-            .send(),
-    )
-    .await;
+    decode_headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let Some(req) = upstream_request(
+        Method::POST,
+        &format!("{}{path}", inner.config.decoder),
+        decode_headers,
+        Body::from(decode_body),
+    ) else {
+        count_error("client");
+        timings.finish("bad_request");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequestError",
+            "invalid request path",
+        );
+    };
+    let sent = tokio::time::timeout(inner.config.decode_timeout, inner.decoder.request(req)).await;
     let resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -677,13 +774,8 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
             return decoder_unreachable(&e);
         }
         Err(_) => {
-            count_error("decode");
             timings.finish("decode_error");
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "GatewayTimeout",
-                "the decode engine did not answer in time",
-            );
+            return decoder_timeout();
         }
     };
     decode_span.record("http.response.status_code", resp.status().as_u16());
@@ -708,9 +800,10 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = Body::new(resp.into_body());
     if is_sse && status.is_success() {
         let stream = sse_relay(
-            Box::pin(resp.bytes_stream()),
+            body.into_data_stream(),
             cached,
             timings,
             timing_comment,
@@ -722,8 +815,11 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
         return out;
     }
     // A JSON answer (or an error from decode): read it whole, rewrite usage.
-    let bytes = match resp.bytes().await {
-        Ok(b) => b,
+    let bytes = match Limited::new(body, inner.config.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
         Err(e) => {
             count_error("decode");
             timings.finish("decode_error");
@@ -757,4 +853,34 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out
+}
+
+/// Why a prefill call failed.
+#[derive(Debug, thiserror::Error)]
+enum PrefillError {
+    #[error("no answer within the prefill timeout")]
+    Timeout,
+    #[error("{0}")]
+    Send(String),
+    #[error("reading the answer: {0}")]
+    Body(String),
+}
+
+/// One prefill attempt: the answer's head and its whole (bounded) body.
+async fn prefill_call(
+    client: &Upstream,
+    req: http::Request<Body>,
+    limit: usize,
+) -> Result<(http::response::Parts, Bytes), PrefillError> {
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| PrefillError::Send(chain(&e)))?;
+    let (parts, body) = resp.into_parts();
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| PrefillError::Body(e.to_string()))?
+        .to_bytes();
+    Ok((parts, bytes))
 }

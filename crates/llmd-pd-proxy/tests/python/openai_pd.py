@@ -1,17 +1,23 @@
 """Drives P/D requests through the proxy with the real `openai` client, and the same requests
 straight at the decode engine; prints one JSON object with what it saw.
 
-Usage: openai_pd.py PROXY_URL DECODE_URL PREFILL_HOST_PORT MODEL
+Usage: openai_pd.py PROXY_URL DECODE_URL PREFILL_HOST_PORT MODEL [CA_PEM]
+With CA_PEM, PROXY_URL is https and the proxy's certificate must verify against that CA only.
 """
 
 import json
+import ssl
 import sys
 
 import openai
 
 proxy, decode, prefill, model = sys.argv[1:5]
+tls = {}
+if len(sys.argv) > 5:
+    ctx = ssl.create_default_context(cafile=sys.argv[5])
+    tls["http_client"] = openai.DefaultHttpxClient(verify=ctx)
 pd = openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0,
-                   default_headers={"x-prefiller-host-port": prefill})
+                   default_headers={"x-prefiller-host-port": prefill}, **tls)
 direct = openai.OpenAI(base_url=f"{decode}/v1", api_key="unused", max_retries=0)
 out = {}
 
@@ -37,7 +43,7 @@ for name, client in (("pd", pd), ("direct", direct)):
 
 # A prefill target outside the allowlist: the client sees the 403.
 denied = openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0,
-                       default_headers={"x-prefiller-host-port": "10.255.255.1:8000"})
+                       default_headers={"x-prefiller-host-port": "10.255.255.1:8000"}, **tls)
 try:
     denied.completions.create(model=model, prompt="x", max_tokens=1)
     out["denied"] = None

@@ -1,0 +1,257 @@
+//! TLS (rustls with the ring provider), off by default.
+//!
+//! - **Listener**: `--cert-path DIR` serves HTTPS (HTTP/1.1 and h2 by ALPN) with `DIR/tls.crt`
+//!   (PEM chain) and `DIR/tls.key` (PEM PKCS#8, PKCS#1 or SEC1), the layout of a Kubernetes
+//!   `kubernetes.io/tls` secret. The files are re-read when their modification time changes
+//!   (cert-manager rotates them in place); a bad new pair is logged and the old one kept.
+//! - **Upstream**: `--enable-tls prefiller,decoder` dials that leg over HTTPS, verifying the
+//!   engine's certificate against `--tls-ca-file` (only that CA) or the system roots;
+//!   `--tls-insecure-skip-verify prefiller,decoder` skips verification (development only).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::RwLock;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio_util::sync::CancellationToken;
+
+/// File names inside `--cert-path`, as in a `kubernetes.io/tls` secret.
+pub const CERT_FILE: &str = "tls.crt";
+/// The private key's file name.
+pub const KEY_FILE: &str = "tls.key";
+
+/// TLS setup errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file cannot be read or holds no usable PEM.
+    #[error("{path}: {why}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// rustls refused the material.
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The crypto provider used everywhere (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn file_error(path: &Path, why: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// Reads every certificate of a PEM file (at least one).
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|e| file_error(path, e))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no CERTIFICATE block"));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = std::fs::read(path).map_err(|e| file_error(path, e))?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| file_error(path, format!("no private key: {e}")))
+}
+
+/// The client configuration of one upstream leg.
+pub fn client_config(
+    ca_file: Option<&Path>,
+    insecure_skip_verify: bool,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    if insecure_skip_verify {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in read_certs(path)? {
+                roots.add(cert)?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for error in native.errors {
+                tracing::debug!(%error, "system root certificates");
+            }
+            let (added, ignored) = roots.add_parsable_certificates(native.certs);
+            tracing::debug!(added, ignored, "system root certificates loaded");
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// Accepts any server certificate (`--tls-insecure-skip-verify`); signatures are still checked
+/// so the handshake itself is sound.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The listener's certificate, re-read from its directory when the files change.
+#[derive(Debug)]
+pub struct CertDir {
+    dir: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<(Option<SystemTime>, Arc<CertifiedKey>)>,
+}
+
+impl CertDir {
+    /// Loads `dir/tls.crt` and `dir/tls.key`.
+    pub fn load(dir: &Path) -> Result<Arc<Self>, TlsError> {
+        let provider = provider();
+        let key = Self::read(dir, &provider)?;
+        Ok(Arc::new(Self {
+            dir: dir.to_owned(),
+            provider,
+            current: RwLock::new((Self::stamp(dir), key)),
+        }))
+    }
+
+    fn read(dir: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
+        let certs = read_certs(&dir.join(CERT_FILE))?;
+        let key_path = dir.join(KEY_FILE);
+        let key = provider
+            .key_provider
+            .load_private_key(read_key(&key_path)?)
+            .map_err(|e| file_error(&key_path, e))?;
+        let certified = CertifiedKey::new(certs, key);
+        certified.keys_match().map_err(|e| {
+            file_error(
+                &dir.join(CERT_FILE),
+                format!("does not match {KEY_FILE}: {e}"),
+            )
+        })?;
+        Ok(Arc::new(certified))
+    }
+
+    /// The later modification time of the two files.
+    fn stamp(dir: &Path) -> Option<SystemTime> {
+        let m = |f: &str| {
+            std::fs::metadata(dir.join(f))
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        m(CERT_FILE).max(m(KEY_FILE))
+    }
+
+    /// Re-reads the pair if a file changed; true when a new certificate is in use.
+    pub fn reload_if_changed(&self) -> bool {
+        let stamp = Self::stamp(&self.dir);
+        if stamp == self.current.read().0 {
+            return false;
+        }
+        match Self::read(&self.dir, &self.provider) {
+            Ok(key) => {
+                *self.current.write() = (stamp, key);
+                tracing::info!(dir = %self.dir.display(), "TLS certificate reloaded");
+                true
+            }
+            Err(error) => {
+                // Remember the stamp so a broken pair is reported once, not every poll.
+                self.current.write().0 = stamp;
+                tracing::warn!(%error, "new TLS certificate unusable; keeping the old one");
+                false
+            }
+        }
+    }
+
+    /// Polls the files every `every` until cancelled.
+    pub fn watch(self: &Arc<Self>, every: Duration, stop: CancellationToken) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => { me.reload_if_changed(); }
+                }
+            }
+        });
+    }
+
+    /// A server configuration serving this certificate, TLS 1.2 and 1.3, ALPN h2 and http/1.1.
+    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+impl ResolvesServerCert for CertDir {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().1.clone())
+    }
+}
