@@ -138,32 +138,42 @@ pub fn pod_endpoint(pod: &Pod, port: u16, kv_events_port: Option<u16>) -> Option
     })
 }
 
-/// One listing: the ready endpoints of the pool.
-pub async fn list_once(
+/// The pool object's spec and the pods its selector matches (any state), from two GETs.
+/// The P/D proxy's allowlist uses this too.
+pub async fn pool_pods(
     client: &kube::Client,
-    pool: &PoolRef,
-) -> Result<Vec<EndpointSpec>, DiscoveryError> {
+    namespace: &str,
+    group: &str,
+    name: &str,
+) -> Result<(PoolSpec, Vec<Pod>), DiscoveryError> {
     let resource = ApiResource {
-        group: pool.group.clone(),
+        group: group.to_owned(),
         version: "v1".into(),
-        api_version: format!("{}/v1", pool.group),
+        api_version: format!("{group}/v1"),
         kind: "InferencePool".into(),
         plural: "inferencepools".into(),
     };
-    let pools: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &pool.namespace, &resource);
-    let obj = pools.get(&pool.name).await?;
-    let spec = pool_spec(&pool.name, &obj.data)?;
+    let pools: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let obj = pools.get(name).await?;
+    let spec = pool_spec(name, &obj.data)?;
     let selector = spec
         .selector
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &pool.namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = pods.list(&ListParams::default().labels(&selector)).await?;
-    let mut out: Vec<EndpointSpec> = list
-        .items
+    Ok((spec, list.items))
+}
+
+/// One listing: the ready endpoints of the pool.
+pub async fn list_once(
+    client: &kube::Client,
+    pool: &PoolRef,
+) -> Result<Vec<EndpointSpec>, DiscoveryError> {
+    let (spec, pods) = pool_pods(client, &pool.namespace, &pool.group, &pool.name).await?;
+    let mut out: Vec<EndpointSpec> = pods
         .iter()
         .filter_map(|p| pod_endpoint(p, spec.port, pool.kv_events_port))
         .collect();

@@ -24,6 +24,8 @@ pub mod extproc;
 pub mod plugins;
 pub mod request;
 pub mod scheduler;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -7,100 +7,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use common::{Routed, completion, route, wait_until};
 use llmd_epp::config::EndpointPickerConfig;
 use llmd_epp::discovery::PoolRef;
 use llmd_epp::endpoints::{EndpointsFile, Role};
+use llmd_epp::testing::{self as fake, FakeKube, pod};
 use llmd_epp::{KubeSource, Listeners, Options};
-use parking_lot::Mutex;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Default)]
-struct Fake {
-    pool: Value,
-    pods: Vec<Value>,
-    fail: bool,
-    selectors: Vec<String>,
-}
-
-type Shared = Arc<Mutex<Fake>>;
-
-fn status(code: u16, reason: &str) -> axum::response::Response {
-    (
-        StatusCode::from_u16(code).unwrap(),
-        axum::Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": reason, "reason": reason, "code": code})),
-    )
-        .into_response()
-}
-
-async fn get_pool(
-    State(s): State<Shared>,
-    Path((ns, name)): Path<(String, String)>,
-) -> axum::response::Response {
-    let f = s.lock();
-    if f.fail {
-        return status(500, "InternalError");
-    }
-    if ns != "ai" || name != "llama" {
-        return status(404, "NotFound");
-    }
-    axum::Json(f.pool.clone()).into_response()
-}
-
-async fn list_pods(
-    State(s): State<Shared>,
-    Path(ns): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> axum::response::Response {
-    let mut f = s.lock();
-    if f.fail {
-        return status(500, "InternalError");
-    }
-    let selector = q.get("labelSelector").cloned().unwrap_or_default();
-    f.selectors.push(selector.clone());
-    let wanted: Vec<(&str, &str)> = selector
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .collect();
-    let items: Vec<Value> = f
-        .pods
-        .iter()
-        .filter(|p| p["metadata"]["namespace"] == ns)
-        .filter(|p| {
-            wanted
-                .iter()
-                .all(|(k, v)| p["metadata"]["labels"][*k].as_str() == Some(*v))
-        })
-        .cloned()
-        .collect();
-    axum::Json(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"}, "items": items}))
-        .into_response()
-}
-
-fn pod(name: &str, ip: Option<&str>, role: &str, app: &str, ready: bool, deleting: bool) -> Value {
-    let mut p = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "ai", "labels": {"app": app, "llm-d.ai/role": role}},
-        "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai"}]},
-        "status": {"phase": "Running", "conditions": [
-            {"type": "PodScheduled", "status": "True"},
-            {"type": "Ready", "status": if ready { "True" } else { "False" }}
-        ]}
-    });
-    if let Some(ip) = ip {
-        p["status"]["podIP"] = json!(ip);
-    }
-    if deleting {
-        p["metadata"]["deletionTimestamp"] = json!("2026-11-21T10:00:00Z");
-    }
-    p
-}
 
 const PD: &str = r#"
 plugins:
@@ -118,14 +33,9 @@ schedulingProfiles:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inference_pool_pods_become_endpoints() {
-    let state: Shared = Arc::new(Mutex::new(Fake {
-        pool: json!({
-            "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
-            "metadata": {"name": "llama", "namespace": "ai"},
-            "spec": {"selector": {"matchLabels": {"app": "vllm"}}, "targetPorts": [{"number": 8000}],
-                     "endpointPickerRef": {"name": "epp", "port": {"number": 9002}}}
-        }),
-        pods: vec![
+    let api = FakeKube::start(
+        fake::pool("vllm", 8000),
+        vec![
             pod("d1", Some("10.1.0.1"), "decode", "vllm", true, false),
             pod("p1", Some("10.1.0.2"), "prefill", "vllm", true, false),
             pod("d2", Some("10.1.0.3"), "decode", "vllm", false, false), // not ready yet
@@ -133,24 +43,11 @@ async fn inference_pool_pods_become_endpoints() {
             pod("d4", Some("10.1.0.5"), "decode", "vllm", true, true),   // terminating
             pod("x1", Some("10.1.0.6"), "decode", "other", true, false), // another app
         ],
-        ..Default::default()
-    }));
-    let app = axum::Router::new()
-        .route(
-            "/apis/inference.networking.k8s.io/v1/namespaces/{ns}/inferencepools/{name}",
-            axum::routing::get(get_pool),
-        )
-        .route(
-            "/api/v1/namespaces/{ns}/pods",
-            axum::routing::get(list_pods),
-        )
-        .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let config = kube::Config::new(format!("http://{api}").parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
+    )
+    .await
+    .unwrap();
+    let state = api.state.clone();
+    let client = api.client().unwrap();
     let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let shutdown = CancellationToken::new();
     let epp = llmd_epp::start(

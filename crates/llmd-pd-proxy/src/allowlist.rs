@@ -1,9 +1,14 @@
 //! Which prefill targets the proxy may call. A target from `x-prefiller-host-port` is reduced
-//! to its host and checked against exact hosts/IPs and CIDR ranges; nothing else is fetched.
+//! to its host and checked against exact hosts/IPs and CIDR ranges, and (in Kubernetes) the
+//! IPs and names of the InferencePool's pods, as llm-d's SSRF protection does (ports are not
+//! checked); nothing else is fetched.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
+use parking_lot::RwLock;
 
 /// The allowlist.
 #[derive(Debug, Clone, Default)]
@@ -11,6 +16,25 @@ pub struct Allowlist {
     any: bool,
     nets: Vec<IpNet>,
     hosts: Vec<String>,
+    pool: Option<Arc<RwLock<PoolHosts>>>,
+}
+
+/// The hosts of an InferencePool's pods, replaced on every listing (see [`crate::pool`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolHosts {
+    /// Pod IPs.
+    pub ips: HashSet<IpAddr>,
+    /// Pod names, lowercase.
+    pub names: HashSet<String>,
+}
+
+impl PoolHosts {
+    fn allows(&self, host: &str) -> bool {
+        match host.parse::<IpAddr>() {
+            Ok(ip) => self.ips.contains(&ip),
+            Err(_) => self.names.contains(&host.to_ascii_lowercase()),
+        }
+    }
 }
 
 /// A target that cannot be parsed or is not allowed.
@@ -51,9 +75,15 @@ impl Allowlist {
         Ok(list)
     }
 
-    /// True when nothing at all is allowed.
+    /// Also allows the hosts of an InferencePool's pods; returns the set a follower keeps
+    /// current (empty until the first listing).
+    pub fn follow_pool(&mut self) -> Arc<RwLock<PoolHosts>> {
+        self.pool.get_or_insert_with(Default::default).clone()
+    }
+
+    /// True when nothing at all is allowed (nor ever will be: no pool is followed).
     pub fn is_empty(&self) -> bool {
-        !self.any && self.nets.is_empty() && self.hosts.is_empty()
+        !self.any && self.nets.is_empty() && self.hosts.is_empty() && self.pool.is_none()
     }
 
     /// Parses the first entry of an `x-prefiller-host-port` value and checks it; returns
@@ -78,7 +108,8 @@ impl Allowlist {
             || match bare.parse::<IpAddr>() {
                 Ok(ip) => self.nets.iter().any(|n| n.contains(&ip)),
                 Err(_) => self.hosts.iter().any(|h| h.eq_ignore_ascii_case(bare)),
-            };
+            }
+            || self.pool.as_ref().is_some_and(|p| p.read().allows(bare));
         if !allowed {
             return Err(TargetError::Denied(target.to_owned()));
         }
@@ -129,6 +160,26 @@ mod tests {
         }
         assert!(Allowlist::new(&["a b".into()], false).is_err());
         assert!(Allowlist::new(&[], false).unwrap().is_empty());
+
+        // The pool's pods, by IP (any spelling) or name; ports are not checked.
+        let mut b = Allowlist::new(&[], false).unwrap();
+        let hosts = b.follow_pool();
+        assert!(!b.is_empty());
+        assert!(matches!(
+            b.check("10.1.0.2:8000"),
+            Err(TargetError::Denied(_))
+        ));
+        *hosts.write() = PoolHosts {
+            ips: ["10.1.0.2".parse().unwrap(), "fd00::2".parse().unwrap()].into(),
+            names: ["prefill-0".into()].into(),
+        };
+        assert!(b.check("10.1.0.2:9999").is_ok());
+        assert!(b.check("[fd00:0::2]:8000").is_ok());
+        assert!(b.check("Prefill-0:8000").is_ok());
+        assert!(matches!(
+            b.check("10.1.0.3:8000"),
+            Err(TargetError::Denied(_))
+        ));
         assert_eq!(
             Allowlist::new(&[], true).unwrap().check("1.2.3.4:5"),
             Ok("1.2.3.4:5".into())

@@ -21,6 +21,7 @@
 
 pub mod allowlist;
 pub mod nixl;
+pub mod pool;
 pub mod proxy;
 pub mod tls;
 
@@ -83,6 +84,17 @@ pub struct Args {
     /// Allow any prefill target (development only: any client could make the proxy call any host).
     #[arg(long)]
     pub allow_any_prefill: bool,
+    /// Also allow the pods of this InferencePool (`[namespace/]name`; a bare name is in the
+    /// proxy's own namespace): their IPs and names, re-listed every --pool-resync-ms. Needs
+    /// RBAC `get` on inferencepools and `list` on pods.
+    #[arg(long, env = "INFERENCE_POOL")]
+    pub inference_pool: Option<String>,
+    /// API group of the InferencePool.
+    #[arg(long, default_value = "inference.networking.k8s.io")]
+    pub pool_group: String,
+    /// How often the InferencePool's pods are listed, ms.
+    #[arg(long, default_value_t = 5_000)]
+    pub pool_resync_ms: u64,
     /// Largest request body, bytes (larger: 413).
     #[arg(long, default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
@@ -153,13 +165,24 @@ pub enum Error {
     /// TLS material.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// No Kubernetes client for --inference-pool.
+    #[error("--inference-pool needs the Kubernetes API: {0}")]
+    Kubernetes(#[from] kube::Error),
 }
 
 impl Args {
     /// The proxy configuration these flags describe.
     pub fn config(&self) -> Result<Config, Error> {
-        let allow = allowlist::Allowlist::new(&self.allow_prefill, self.allow_any_prefill)
+        let mut allow = allowlist::Allowlist::new(&self.allow_prefill, self.allow_any_prefill)
             .map_err(Error::Config)?;
+        if let Some(pool) = &self.inference_pool {
+            let (_, name) = self.pool_ref(pool)?;
+            tracing::info!(
+                pool = name,
+                "prefill targets include the InferencePool's pods"
+            );
+            allow.follow_pool();
+        }
         if allow.is_empty() {
             tracing::warn!(
                 "no prefill target is allowed (--allow-prefill): P/D requests will get 403"
@@ -218,7 +241,45 @@ impl Args {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             prefill_max_retries: self.prefill_max_retries,
             prefill_retry_backoff: Duration::from_millis(self.prefill_retry_backoff_ms),
+            pool: None,
         })
+    }
+
+    /// `--inference-pool` split into (namespace if given, name).
+    fn pool_ref<'a>(&self, pool: &'a str) -> Result<(Option<&'a str>, &'a str), Error> {
+        let (ns, name) = match pool.split_once('/') {
+            Some((ns, name)) => (Some(ns), name),
+            None => (None, pool),
+        };
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        };
+        if !valid(name) || ns.is_some_and(|n| !valid(n)) {
+            return Err(Error::Config(format!(
+                "--inference-pool {pool:?} is not [namespace/]name"
+            )));
+        }
+        Ok((ns, name))
+    }
+
+    /// The InferencePool to follow, with a client from the environment (in-cluster service
+    /// account or kubeconfig).
+    pub async fn pool_source(&self) -> Result<Option<pool::PoolSource>, Error> {
+        let Some(pool) = &self.inference_pool else {
+            return Ok(None);
+        };
+        let (ns, name) = self.pool_ref(pool)?;
+        let client = kube::Client::try_default().await?;
+        Ok(Some(pool::PoolSource {
+            namespace: ns.unwrap_or(client.default_namespace()).to_owned(),
+            name: name.to_owned(),
+            group: self.pool_group.clone(),
+            resync: Duration::from_millis(self.pool_resync_ms.max(100)),
+            client,
+        }))
     }
 }
 
@@ -242,6 +303,11 @@ pub async fn start(
         });
     }
     let server_tls = config.server_tls.clone();
+    let mut config = config;
+    if let Some(source) = config.pool.take() {
+        // The first listing before serving, so a ready proxy knows its pool.
+        pool::follow(source, config.allow.follow_pool(), shutdown.clone()).await;
+    }
     let app = proxy::router(config);
     if let Some(certs) = server_tls {
         certs.watch(CERT_POLL, shutdown.clone());
@@ -337,7 +403,8 @@ async fn serve_tls(
 /// Runs the proxy until `shutdown` is cancelled.
 pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
     let metrics = llmd_telemetry::install_prometheus(&[llmd_telemetry::names::pd_proxy::ALL], &[])?;
-    let config = args.config()?;
+    let mut config = args.config()?;
+    config.pool = args.pool_source().await?;
     let bind = |port: u16| {
         let addr = format!("{}:{port}", args.host);
         async move {

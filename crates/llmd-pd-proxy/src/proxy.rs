@@ -51,6 +51,8 @@ pub struct Config {
     pub decoder_tls: Option<rustls::ClientConfig>,
     /// Serve the listener over TLS with this certificate.
     pub server_tls: Option<Arc<crate::tls::CertDir>>,
+    /// Follow this InferencePool's pods into the allowlist (set by `run`, or by a test).
+    pub pool: Option<crate::pool::PoolSource>,
     /// TCP connect to either engine.
     pub connect_timeout: Duration,
     /// Retries on 502/503/504 or unreachable prefill.
