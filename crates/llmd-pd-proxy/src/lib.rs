@@ -12,12 +12,11 @@
 //!
 //! | module | what it does |
 //! |---|---|
-//! | `allowlist` | which prefill targets may be called (IPs, CIDRs, host names) |
+//! | `allowlist` | which prefill targets may be called (IPs, CIDRs, host names, pool pods) |
+//! | `pool` | the InferencePool's pods into the allowlist (`--inference-pool`) |
 //! | `nixl` | the nixlv2 body transforms and the `cached_tokens` rewrite |
 //! | `proxy` | the HTTP server, the two legs, relaying, timings and metrics |
-//!
-//! Status (issue 6 in progress): TLS, an allowlist fed by the InferencePool's pods and the
-//! other connectors are not built yet.
+//! | `tls` | rustls: the HTTPS listener with certificate reload, HTTPS to the engines |
 
 pub mod allowlist;
 pub mod nixl;
