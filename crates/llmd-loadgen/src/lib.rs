@@ -1,37 +1,579 @@
-//! `llmd-loadgen`: a load generator for OpenAI-compatible serving stacks.
+//! `llmd-loadgen`: load for OpenAI-compatible serving stacks, with the shapes that expose P/D
+//! behaviour and results a person can act on.
 //!
-//! It will own: the `pd-concurrent` scenario (workers with distinct traffic patterns: long
-//! prompt/short output, long/long, mixed, bursty, streaming), open-loop rate modes (constant,
-//! Poisson, gamma, fixed concurrency, SLO sweep), token-exact synthetic, shared-prefix, ShareGPT
-//! and trace-replay datasets, client-side TTFT/ITL/TPOT/E2E measurement with percentiles and
-//! goodput, `traceparent` on every request, and a summary a person can act on.
+//! - `run`: open-loop rate modes (constant, Poisson, gamma burstiness, trace replay) or fixed
+//!   concurrency, bounded by duration and/or request count, warm-up excluded; datasets in tokens
+//!   (synthetic length distributions, shared-prefix groups, ShareGPT files, Mooncake traces).
+//! - `pd-concurrent WORKERS MINUTES`: the llm-d P/D demo's worker patterns.
+//! - `report A.json [B.json ...]`: saved reports side by side.
 //!
-//! Status: not built yet (issue 7). The binary says so and exits with an error.
+//! Every request carries `x-request-id` and a fresh sampled `traceparent`, so traces start at the
+//! client. Measured per request: TTFT (first non-empty token), inter-token latencies, TPOT, E2E,
+//! tokens from `usage`, errors by kind, the P/D proxy's `server-timing` breakdown, and (open
+//! loop) how late it left against its schedule.
+//!
+//! | module | what it does |
+//! |---|---|
+//! | `client` | one request, measured; SSE parsing; error kinds |
+//! | `dataset` | prompts of N tokens, shared prefixes, ShareGPT, Mooncake traces |
+//! | `runner` | the open-loop scheduler thread and the closed-loop workers |
+//! | `scenario` | `pd-concurrent` |
+//! | `stats` | distributions, goodput, the report JSON |
+//! | `output` | progress line, summary table, comparison |
+
+pub mod client;
+pub mod dataset;
+pub mod output;
+pub mod runner;
+pub mod scenario;
+pub mod stats;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use llmd_telemetry::TelemetryArgs;
+use rand::SeedableRng;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
-/// Command-line flags of `llmd-loadgen` (also the `llmd` CLI's subcommand of the same name).
+use crate::client::{Api, Client, ClientOptions, Outcome};
+use crate::dataset::{Dataset, Lengths, PromptMaker};
+use crate::runner::{Load, Plan};
+use crate::stats::{Report, Slo};
+
+/// Command-line flags of `llmd-loadgen` (also `llmd loadgen`).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "llmd-loadgen",
     version,
-    about = "The load generator of llmd-rs (not built yet: issue 7)"
+    about = "Load generator: P/D traffic patterns, open-loop rates, client-side TTFT/TPOT/ITL, reports"
 )]
 pub struct Args {
     /// Logging and tracing.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// A load run: a rate mode, a dataset, a bound; prints a summary, writes reports.
+    Run(Box<RunArgs>),
+    /// The llm-d P/D demo's load: WORKERS workers with distinct patterns for MINUTES.
+    PdConcurrent(Box<PdArgs>),
+    /// Saved reports (--output) side by side.
+    Report {
+        /// Report files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Where requests go.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Base URL with the API prefix.
+    #[arg(long, env = "ENDPOINT", default_value = "http://localhost:8000/v1")]
+    pub endpoint: String,
+    /// `model` of every request.
+    #[arg(
+        long,
+        env = "MODEL_NAME",
+        default_value = "meta-llama/Llama-3.1-8B-Instruct"
+    )]
+    pub model: String,
+    /// Tokenizer for prompt lengths: a model name or directory (default: --model's, from the
+    /// Hugging Face cache), or `bytes` for servers with a byte tokenizer (`llmd sim
+    /// --dummy-tokenizer`).
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Whole-request timeout, seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout_s: f64,
+    /// Skip the `GET /models` check before starting.
+    #[arg(long)]
+    pub no_preflight: bool,
+    /// Write the report JSON here.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Write every request's measurements here (JSON lines).
+    #[arg(long)]
+    pub output_requests: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Rate modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadMode {
+    /// Evenly spaced at --rate.
+    Constant,
+    /// Poisson arrivals at --rate.
+    Poisson,
+    /// Gamma gaps at --rate with shape --burstiness.
+    Gamma,
+    /// --concurrency requests in flight (closed loop).
+    Concurrency,
+    /// At the trace's timestamps (--dataset trace).
+    Trace,
+}
+
+/// Datasets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatasetKind {
+    /// Random prompts of --input-tokens, --output-tokens.
+    Synthetic,
+    /// --prefix-groups prefixes of --prefix-tokens, each with --prompts-per-group suffixes.
+    SharedPrefix,
+    /// A ShareGPT JSON file (--dataset-path).
+    Sharegpt,
+    /// A Mooncake-format JSONL trace (--dataset-path).
+    Trace,
+}
+
+/// Flags of `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Target.
+    #[command(flatten)]
+    pub target: Target,
+    /// API.
+    #[arg(long, value_enum, default_value = "completions")]
+    pub api: Api,
+    /// Streaming requests (TTFT, ITL and TPOT need it).
+    #[arg(long)]
+    pub stream: bool,
+    /// Rate mode.
+    #[arg(long, value_enum, default_value = "poisson")]
+    pub load: LoadMode,
+    /// Requests per second (constant, poisson, gamma).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Gamma shape (1 = Poisson; < 1 burstier).
+    #[arg(long, default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// Requests in flight (--load concurrency).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Stop sending after this many seconds (warm-up included).
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+    /// Stop after this many requests (warm-up included).
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Requests scheduled in the first seconds are sent but not counted.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_s: f64,
+    /// Objectives of goodput: `ttft=200,tpot=50,e2e=10000` (ms).
+    #[arg(long)]
+    pub slo: Option<String>,
+    /// Dataset.
+    #[arg(long, value_enum, default_value = "synthetic")]
+    pub dataset: DatasetKind,
+    /// File of --dataset sharegpt or trace.
+    #[arg(long)]
+    pub dataset_path: Option<PathBuf>,
+    /// Prompt tokens: N, MIN-MAX or MEAN+-STD.
+    #[arg(long, default_value = "512")]
+    pub input_tokens: String,
+    /// Output tokens (max_tokens): N, MIN-MAX or MEAN+-STD.
+    #[arg(long, default_value = "128")]
+    pub output_tokens: String,
+    /// Shared-prefix groups.
+    #[arg(long, default_value_t = 8)]
+    pub prefix_groups: u32,
+    /// Tokens of each shared prefix.
+    #[arg(long, default_value_t = 2048)]
+    pub prefix_tokens: u32,
+    /// Prompts per shared-prefix group.
+    #[arg(long, default_value_t = 16)]
+    pub prompts_per_group: u32,
+    /// Tokens of each suffix after the shared prefix.
+    #[arg(long, default_value_t = 128)]
+    pub suffix_tokens: u32,
+    /// Trace replay speed-up (2 = twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    pub trace_speedup: f64,
+    /// Tokens per hash id of a Mooncake trace.
+    #[arg(long, default_value_t = 512)]
+    pub trace_block_tokens: u32,
+    /// At most this many dataset entries are read.
+    #[arg(long, default_value_t = 100_000)]
+    pub dataset_limit: usize,
+    /// Extra request fields as JSON (`{"temperature": 0, "ignore_eos": true}`).
+    #[arg(long)]
+    pub extra_body: Option<String>,
+}
+
+/// Flags of `pd-concurrent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PdArgs {
+    /// Workers.
+    #[arg(default_value_t = 6)]
+    pub workers: usize,
+    /// Minutes.
+    #[arg(default_value_t = 5.0)]
+    pub minutes: f64,
+    /// Target.
+    #[command(flatten)]
+    pub target: Target,
+    /// Multiplies every pause of the patterns (1 = the demo's pacing).
+    #[arg(long, default_value_t = 1.0)]
+    pub pace: f64,
+    /// No line per request.
+    #[arg(long)]
+    pub no_lines: bool,
 }
 
 /// Errors of the load generator.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The service is not implemented yet.
-    #[error("llmd-loadgen: the load generator is not built yet (tracked in issue 7)")]
-    NotBuilt,
+    /// Bad flags or inputs.
+    #[error("{0}")]
+    Config(String),
+    /// The endpoint is not reachable before the run.
+    #[error("ERROR: Cannot reach endpoint: {0}")]
+    Preflight(String),
+    /// Writing output.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A building block.
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    /// The dataset.
+    #[error(transparent)]
+    Dataset(#[from] dataset::DatasetError),
 }
 
-/// Runs the load generator until shutdown.
-pub async fn run(_args: Args) -> Result<(), Error> {
-    Err(Error::NotBuilt)
+fn config_err(e: impl std::fmt::Display) -> Error {
+    Error::Config(e.to_string())
+}
+
+impl Target {
+    fn maker(&self) -> Result<PromptMaker, Error> {
+        match self.tokenizer.as_deref() {
+            Some("bytes") => Ok(PromptMaker::Bytes),
+            Some(t) => Ok(PromptMaker::load(Some(t))?),
+            None => PromptMaker::load(Some(&self.model)).map_err(|e| {
+                Error::Config(format!(
+                    "{e}; give --tokenizer NAME|DIR, or --tokenizer bytes for a byte-tokenizer server"
+                ))
+            }),
+        }
+    }
+
+    fn client(&self, api: Api, extra: serde_json::Map<String, Value>) -> Result<Client, Error> {
+        if !(self.timeout_s > 0.0 && self.timeout_s.is_finite()) {
+            return Err(config_err("--timeout-s must be > 0"));
+        }
+        Ok(Client::new(ClientOptions {
+            endpoint: self.endpoint.clone(),
+            model: self.model.clone(),
+            api,
+            timeout: Duration::from_secs_f64(self.timeout_s),
+            extra,
+        })?)
+    }
+
+    async fn preflight(&self, client: &Client) -> Result<(), Error> {
+        if self.no_preflight {
+            return Ok(());
+        }
+        client.preflight().await.map_err(Error::Preflight)
+    }
+
+    fn write(&self, report: &Report, outcomes: &[Outcome]) -> Result<(), Error> {
+        if let Some(path) = &self.output {
+            let io = |source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            };
+            let text = serde_json::to_vec_pretty(report).map_err(|e| io(e.into()))?;
+            std::fs::write(path, text).map_err(io)?;
+        }
+        if let Some(path) = &self.output_requests {
+            let io = |source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            };
+            let file = std::fs::File::create(path).map_err(io)?;
+            let mut w = std::io::BufWriter::new(file);
+            for o in outcomes {
+                serde_json::to_writer(&mut w, o).map_err(|e| io(e.into()))?;
+                w.write_all(b"\n").map_err(io)?;
+            }
+            w.flush().map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+impl RunArgs {
+    /// The plan these flags describe.
+    pub fn plan(&self) -> Result<Plan, Error> {
+        let need_rate = || {
+            self.rate
+                .filter(|r| *r > 0.0 && r.is_finite())
+                .ok_or_else(|| config_err("this --load needs --rate > 0"))
+        };
+        let load = match self.load {
+            LoadMode::Constant => Load::Constant { rate: need_rate()? },
+            LoadMode::Poisson => Load::Poisson { rate: need_rate()? },
+            LoadMode::Gamma => Load::Gamma {
+                rate: need_rate()?,
+                burstiness: self.burstiness,
+            },
+            LoadMode::Concurrency => Load::Concurrency {
+                n: self
+                    .concurrency
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| config_err("--load concurrency needs --concurrency > 0"))?,
+            },
+            LoadMode::Trace => {
+                if self.dataset != DatasetKind::Trace {
+                    return Err(config_err("--load trace needs --dataset trace"));
+                }
+                Load::Trace
+            }
+        };
+        let secs = |x: f64, what: &str| {
+            if x >= 0.0 && x.is_finite() {
+                Ok(Duration::from_secs_f64(x))
+            } else {
+                Err(config_err(format!("{what} must be >= 0")))
+            }
+        };
+        let duration = self
+            .duration_s
+            .map(|d| secs(d, "--duration-s"))
+            .transpose()?;
+        if duration.is_none() && self.requests.is_none() && self.dataset != DatasetKind::Trace {
+            return Err(config_err("give --duration-s, --requests, or both"));
+        }
+        Ok(Plan {
+            load,
+            duration,
+            max_requests: self.requests,
+            warmup: secs(self.warmup_s, "--warmup-s")?,
+            stream: self.stream,
+            seed: self.target.seed,
+        })
+    }
+
+    fn dataset(&self, maker: &PromptMaker) -> Result<Dataset, Error> {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(self.target.seed);
+        let path = || {
+            self.dataset_path
+                .clone()
+                .ok_or_else(|| config_err("this --dataset needs --dataset-path"))
+        };
+        Ok(match self.dataset {
+            DatasetKind::Synthetic => Dataset::Synthetic {
+                input: Lengths::parse(&self.input_tokens).map_err(config_err)?,
+                output: Lengths::parse(&self.output_tokens).map_err(config_err)?,
+                maker: maker.clone(),
+            },
+            DatasetKind::SharedPrefix => {
+                let output = match Lengths::parse(&self.output_tokens).map_err(config_err)? {
+                    Lengths::Fixed { n } => n,
+                    _ => {
+                        return Err(config_err(
+                            "--dataset shared-prefix takes a fixed --output-tokens",
+                        ));
+                    }
+                };
+                Dataset::shared_prefix(
+                    maker,
+                    self.prefix_groups,
+                    self.prompts_per_group,
+                    self.prefix_tokens,
+                    self.suffix_tokens,
+                    output,
+                    &mut rng,
+                )?
+            }
+            DatasetKind::Sharegpt => Dataset::sharegpt(&path()?, maker, self.dataset_limit)?,
+            DatasetKind::Trace => Dataset::mooncake(
+                &path()?,
+                maker,
+                self.trace_block_tokens,
+                self.trace_speedup,
+                self.dataset_limit,
+            )?,
+        })
+    }
+
+    fn config(&self) -> Value {
+        json!({
+            "command": "run",
+            "endpoint": self.target.endpoint, "model": self.target.model,
+            "tokenizer": self.target.tokenizer, "api": self.api, "stream": self.stream,
+            "load": format!("{:?}", self.load).to_lowercase(), "rate": self.rate,
+            "burstiness": self.burstiness, "concurrency": self.concurrency,
+            "duration_s": self.duration_s, "requests": self.requests, "warmup_s": self.warmup_s,
+            "slo": self.slo, "dataset": format!("{:?}", self.dataset).to_lowercase(),
+            "dataset_path": self.dataset_path, "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens, "prefix_groups": self.prefix_groups,
+            "prefix_tokens": self.prefix_tokens, "prompts_per_group": self.prompts_per_group,
+            "suffix_tokens": self.suffix_tokens, "trace_speedup": self.trace_speedup,
+            "seed": self.target.seed, "extra_body": self.extra_body,
+        })
+    }
+}
+
+/// Runs `run` to completion; returns the report (also printed and written as asked).
+pub async fn run_load(args: &RunArgs, stop: CancellationToken) -> Result<Report, Error> {
+    let plan = args.plan()?;
+    let slo = args
+        .slo
+        .as_deref()
+        .map(Slo::parse)
+        .transpose()
+        .map_err(config_err)?
+        .unwrap_or_default();
+    let extra = match &args.extra_body {
+        None => serde_json::Map::new(),
+        Some(s) => match serde_json::from_str(s) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(config_err("--extra-body must be a JSON object")),
+        },
+    };
+    let maker = args.target.maker()?;
+    let dataset = args.dataset(&maker)?;
+    let client = args.target.client(args.api, extra)?;
+    args.target.preflight(&client).await?;
+    let progress = output::Progress::new(args.target.quiet);
+    let bar = progress.bar();
+    let out = runner::run(client, dataset, plan.clone(), progress, stop)
+        .await
+        .map_err(Error::Config)?;
+    bar.finish_and_clear();
+    let report = Report::build(
+        args.config(),
+        &out.outcomes,
+        out.duration_s,
+        out.send_window_s,
+        plan.load.target_rate(),
+        out.warmup_requests,
+        slo,
+    );
+    args.target.write(&report, &out.outcomes)?;
+    Ok(report)
+}
+
+/// Runs `pd-concurrent`; prints a line per request (unless asked not to) and returns the report.
+pub async fn run_pd(args: &PdArgs, stop: CancellationToken) -> Result<Report, Error> {
+    if args.workers == 0 || !(args.minutes > 0.0 && args.minutes.is_finite()) {
+        return Err(config_err("WORKERS and MINUTES must be > 0"));
+    }
+    let maker = args.target.maker()?;
+    let mut extra = serde_json::Map::new();
+    extra.insert("temperature".into(), json!(0.7));
+    let client = args.target.client(Api::Chat, extra)?;
+    args.target.preflight(&client).await?;
+    let duration = Duration::from_secs_f64(args.minutes * 60.0);
+    println!("=== llm-d P/D concurrent load ===");
+    println!("Endpoint: {}", client.endpoint());
+    println!("Model:    {}", args.target.model);
+    println!("Workers:  {}", args.workers);
+    println!("Duration: {} min", args.minutes);
+    for w in 1..=args.workers {
+        println!("  worker {w}: {}", scenario::PATTERNS[(w - 1) % 6]);
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = std::time::Instant::now();
+    let s = scenario::Scenario {
+        workers: args.workers,
+        duration,
+        pace: args.pace,
+        seed: args.target.seed,
+    };
+    let driver = tokio::spawn(scenario::run(client, maker, s, tx, stop));
+    let mut outcomes = Vec::new();
+    let mut last_progress = std::time::Instant::now();
+    while let Some((worker, o)) = rx.recv().await {
+        if !args.no_lines {
+            println!("{}", scenario::line(worker, &o));
+        }
+        outcomes.push(o);
+        if last_progress.elapsed() >= Duration::from_secs(10) {
+            last_progress = std::time::Instant::now();
+            let ok = outcomes.iter().filter(|o| o.ok()).count();
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "Progress: {} total | {ok} success | {} failed | {:.1}% success | {:.2} req/s | Remaining: {:.0}s",
+                outcomes.len(),
+                outcomes.len() - ok,
+                100.0 * ok as f64 / outcomes.len() as f64,
+                outcomes.len() as f64 / secs.max(1e-9),
+                (duration.as_secs_f64() - secs).max(0.0)
+            );
+        }
+    }
+    let _ = driver.await;
+    let secs = started.elapsed().as_secs_f64();
+    let config = json!({
+        "command": "pd-concurrent", "workers": args.workers, "minutes": args.minutes,
+        "endpoint": args.target.endpoint, "model": args.target.model, "pace": args.pace,
+        "seed": args.target.seed,
+    });
+    let report = Report::build(config, &outcomes, secs, secs, None, 0, Slo::default());
+    args.target.write(&report, &outcomes)?;
+    Ok(report)
+}
+
+/// Runs the load generator (the binary's and `llmd loadgen`'s entry point).
+pub async fn run(args: Args, stop: CancellationToken) -> Result<(), Error> {
+    match args.command {
+        Command::Run(a) => {
+            let report = run_load(&a, stop).await?;
+            print!("{}", output::summary(&report));
+        }
+        Command::PdConcurrent(a) => {
+            let report = run_pd(&a, stop).await?;
+            print!("{}", output::summary(&report));
+            println!(
+                "Expected trace spans per P/D request: llm_d.pd_proxy.request > llm_d.pd_proxy.prefill, llm_d.pd_proxy.decode; llm_request on each engine"
+            );
+            println!("Grafana: http://localhost:3000/d/pd-coordinator-metrics");
+        }
+        Command::Report { files } => {
+            let mut reports = Vec::new();
+            let mut names = Vec::new();
+            for f in &files {
+                let text = std::fs::read(f).map_err(|source| Error::Io {
+                    path: f.display().to_string(),
+                    source,
+                })?;
+                let r: Report = serde_json::from_slice(&text)
+                    .map_err(|e| config_err(format!("{}: not a report: {e}", f.display())))?;
+                names.push(
+                    f.file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
+                reports.push(r);
+            }
+            if reports.len() == 1 {
+                print!("{}", output::summary(&reports[0]));
+            } else {
+                print!("{}", output::compare(&names, &reports));
+            }
+        }
+    }
+    Ok(())
 }

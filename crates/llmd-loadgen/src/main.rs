@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
 }
 
 async fn try_main(args: llmd_loadgen::Args) -> anyhow::Result<()> {
-    let _telemetry = llmd_telemetry::init("llmd-loadgen", &args.telemetry.to_config())?;
-    llmd_loadgen::run(args).await?;
+    let telemetry = llmd_telemetry::init("llmd-loadgen", &args.telemetry.to_config())?;
+    llmd_loadgen::run(args, telemetry.shutdown_token()).await?;
     Ok(())
 }

@@ -22,7 +22,7 @@ enum Command {
     /// vLLM simulator.
     Sim(Box<llmd_sim::Args>),
     /// Load generator.
-    Loadgen(llmd_loadgen::Args),
+    Loadgen(Box<llmd_loadgen::Args>),
     /// Local ext_proc-calling gateway (a stand-in for Envoy).
     Gateway(llmd_gateway::Args),
     /// Inspect block keys, tokenization and KV events.
@@ -55,8 +55,8 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             llmd_sim::run(*args, t.shutdown_token()).await?;
         }
         Command::Loadgen(args) => {
-            let _t = llmd_telemetry::init("llmd-loadgen", &args.telemetry.to_config())?;
-            llmd_loadgen::run(args).await?;
+            let t = llmd_telemetry::init("llmd-loadgen", &args.telemetry.to_config())?;
+            llmd_loadgen::run(*args, t.shutdown_token()).await?;
         }
         Command::Kv(args) => {
             let _t = llmd_telemetry::init("llmd-kv", &args.telemetry.to_config())?;
