@@ -276,7 +276,7 @@ pub async fn run(
                         if !counted {
                             sent_warmup.fetch_add(1, Ordering::Relaxed);
                         }
-                        last_send.record(at);
+                        last_send.record(t0.elapsed());
                         let spec = RequestSpec {
                             id: format!(
                                 "loadgen-{i}-{}",
