@@ -20,9 +20,11 @@
 //! | `scenario` | `pd-concurrent` |
 //! | `stats` | distributions, goodput, the report JSON |
 //! | `output` | progress line, summary table, comparison |
+//! | `html` | the self-contained HTML report with SVG plots |
 
 pub mod client;
 pub mod dataset;
+pub mod html;
 pub mod output;
 pub mod runner;
 pub mod scenario;
@@ -89,7 +91,7 @@ pub struct Target {
     /// Tokenizer for prompt lengths: a model name or directory (default: --model's, from the
     /// Hugging Face cache), or `bytes` for servers with a byte tokenizer (`llmd sim
     /// --dummy-tokenizer`).
-    #[arg(long)]
+    #[arg(long, env = "LLMD_LOADGEN_TOKENIZER")]
     pub tokenizer: Option<String>,
     /// Whole-request timeout, seconds.
     #[arg(long, default_value_t = 300.0)]
@@ -103,6 +105,9 @@ pub struct Target {
     /// Write every request's measurements here (JSON lines).
     #[arg(long)]
     pub output_requests: Option<PathBuf>,
+    /// Write a self-contained HTML report (summary, latency histograms, time series) here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -317,6 +322,12 @@ impl Target {
                 w.write_all(b"\n").map_err(io)?;
             }
             w.flush().map_err(io)?;
+        }
+        if let Some(path) = &self.html {
+            std::fs::write(path, html::page(report, outcomes)).map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
         }
         Ok(())
     }

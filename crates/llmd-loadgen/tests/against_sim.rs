@@ -290,6 +290,7 @@ async fn reports_round_trip_and_compare() {
         tmp.path().join("b.json"),
         tmp.path().join("a.jsonl"),
     );
+    let html = tmp.path().join("a.html");
     let common = [
         "--load",
         "constant",
@@ -314,6 +315,8 @@ async fn reports_round_trip_and_compare() {
                 reqs.to_str().unwrap(),
                 "--slo",
                 "ttft=1000",
+                "--html",
+                html.to_str().unwrap(),
             ],
         ]
         .concat(),
@@ -326,6 +329,11 @@ async fn reports_round_trip_and_compare() {
     .await;
     let back: Report = serde_json::from_slice(&std::fs::read(&a).unwrap()).unwrap();
     assert_eq!(back, ra);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("Time to first token") && page.matches("<svg").count() == 5,
+        "{page}"
+    );
     assert_eq!(back.config["rate"], 100.0);
     assert_eq!(ra.overall.goodput.map(|g| g > 0.0), Some(true));
     assert!(rb.overall.goodput.is_none());
