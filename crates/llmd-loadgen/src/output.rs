@@ -323,6 +323,43 @@ pub fn compare(names: &[String], reports: &[Report]) -> String {
     out
 }
 
+/// The stages of a sweep and its answer.
+pub fn sweep_table(s: &crate::Sweep) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "============ llmd-loadgen sweep ============");
+    let _ = writeln!(
+        out,
+        "  {:>10}{:>10}{:>12}{:>10}{:>12}{:>12}{:>8}",
+        "target", "achieved", "goodput", "SLO met", "TTFT p99", "E2E p99", ""
+    );
+    for (ok, r) in &s.stages {
+        let _ = writeln!(
+            out,
+            "  {:>10.1}{:>10.1}{:>12.1}{:>9.1}%{:>12.1}{:>12.1}{:>8}",
+            r.target_rate.unwrap_or(0.0),
+            r.achieved_rate,
+            r.overall.goodput.unwrap_or(0.0),
+            r.overall.slo_attainment.unwrap_or(0.0) * 100.0,
+            r.overall.ttft_ms.p99,
+            r.overall.e2e_ms.p99,
+            if *ok { "pass" } else { "fail" }
+        );
+    }
+    match s.best_rate {
+        Some(b) => {
+            let _ = writeln!(
+                out,
+                "Highest rate meeting the SLO ({:.0}% of requests): {b:.1} req/s",
+                s.slo_attainment * 100.0
+            );
+        }
+        None => {
+            let _ = writeln!(out, "No stage met the SLO.");
+        }
+    }
+    out
+}
+
 fn nonzero(count: u64, v: f64) -> Option<f64> {
     (count > 0).then_some(v)
 }

@@ -461,3 +461,67 @@ async fn dead_targets_and_bad_answers_are_counted_not_fatal() {
     let summary = llmd_loadgen::output::summary(&r);
     assert!(summary.contains("error malformed response: 2"), "{summary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_finds_the_capacity_of_a_bounded_server() {
+    // At most 4 sequences, each about 3 + 5 × 10 ms: the server completes about 75 requests/s;
+    // beyond that requests queue and E2E grows past the SLO.
+    let addr = sim(
+        &[
+            "--max-num-seqs",
+            "4",
+            "--prefill-overhead-ms",
+            "3",
+            "--prefill-us-per-token",
+            "0",
+            "--decode-itl-ms",
+            "10",
+            "--decode-itl-per-seq-us",
+            "0",
+        ],
+        false,
+    )
+    .await;
+    let endpoint = format!("http://{addr}/v1");
+    let Command::Run(args) = Args::parse_from([
+        "llmd-loadgen",
+        "run",
+        "--endpoint",
+        &endpoint,
+        "--model",
+        "m",
+        "--tokenizer",
+        "bytes",
+        "--quiet",
+        "--load",
+        "constant",
+        "--rate",
+        "10",
+        "--duration-s",
+        "1.5",
+        "--input-tokens",
+        "16",
+        "--output-tokens",
+        "5",
+        "--slo",
+        "e2e=150",
+        "--sweep",
+        "auto",
+    ])
+    .command
+    else {
+        unreachable!()
+    };
+    let s = llmd_loadgen::run_sweep(&args, CancellationToken::new())
+        .await
+        .unwrap();
+    let best = s.best_rate.unwrap();
+    assert!(
+        (30.0..=100.0).contains(&best),
+        "best {best}: {}",
+        llmd_loadgen::output::sweep_table(&s)
+    );
+    // Doubling 10, 20, 40, 80 (fails at 80 or 160), then four bisection steps.
+    assert!(s.stages.len() >= 7, "{}", s.stages.len());
+    assert!(s.stages.iter().any(|(ok, _)| !ok));
+}
