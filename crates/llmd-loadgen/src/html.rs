@@ -204,7 +204,10 @@ pub fn page(report: &Report, outcomes: &[Outcome]) -> String {
     let ok: Vec<&Outcome> = outcomes.iter().filter(|o| o.ok()).collect();
     let ttft: Vec<f64> = ok.iter().filter_map(|o| o.ttft_ms).collect();
     let e2e: Vec<f64> = ok.iter().map(|o| o.e2e_ms).collect();
-    let itl: Vec<f64> = ok.iter().flat_map(|o| o.itl_ms.iter().copied()).collect();
+    let itl: Vec<f64> = ok
+        .iter()
+        .flat_map(|o| o.itl_ms.iter().map(|x| f64::from(*x)))
+        .collect();
     let t = &report.timeline;
     let pt = |f: fn(&crate::stats::Second) -> f64| -> Vec<(f64, f64)> {
         t.iter().map(|s| (f64::from(s.t), f(s))).collect()

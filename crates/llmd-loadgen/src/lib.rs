@@ -673,6 +673,11 @@ pub async fn run_pd(args: &PdArgs, stop: CancellationToken) -> Result<Report, Er
 
 /// Runs the load generator (the binary's and `llmd loadgen`'s entry point).
 pub async fn run(args: Args, stop: CancellationToken) -> Result<(), Error> {
+    // Every stream is a connection: raise the open-file limit to what the system allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
     match args.command {
         Command::Run(a) if a.sweep.is_some() => {
             let sweep = run_sweep(&a, stop).await?;

@@ -218,7 +218,7 @@ impl Group {
         let ok = || outcomes.clone().into_iter().filter(|o| o.ok());
         g.ttft_ms = Dist::of(ok().filter_map(|o| o.ttft_ms));
         g.tpot_ms = Dist::of(ok().filter_map(Outcome::tpot_ms));
-        g.itl_ms = Dist::of(ok().flat_map(|o| o.itl_ms.iter().copied()));
+        g.itl_ms = Dist::of(ok().flat_map(|o| o.itl_ms.iter().map(|x| f64::from(*x))));
         g.e2e_ms = Dist::of(ok().map(|o| o.e2e_ms));
         let timed: Vec<_> = ok().filter_map(|o| o.server_timing).collect();
         if !timed.is_empty() {
