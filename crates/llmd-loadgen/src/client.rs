@@ -182,10 +182,14 @@ pub enum ClientError {
 
 type Hyper = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// A pooled HTTP client for one endpoint.
+/// A pooled HTTP client for one endpoint: the minimal HTTP/1.1 client of [`crate::h1`] for
+/// `http://`, hyper (with rustls) for `https://`.
 #[derive(Clone, Debug)]
 pub struct Client {
     http: Hyper,
+    h1: Option<Arc<crate::h1::Pool>>,
+    /// Path prefix of the endpoint (`/v1`).
+    prefix: String,
     base: String,
     model: String,
     api: Api,
@@ -241,8 +245,31 @@ impl Client {
             // up: answers are small events, and 10,000 streams multiply it.
             .http1_read_buf_exact_size(4096)
             .build(connector);
+        let uri: http::Uri = base
+            .parse()
+            .map_err(|_| ClientError::Endpoint(base.clone()))?;
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        let h1 = if uri.scheme_str() == Some("http") {
+            let authority = uri
+                .authority()
+                .ok_or_else(|| ClientError::Endpoint(base.clone()))?;
+            let port = authority.port_u16().unwrap_or(80);
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(&(authority.host(), port))
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| ClientError::Endpoint(format!("{base}: cannot resolve the host")))?;
+            Some(Arc::new(crate::h1::Pool::new(
+                addr,
+                authority.as_str().to_owned(),
+                Duration::from_secs(10),
+            )))
+        } else {
+            None
+        };
         Ok(Self {
             http,
+            h1,
+            prefix,
             base,
             model: opts.model,
             api: opts.api,
@@ -337,57 +364,87 @@ impl Client {
         out: &mut Outcome,
     ) -> Result<(), (ErrorKind, String)> {
         let body = serde_json::to_vec(&self.body(spec)).unwrap_or_default();
-        let mut req = http::Request::new(Full::new(Bytes::from(body)));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = format!("{}{}", self.base, self.api.path())
-            .parse()
-            .map_err(|e| (ErrorKind::Transport, format!("{e}")))?;
-        let headers = req.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Ok(v) = HeaderValue::from_str(&spec.id) {
-            headers.insert("x-request-id", v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&traceparent()) {
-            headers.insert("traceparent", v);
-        }
-        let resp = self.http.request(req).await.map_err(|e| {
-            let kind = if e.is_connect() {
-                ErrorKind::Connect
-            } else {
-                ErrorKind::Transport
-            };
-            (kind, error_chain(&e))
-        })?;
-        let status = resp.status();
+        let tp = traceparent();
+        let (status, content_type, server_timing, mut body) = match &self.h1 {
+            Some(pool) => {
+                let mut extra = String::with_capacity(128);
+                for (name, value) in [
+                    ("x-request-id", spec.id.as_str()),
+                    ("traceparent", tp.as_str()),
+                ] {
+                    if HeaderValue::from_str(value).is_ok() {
+                        extra.push_str(name);
+                        extra.push_str(": ");
+                        extra.push_str(value);
+                        extra.push_str("\r\n");
+                    }
+                }
+                let path = format!("{}{}", self.prefix, self.api.path());
+                let (head, body) = pool.post(&path, &extra, &body).await.map_err(h1_error)?;
+                (
+                    StatusCode::from_u16(head.status).map_err(|_| {
+                        (
+                            ErrorKind::Malformed,
+                            format!("invalid status {}", head.status),
+                        )
+                    })?,
+                    head.content_type,
+                    head.server_timing,
+                    RespBody::H1(body),
+                )
+            }
+            None => {
+                let mut req = http::Request::new(Full::new(Bytes::from(body)));
+                *req.method_mut() = Method::POST;
+                *req.uri_mut() = format!("{}{}", self.base, self.api.path())
+                    .parse()
+                    .map_err(|e| (ErrorKind::Transport, format!("{e}")))?;
+                let headers = req.headers_mut();
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                if let Ok(v) = HeaderValue::from_str(&spec.id) {
+                    headers.insert("x-request-id", v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&tp) {
+                    headers.insert("traceparent", v);
+                }
+                let resp = self.http.request(req).await.map_err(|e| {
+                    let kind = if e.is_connect() {
+                        ErrorKind::Connect
+                    } else {
+                        ErrorKind::Transport
+                    };
+                    (kind, error_chain(&e))
+                })?;
+                let header = |name: http::header::HeaderName| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                let content_type = header(http::header::CONTENT_TYPE).unwrap_or_default();
+                let server_timing = header(http::header::HeaderName::from_static("server-timing"));
+                (
+                    resp.status(),
+                    content_type,
+                    server_timing,
+                    RespBody::Hyper(resp.into_body()),
+                )
+            }
+        };
         out.status = status.as_u16();
-        out.server_timing = resp
-            .headers()
-            .get("server-timing")
-            .and_then(|v| v.to_str().ok())
-            .and_then(ServerTiming::parse);
-        let is_sse = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let mut body = resp.into_body();
+        out.server_timing = server_timing.as_deref().and_then(ServerTiming::parse);
+        let is_sse = content_type
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream");
         if !status.is_success() {
-            let bytes = http_body_util::Limited::new(body, 64 << 10)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let bytes = body.collect(64 << 10).await.unwrap_or_default();
             return Err((http_kind(status), snippet(&bytes)));
         }
         if !is_sse {
-            let bytes = http_body_util::Limited::new(body, 64 << 20)
-                .collect()
-                .await
-                .map_err(|e| (ErrorKind::Incomplete, e.to_string()))?
-                .to_bytes();
+            let bytes = body.collect(64 << 20).await?;
             let v: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| (ErrorKind::Malformed, format!("{e}: {}", snippet(&bytes))))?;
             if !apply_usage(&v, out) {
@@ -399,18 +456,15 @@ impl Client {
         let mut last: Option<Instant> = None;
         let mut chunks = 0u32;
         let mut done = false;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| (ErrorKind::Incomplete, e.to_string()))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
+        let mut from = 0;
+        while body.next(&mut |d| buf.extend_from_slice(d)).await? {
             let now = Instant::now();
-            buf.extend_from_slice(&data);
-            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=nl).collect();
-                let line = std::str::from_utf8(&line)
+            while let Some(nl) = buf[from..].iter().position(|b| *b == b'\n') {
+                let end = from + nl;
+                let line = std::str::from_utf8(&buf[from..=end])
                     .map_err(|_| (ErrorKind::Malformed, "SSE line is not UTF-8".to_owned()))?
                     .trim_end_matches(['\n', '\r']);
+                from = end + 1;
                 let Some(payload) = line.strip_prefix("data:") else {
                     continue; // comments, event names, blank separators
                 };
@@ -444,6 +498,8 @@ impl Client {
                     last = Some(now);
                 }
             }
+            buf.drain(..from);
+            from = 0;
         }
         if out.output_tokens == 0 {
             out.output_tokens = chunks;
@@ -455,6 +511,57 @@ impl Client {
             ));
         }
         Ok(())
+    }
+}
+
+/// A response body from either transport.
+enum RespBody<'a> {
+    Hyper(hyper::body::Incoming),
+    H1(crate::h1::Body<'a>),
+}
+
+impl RespBody<'_> {
+    /// The next piece of data, to `on_data`; false at the end.
+    async fn next(&mut self, on_data: &mut impl FnMut(&[u8])) -> Result<bool, (ErrorKind, String)> {
+        match self {
+            RespBody::Hyper(b) => loop {
+                match b.frame().await {
+                    None => return Ok(false),
+                    Some(Err(e)) => return Err((ErrorKind::Incomplete, e.to_string())),
+                    Some(Ok(f)) => {
+                        if let Ok(d) = f.into_data() {
+                            on_data(&d);
+                            return Ok(true);
+                        }
+                    }
+                }
+            },
+            RespBody::H1(b) => b.next(on_data).await.map_err(h1_error),
+        }
+    }
+
+    /// The whole body, at most `limit` bytes.
+    async fn collect(&mut self, limit: usize) -> Result<Vec<u8>, (ErrorKind, String)> {
+        let mut all = Vec::new();
+        while self.next(&mut |d| all.extend_from_slice(d)).await? {
+            if all.len() > limit {
+                return Err((
+                    ErrorKind::Malformed,
+                    format!("response body over {limit} bytes"),
+                ));
+            }
+        }
+        Ok(all)
+    }
+}
+
+fn h1_error(e: crate::h1::H1Error) -> (ErrorKind, String) {
+    use crate::h1::H1Error;
+    match e {
+        H1Error::Connect(s) => (ErrorKind::Connect, s),
+        H1Error::Malformed(s) => (ErrorKind::Malformed, s),
+        H1Error::Incomplete(s) => (ErrorKind::Incomplete, s),
+        H1Error::Io(s) => (ErrorKind::Transport, s),
     }
 }
 

@@ -15,6 +15,7 @@
 //! | module | what it does |
 //! |---|---|
 //! | `client` | one request, measured; SSE parsing; error kinds |
+//! | `h1` | the minimal HTTP/1.1 client used for `http://` endpoints |
 //! | `dataset` | prompts of N tokens, shared prefixes, ShareGPT, Mooncake traces |
 //! | `runner` | the open-loop scheduler thread and the closed-loop workers |
 //! | `scenario` | `pd-concurrent` |
@@ -24,6 +25,7 @@
 
 pub mod client;
 pub mod dataset;
+pub mod h1;
 pub mod html;
 pub mod output;
 pub mod runner;
