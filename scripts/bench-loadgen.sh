@@ -37,16 +37,22 @@ echo "wrk raw rate: $raw req/s"
 
 echo "== llmd-loadgen, constant rate, ${secs}s per step"
 best=0
-for rate in 2000 4000 6000 8000 10000 12000 14000 16000 20000 24000; do
+strict=0
+for rate in 4000 8000 12000 16000 20000 24000 28000 32000 36000 40000; do
   lg --load constant --rate $rate --duration-s "$secs" --output "$tmp/c$rate.json" >/dev/null || true
   line=$(json "$tmp/c$rate.json" "'%.0f %.4f %d %.3f' % (r['achieved_rate'], r['achieved_ratio'], r['overall']['failed'], r['send_lag_ms']['p99'])")
   read -r achieved ratio failed lag <<<"$line"
   echo "target $rate: achieved $achieved ($ratio), failed $failed, send lag p99 $lag ms"
-  # Sustained: the schedule kept (achieved >= 0.99 x target, send lag p99 <= 1 ms), no errors.
-  if awk -v x="$ratio" -v l="$lag" 'BEGIN {exit !(x >= 0.99 && l <= 1.0)}' && [ "$failed" = 0 ]; then best=$rate; fi
+  # Sustained: achieved >= 0.99 x target and no errors; strict: also send lag p99 <= 1 ms.
+  if awk -v x="$ratio" 'BEGIN {exit !(x >= 0.99)}' && [ "$failed" = 0 ]; then
+    best=$rate
+    awk -v l="$lag" 'BEGIN {exit !(l <= 1.0)}' && strict=$rate
+  fi
   awk -v x="$ratio" 'BEGIN {exit !(x < 0.9)}' && break
 done
-echo "highest sustained constant rate: $best req/s = $(awk -v a=$best -v b="$raw" 'BEGIN {printf "%.2f", a/b}') of wrk's raw rate"
+ratio_of() { awk -v a="$1" -v b="$raw" 'BEGIN {printf "%.2f", a/b}'; }
+echo "highest sustained constant rate: $best req/s = $(ratio_of $best) of wrk's raw rate"
+echo "  with send lag p99 <= 1 ms too: ${strict:-0} req/s = $(ratio_of ${strict:-0})"
 
 if [ -x "${IP_VENV:-/tmp/ipvenv}/bin/inference-perf" ]; then
   echo "== inference-perf (same sim), constant rates, ${secs}s each"

@@ -278,10 +278,7 @@ pub async fn run(
                         }
                         last_send.record(t0.elapsed());
                         let spec = RequestSpec {
-                            id: format!(
-                                "loadgen-{i}-{}",
-                                &uuid::Uuid::new_v4().simple().to_string()[..8]
-                            ),
+                            id: format!("loadgen-{i}-{:08x}", rand::random::<u32>()),
                             pattern: item.group,
                             prompt: item.prompt,
                             input_tokens: item.input_tokens,
@@ -347,10 +344,7 @@ pub async fn run(
 fn spec_for(dataset: &Dataset, i: u64, stream: bool, rng: &mut SmallRng) -> RequestSpec {
     let item = dataset.item(i, rng);
     RequestSpec {
-        id: format!(
-            "loadgen-{i}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ),
+        id: format!("loadgen-{i}-{:08x}", rand::random::<u32>()),
         pattern: item.group,
         prompt: item.prompt,
         input_tokens: item.input_tokens,
