@@ -510,6 +510,42 @@ mod tests {
         assert_eq!(pool.idle.lock().len(), 1);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Any bytes after any of these heads: a result (data or an error), never a panic or
+        /// a hang.
+        #[test]
+        fn any_answer_is_a_result(
+            head in proptest::sample::select(vec![
+                "",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ncontent-length: 40\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n",
+            ]),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let mut answer = head.as_bytes().to_vec();
+            answer.extend_from_slice(&tail);
+            let answer: &'static [u8] = Box::leak(answer.into_boxed_slice());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            let finished = rt.block_on(async {
+                let addr = server(vec![answer]).await;
+                let pool = Pool::new(addr, addr.to_string(), Duration::from_secs(1));
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    match pool.post("/", "", b"{}").await {
+                        Ok((_, mut b)) => read_all(&mut b).await.map(|_| ()),
+                        Err(e) => Err(e),
+                    }
+                })
+                .await
+            });
+            proptest::prop_assert!(finished.is_ok(), "hung on {answer:?}");
+        }
+    }
+
     #[tokio::test]
     async fn broken_answers_are_errors() {
         for (answer, want) in [

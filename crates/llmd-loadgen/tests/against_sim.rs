@@ -358,7 +358,17 @@ async fn bad_server() -> SocketAddr {
             Some('a') => sse("data: {not json}\n\n"),
             Some('b') => sse("data: {\"choices\":[{\"text\":\"x\"}]}\n\n"), // no [DONE]
             Some('c') => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy").into_response(),
-            _ => sse("data: {\"choices\":[{\"text\":\"ok\"}]}\n\ndata: [DONE]\n\n"),
+            _ => (
+                [
+                    ("content-type", "text/event-stream"),
+                    (
+                        "server-timing",
+                        "prefill;dur=12.5, coordinator;dur=0.04, decode_ttft;dur=3",
+                    ),
+                ],
+                "data: {\"choices\":[{\"text\":\"ok\"}]}\n\ndata: [DONE]\n\n",
+            )
+                .into_response(),
         }
     }
     let app = axum::Router::new().route("/v1/completions", axum::routing::post(completions));
@@ -458,7 +468,17 @@ async fn dead_targets_and_bad_answers_are_counted_not_fatal() {
     assert_eq!(e.get("incomplete response"), Some(&2), "{e:?}");
     assert_eq!(e.get("HTTP 503 Service Unavailable"), Some(&2), "{e:?}");
     assert_eq!(r.overall.ok, 2);
+    // The P/D proxy's server-timing becomes the true-TTFT breakdown.
+    let b = r.overall.server_timing.unwrap();
+    assert_eq!(
+        (b.prefill_ms.p50, b.coordinator_ms.p50, b.decode_ttft_ms.p50),
+        (12.5, 0.04, 3.0)
+    );
     let summary = llmd_loadgen::output::summary(&r);
+    assert!(
+        summary.contains("prefill 12.50 + coordinator 0.040 + decode TTFT 3.00"),
+        "{summary}"
+    );
     assert!(summary.contains("error malformed response: 2"), "{summary}");
 }
 
@@ -524,4 +544,50 @@ async fn a_sweep_finds_the_capacity_of_a_bounded_server() {
     // Doubling 10, 20, 40, 80 (fails at 80 or 160), then four bisection steps.
     assert!(s.stages.len() >= 7, "{}", s.stages.len());
     assert!(s.stages.iter().any(|(ok, _)| !ok));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_carries_an_id_and_a_traceparent() {
+    let addr = sim(&["--time-scale", "0", "--record-requests", "16"], false).await;
+    let r = run(
+        addr,
+        &[
+            "--load",
+            "constant",
+            "--rate",
+            "100",
+            "--requests",
+            "10",
+            "--input-tokens",
+            "8",
+            "--output-tokens",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(r.overall.ok, 10);
+    let seen: serde_json::Value = reqwest::get(format!("http://{addr}/debug/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seen = seen.as_array().unwrap();
+    assert_eq!(seen.len(), 10);
+    let mut traces = std::collections::HashSet::new();
+    for req in seen {
+        let id = req["x-request-id"][0].as_str().unwrap();
+        assert!(id.starts_with("loadgen-"), "{id}");
+        let tp = req["traceparent"][0].as_str().unwrap();
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4, "{tp}");
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
+        assert!(parts[1].chars().all(|c| c.is_ascii_hexdigit()) && parts[1] != "0".repeat(32));
+        traces.insert(parts[1].to_owned());
+        assert_eq!(req["body"]["max_tokens"], 2);
+    }
+    assert_eq!(traces.len(), 10, "a fresh trace per request");
 }
