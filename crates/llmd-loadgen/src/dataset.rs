@@ -427,24 +427,18 @@ impl Dataset {
                     .entry(*id)
                     .or_insert_with(|| maker.make(block_tokens, &mut rng).0);
                 let want = (input - tokens).min(block_tokens);
+                // Blocks are joined as they are: a separator would be one more token each.
                 if want == block_tokens {
-                    if !prompt.is_empty() {
-                        prompt.push(' ');
-                    }
                     prompt.push_str(block);
                 } else {
                     // A partial last block: fresh text of the remaining length.
                     let (tail, _) = maker.make(want, &mut rng);
-                    prompt.push(' ');
                     prompt.push_str(&tail);
                 }
                 tokens += want;
             }
             if tokens < input {
                 let (tail, _) = maker.make(input - tokens, &mut rng);
-                if !prompt.is_empty() {
-                    prompt.push(' ');
-                }
                 prompt.push_str(&tail);
             }
             let t0 = *first_ts.get_or_insert(ts);

@@ -507,11 +507,15 @@ pub struct Sweep {
 }
 
 /// Whether a sweep stage passed: enough requests met the SLO, and the load generator kept its
-/// schedule (achieved >= 95% of target, send lag p99 within `output::LATE_MS`).
+/// schedule (achieved >= 95% of target, send lag p99 within `output::LATE_MS` or a quarter of
+/// the mean gap between sends, whichever is larger).
 pub fn stage_passed(r: &Report, attainment: f64) -> bool {
+    let late = r
+        .target_rate
+        .map_or(output::LATE_MS, |rate| output::LATE_MS.max(250.0 / rate));
     r.overall.slo_attainment.is_some_and(|a| a >= attainment)
         && r.achieved_ratio.is_some_and(|x| x >= 0.95)
-        && r.send_lag_ms.is_none_or(|l| l.p99 <= output::LATE_MS)
+        && r.send_lag_ms.is_none_or(|l| l.p99 <= late)
 }
 
 /// Runs `run --sweep`.

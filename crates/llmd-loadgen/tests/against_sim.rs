@@ -535,7 +535,10 @@ async fn a_sweep_finds_the_capacity_of_a_bounded_server() {
     let s = llmd_loadgen::run_sweep(&args, CancellationToken::new())
         .await
         .unwrap();
-    let best = s.best_rate.unwrap();
+    let table = llmd_loadgen::output::sweep_table(&s);
+    let best = s
+        .best_rate
+        .unwrap_or_else(|| panic!("no stage passed:\n{table}"));
     assert!(
         (30.0..=100.0).contains(&best),
         "best {best}: {}",
@@ -590,4 +593,78 @@ async fn every_request_carries_an_id_and_a_traceparent() {
         assert_eq!(req["body"]["max_tokens"], 2);
     }
     assert_eq!(traces.len(), 10, "a fresh trace per request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mooncake_trace_replays_on_time_with_its_shared_prefixes() {
+    let addr = sim(&["--time-scale", "0"], false).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("trace.jsonl");
+    // Requests 2 and 3 share the first two 512-token blocks of request 1.
+    std::fs::write(
+        &trace,
+        concat!(
+            r#"{"timestamp": 1000, "input_length": 1100, "output_length": 3, "hash_ids": [1, 2, 3]}"#, "\n",
+            r#"{"timestamp": 1400, "input_length": 1200, "output_length": 3, "hash_ids": [1, 2, 4]}"#, "\n",
+            "\n",
+            r#"{"timestamp": 1800, "input_length": 1024, "output_length": 3, "hash_ids": [1, 2]}"#, "\n",
+            r#"{"timestamp": 2200, "input_length": 600, "output_length": 3, "hash_ids": [9, 10]}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let reqs = tmp.path().join("r.jsonl");
+    let r = run(
+        addr,
+        &[
+            "--load",
+            "trace",
+            "--dataset",
+            "trace",
+            "--dataset-path",
+            trace.to_str().unwrap(),
+            "--trace-speedup",
+            "2",
+            "--output-requests",
+            reqs.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (r.overall.requests, r.overall.ok),
+        (4, 4),
+        "{:?}",
+        r.overall.errors
+    );
+    let mut outs: Vec<llmd_loadgen::client::Outcome> = std::fs::read_to_string(&reqs)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    outs.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+    // Sent at (timestamp - first) / 2: 0, 200, 400, 600 ms.
+    for (o, want) in outs.iter().zip([0.0, 200.0, 400.0, 600.0]) {
+        assert!(
+            (o.start_ms - want).abs() < 30.0,
+            "sent at {} ms, want {want}",
+            o.start_ms
+        );
+        assert!(o.lag_ms.unwrap() < 30.0);
+    }
+    // Lengths as the trace says (bytes are tokens here).
+    let lens: Vec<u32> = outs.iter().map(|o| o.input_tokens).collect();
+    assert_eq!(lens, [1100, 1200, 1024, 600]);
+    // The shared blocks were a shared prefix: the simulator found them cached.
+    assert!(
+        outs[1].cached_tokens.unwrap_or(0) >= 1000,
+        "{:?}",
+        outs[1].cached_tokens
+    );
+    // All 1,024 tokens are shared, but an engine always computes the last one: the cached
+    // part stops one block short (vLLM's rule).
+    assert!(
+        outs[2].cached_tokens.unwrap_or(0) >= 900,
+        "{:?}",
+        outs[2].cached_tokens
+    );
+    assert_eq!(outs[3].cached_tokens.unwrap_or(0), 0);
 }
