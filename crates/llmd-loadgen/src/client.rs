@@ -321,8 +321,34 @@ impl Client {
         Value::Object(body)
     }
 
-    /// Sends one request; `t0` is the run's start (for `start_ms`).
+    /// Sends one request; `t0` is the run's start (for `start_ms`). With tracing on, a CLIENT
+    /// span `llmd.loadgen.request` is the root of the request's trace; without, a fresh
+    /// `traceparent` is sent all the same.
     pub async fn send(&self, spec: &RequestSpec, t0: Instant) -> Outcome {
+        let span = tracing::info_span!(
+            llmd_telemetry::names::spans::LOADGEN_REQUEST,
+            otel.kind = "client",
+            gen_ai.request.id = %spec.id,
+            llmd.loadgen.pattern = %spec.pattern,
+            gen_ai.request.max_tokens = spec.max_tokens,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let mut pairs = Vec::new();
+        llmd_telemetry::propagation::inject_span_into_pairs(&span, &mut pairs);
+        let tp = pairs
+            .into_iter()
+            .find(|(k, _)| k == "traceparent")
+            .map_or_else(traceparent, |(_, v)| v);
+        let out = self.send_traced(spec, t0, &tp).await;
+        span.record("http.response.status_code", out.status);
+        if let Some(e) = &out.error {
+            span.record("error.type", e.to_string());
+        }
+        out
+    }
+
+    async fn send_traced(&self, spec: &RequestSpec, t0: Instant, tp: &str) -> Outcome {
         let started = Instant::now();
         let mut out = Outcome {
             id: spec.id.clone(),
@@ -341,7 +367,7 @@ impl Client {
             server_timing: None,
         };
         let result =
-            tokio::time::timeout(self.timeout, self.exchange(spec, started, &mut out)).await;
+            tokio::time::timeout(self.timeout, self.exchange(spec, started, tp, &mut out)).await;
         match result {
             Ok(Ok(())) => {}
             Ok(Err((kind, detail))) => {
@@ -361,17 +387,14 @@ impl Client {
         &self,
         spec: &RequestSpec,
         started: Instant,
+        tp: &str,
         out: &mut Outcome,
     ) -> Result<(), (ErrorKind, String)> {
         let body = serde_json::to_vec(&self.body(spec)).unwrap_or_default();
-        let tp = traceparent();
         let (status, content_type, server_timing, mut body) = match &self.h1 {
             Some(pool) => {
                 let mut extra = String::with_capacity(128);
-                for (name, value) in [
-                    ("x-request-id", spec.id.as_str()),
-                    ("traceparent", tp.as_str()),
-                ] {
+                for (name, value) in [("x-request-id", spec.id.as_str()), ("traceparent", tp)] {
                     if HeaderValue::from_str(value).is_ok() {
                         extra.push_str(name);
                         extra.push_str(": ");
@@ -407,7 +430,7 @@ impl Client {
                 if let Ok(v) = HeaderValue::from_str(&spec.id) {
                     headers.insert("x-request-id", v);
                 }
-                if let Ok(v) = HeaderValue::from_str(&tp) {
+                if let Ok(v) = HeaderValue::from_str(tp) {
                     headers.insert("traceparent", v);
                 }
                 let resp = self.http.request(req).await.map_err(|e| {

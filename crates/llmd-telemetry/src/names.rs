@@ -701,6 +701,9 @@ pub mod vllm {
 /// Span names (OpenTelemetry). Use them as the name of a `tracing` span:
 /// `tracing::info_span!(names::spans::PD_PROXY_REQUEST, ...)`.
 pub mod spans {
+    /// The load generator's client span for one request: the root of the request's trace
+    /// (not in llm-d; every hop below continues it).
+    pub const LOADGEN_REQUEST: &str = "llmd.loadgen.request";
     /// The gateway's server span for one request.
     pub const GATEWAY_REQUEST: &str = "gateway.request";
     /// Precise prefix-cache scoring of one request (per-pod matched blocks, total blocks).

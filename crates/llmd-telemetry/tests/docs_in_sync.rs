@@ -74,6 +74,7 @@ fn render() -> String {
     );
     out.push_str("## Spans\n\n| constant | span name |\n|---|---|\n");
     for (c, n) in [
+        ("LOADGEN_REQUEST", names::spans::LOADGEN_REQUEST),
         ("GATEWAY_REQUEST", names::spans::GATEWAY_REQUEST),
         (
             "EPP_SCORER_PREFIX_CACHE",
