@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
 }
 
 async fn try_main(args: llmd_gateway::Args) -> anyhow::Result<()> {
-    let _telemetry = llmd_telemetry::init("llmd-gateway", &args.telemetry.to_config())?;
-    llmd_gateway::run(args).await?;
+    let telemetry = llmd_telemetry::init("llmd-gateway", &args.telemetry.to_config())?;
+    llmd_gateway::run(args, telemetry.shutdown_token()).await?;
     Ok(())
 }

@@ -24,7 +24,7 @@ enum Command {
     /// Load generator.
     Loadgen(Box<llmd_loadgen::Args>),
     /// Local ext_proc-calling gateway (a stand-in for Envoy).
-    Gateway(llmd_gateway::Args),
+    Gateway(Box<llmd_gateway::Args>),
     /// Inspect block keys, tokenization and KV events.
     Kv(Box<llmd_kv_index::cli::Args>),
 }
@@ -63,8 +63,8 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             llmd_kv_index::cli::run(*args, &mut std::io::stdout()).await?;
         }
         Command::Gateway(args) => {
-            let _t = llmd_telemetry::init("llmd-gateway", &args.telemetry.to_config())?;
-            llmd_gateway::run(args).await?;
+            let t = llmd_telemetry::init("llmd-gateway", &args.telemetry.to_config())?;
+            llmd_gateway::run(*args, t.shutdown_token()).await?;
         }
     }
     Ok(())
