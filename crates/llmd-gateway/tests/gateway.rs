@@ -242,3 +242,122 @@ async fn an_unreachable_epp_is_503_or_fail_open() {
     assert_eq!(r.status(), 200);
     assert_eq!(recorded(a).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefill_decode_through_the_whole_chain() {
+    // client → gateway → (EPP: P/D) → pd-proxy in front of the decode sim → prefill sim.
+    let sim_with = |role: &'static str| async move {
+        let args = llmd_sim::EngineArgs::from_flags([
+            "--dummy-tokenizer",
+            "--time-scale",
+            "0",
+            "--mode",
+            "echo",
+            "--record-requests",
+            "8",
+            "--role",
+            role,
+        ])
+        .unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        llmd_sim::start(args, l, None, CancellationToken::new())
+            .await
+            .unwrap()
+            .addr
+    };
+    let (prefill, decode) = (sim_with("prefill").await, sim_with("decode").await);
+    let proxy_args = <llmd_pd_proxy::Args as Parser>::parse_from([
+        "p",
+        "--decoder",
+        &format!("http://{decode}"),
+        "--allow-prefill",
+        "127.0.0.1",
+    ]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = llmd_pd_proxy::start(
+        proxy_args.config().unwrap(),
+        l,
+        None,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    const PD: &str = r#"
+plugins:
+  - type: decode-filter
+  - type: prefill-filter
+  - type: random-picker
+  - type: pd-profile-handler
+    parameters: {threshold: 0}
+schedulingProfiles:
+  - name: decode
+    plugins: [{pluginRef: decode-filter}, {pluginRef: random-picker}]
+  - name: prefill
+    plugins: [{pluginRef: prefill-filter}, {pluginRef: random-picker}]
+"#;
+    let spec = |addr: SocketAddr, role| EndpointSpec {
+        address: addr.ip().to_string(),
+        port: addr.port(),
+        role,
+        model: Vec::new(),
+        kv_events: None,
+        kv_events_replay: None,
+        metrics_port: None,
+    };
+    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let epp = llmd_epp::start(
+        llmd_epp::Options {
+            config: EndpointPickerConfig::parse(PD).unwrap(),
+            endpoints_file: None,
+            endpoints: EndpointsFile {
+                endpoints: vec![spec(proxy, Role::Decode), spec(prefill, Role::Prefill)],
+            },
+            kv_events_bind: None,
+            scrape_interval: std::time::Duration::from_secs(5),
+            max_body_bytes: 1 << 20,
+            pool_name: "pd".into(),
+            kubernetes: None,
+        },
+        llmd_epp::Listeners {
+            grpc: bind().await,
+            health: None,
+            metrics: bind().await,
+        },
+        None,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+    .grpc;
+    let gw = gateway(&["--epp", &format!("http://{epp}")]).await;
+    let r = reqwest::Client::new()
+        .post(format!("http://{gw}/v1/completions"))
+        .json(
+            &json!({"model": MODEL, "prompt": "disaggregated through every hop", "max_tokens": 4}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let timing = r
+        .headers()
+        .get("server-timing")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(timing.contains("prefill;dur="), "{timing}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+    // The prefill sim ran the nixlv2 prefill leg; the decode sim got the KV parameters.
+    let p = recorded(prefill).await;
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0]["body"]["max_tokens"], 1);
+    let d = recorded(decode).await;
+    assert_eq!(d.len(), 1);
+    assert!(
+        d[0]["body"]["kv_transfer_params"]["remote_engine_id"].is_string(),
+        "{}",
+        d[0]["body"]
+    );
+}

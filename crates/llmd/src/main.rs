@@ -27,6 +27,11 @@ enum Command {
     Gateway(Box<llmd_gateway::Args>),
     /// Inspect block keys, tokenization and KV events.
     Kv(Box<llmd_kv_index::cli::Args>),
+    /// Print a shell completion script (`llmd completions bash > /etc/bash_completion.d/llmd`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[tokio::main]
@@ -62,6 +67,10 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             let _t = llmd_telemetry::init("llmd-kv", &args.telemetry.to_config())?;
             llmd_kv_index::cli::run(*args, &mut std::io::stdout()).await?;
         }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "llmd", &mut std::io::stdout());
+        }
         Command::Gateway(args) => {
             let t = llmd_telemetry::init("llmd-gateway", &args.telemetry.to_config())?;
             llmd_gateway::run(*args, t.shutdown_token()).await?;
@@ -78,5 +87,32 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_cover_every_subcommand() {
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "llmd",
+            &mut out,
+        );
+        let script = String::from_utf8(out).unwrap_or_default();
+        for sub in [
+            "epp",
+            "pd-proxy",
+            "sim",
+            "loadgen",
+            "gateway",
+            "kv",
+            "completions",
+        ] {
+            assert!(script.contains(sub), "{sub}");
+        }
+        assert!(
+            script.contains("--decode-timeout-ms"),
+            "flags of the service crates too"
+        );
     }
 }
