@@ -4,8 +4,9 @@
 //!
 //! Per request, on one `Process` stream (FULL_DUPLEX_STREAMED both ways, announced in
 //! `protocol_config` as Envoy 1.40 does):
-//! 1. the request headers (with `:method`, `:path`, `:authority`, `:scheme`) and the body in
-//!    chunks of at most 64 KiB, `end_of_stream` on the last;
+//! 1. the request headers (with `:method`, `:path`, `:authority`, `:scheme`), the body in
+//!    chunks of at most 64 KiB, and the end of the body as its own empty chunk with
+//!    `end_of_stream` (as Envoy 1.40 sends it);
 //! 2. the EPP's answer: an `ImmediateResponse` (sent to the client as is), or header mutations
 //!    (among them `x-gateway-destination-endpoint`) and the body back, streamed or replaced;
 //! 3. the request goes to the first destination that accepts a connection, falling back down
@@ -325,7 +326,11 @@ impl Gateway {
             .map_err(|s| format!("EPP: {s}"))?
             .into_inner();
         let mut stream = EppStream { tx, rx, timeout };
-        let chunks: Vec<&[u8]> = body.chunks(CHUNK).collect();
+        // As Envoy 1.40 does: the data chunks, then the end of the body as its own empty chunk.
+        let mut chunks: Vec<&[u8]> = body.chunks(CHUNK).collect();
+        if !chunks.is_empty() {
+            chunks.push(&[]);
+        }
         for (i, c) in chunks.iter().enumerate() {
             stream
                 .send(processing_request::Request::RequestBody(HttpBody {

@@ -1,7 +1,7 @@
 //! The gateway against a scripted ext_proc server: fallback down the destination list when the
 //! first refuses connections, header removal and add-if-absent, an EPP that answers without
-//! body mutations (the original chunks are forwarded), and the EPP's messages as Envoy would
-//! send them (pseudo-headers, protocol_config, body end_of_stream).
+//! body mutations (the original chunks are forwarded), and the EPP's messages as Envoy 1.40
+//! sends them (pseudo-headers, protocol_config, the end of the body as an empty chunk).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -218,7 +218,9 @@ async fn falls_back_down_the_list_and_forwards_unmutated_bodies() {
             _ => None,
         })
         .collect();
-    assert_eq!(bodies.len(), 3, "{bodies:?}");
+    // Three data chunks, then the end as its own empty chunk (Envoy 1.40's shape).
+    assert_eq!(bodies.len(), 4, "{bodies:?}");
+    assert_eq!(*bodies.last().unwrap(), (0, true));
     assert!(bodies.iter().all(|(n, _)| *n <= 64 << 10));
     assert_eq!(bodies.iter().filter(|(_, eos)| *eos).count(), 1);
     assert!(bodies.last().unwrap().1);

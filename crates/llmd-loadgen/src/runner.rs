@@ -278,7 +278,7 @@ pub async fn run(
                         }
                         last_send.record(t0.elapsed());
                         let spec = RequestSpec {
-                            id: format!("loadgen-{i}-{:08x}", rand::random::<u32>()),
+                            id: request_id(),
                             pattern: item.group,
                             prompt: item.prompt,
                             input_tokens: item.input_tokens,
@@ -344,13 +344,21 @@ pub async fn run(
 fn spec_for(dataset: &Dataset, i: u64, stream: bool, rng: &mut SmallRng) -> RequestSpec {
     let item = dataset.item(i, rng);
     RequestSpec {
-        id: format!("loadgen-{i}-{:08x}", rand::random::<u32>()),
+        id: request_id(),
         pattern: item.group,
         prompt: item.prompt,
         input_tokens: item.input_tokens,
         max_tokens: item.output_tokens,
         stream,
     }
+}
+
+/// A random UUID (v4 layout) from the thread's generator: Envoy's tracing drops requests whose
+/// `x-request-id` is not a UUID, and uuid's own v4 makes a system call per id.
+pub fn request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random::<[u8; 16]>())
+        .into_uuid()
+        .to_string()
 }
 
 /// The latest send offset, shared between the scheduler and the collector without a lock.

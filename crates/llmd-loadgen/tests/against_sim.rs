@@ -582,7 +582,11 @@ async fn every_request_carries_an_id_and_a_traceparent() {
     let mut traces = std::collections::HashSet::new();
     for req in seen {
         let id = req["x-request-id"][0].as_str().unwrap();
-        assert!(id.starts_with("loadgen-"), "{id}");
+        assert_eq!(
+            uuid::Uuid::parse_str(id).map(|u| u.get_version_num()),
+            Ok(4),
+            "{id}"
+        );
         let tp = req["traceparent"][0].as_str().unwrap();
         let parts: Vec<&str> = tp.split('-').collect();
         assert_eq!(parts.len(), 4, "{tp}");

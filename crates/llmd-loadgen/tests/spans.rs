@@ -91,7 +91,11 @@ async fn each_request_roots_a_trace_the_engine_continues() {
             Some("200")
         );
         let id = client.attr("gen_ai.request.id").unwrap();
-        assert!(id.starts_with("loadgen-"), "{id}");
+        assert_eq!(
+            uuid::Uuid::parse_str(&id).map(|u| u.get_version_num()),
+            Ok(4),
+            "{id}"
+        );
         let engine = all
             .iter()
             .find(|s| s.span.name == "llm_request" && s.trace_id_hex() == client.trace_id_hex())
