@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README: formatting, lints, and every test of the workspace.
-# Interop tests find their Python peers in .venv (scripts/setup-python.sh) and promtool on PATH
-# (scripts/setup-system.sh); .ci/run sets both up first.
+# Interop tests find their Python peers in .venv (scripts/setup-python.sh), Envoy in .venv-envoy
+# (scripts/setup-envoy.sh) and promtool on PATH (scripts/setup-system.sh); .ci/run sets them up
+# first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,0 +1,218 @@
+//! Pods, an EPP and the two fronts (llmd-gateway, a real Envoy) for the gateway tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use llmd_epp::config::EndpointPickerConfig;
+use llmd_epp::endpoints::{EndpointSpec, EndpointsFile, Role};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+/// P/D: prefill pods by the prefill profile, decode pods by the decode one, always P/D.
+pub const PD: &str = r#"
+plugins:
+  - type: decode-filter
+  - type: prefill-filter
+  - type: random-picker
+  - type: pd-profile-handler
+    parameters: {threshold: 0}
+schedulingProfiles:
+  - name: decode
+    plugins: [{pluginRef: decode-filter}, {pluginRef: random-picker}]
+  - name: prefill
+    plugins: [{pluginRef: prefill-filter}, {pluginRef: random-picker}]
+"#;
+
+/// A simulator (echo mode, recording what it receives) with extra flags.
+pub async fn sim(extra: &[&str]) -> SocketAddr {
+    let base = [
+        "--dummy-tokenizer",
+        "--time-scale",
+        "0",
+        "--mode",
+        "echo",
+        "--record-requests",
+        "64",
+    ];
+    let args = llmd_sim::EngineArgs::from_flags(base.iter().chain(extra).copied()).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    llmd_sim::start(args, l, None, CancellationToken::new())
+        .await
+        .unwrap()
+        .addr
+}
+
+/// An EPP over these pods (roles given) with this config.
+pub async fn epp(config: &str, pods: &[(SocketAddr, Role)]) -> SocketAddr {
+    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let endpoints = pods
+        .iter()
+        .map(|(p, role)| EndpointSpec {
+            address: p.ip().to_string(),
+            port: p.port(),
+            role: *role,
+            model: Vec::new(),
+            kv_events: None,
+            kv_events_replay: None,
+            metrics_port: None,
+        })
+        .collect();
+    llmd_epp::start(
+        llmd_epp::Options {
+            config: EndpointPickerConfig::parse(config).unwrap(),
+            endpoints_file: None,
+            endpoints: EndpointsFile { endpoints },
+            kv_events_bind: None,
+            scrape_interval: Duration::from_secs(5),
+            max_body_bytes: 1 << 20,
+            pool_name: "test".into(),
+            kubernetes: None,
+        },
+        llmd_epp::Listeners {
+            grpc: bind().await,
+            health: None,
+            metrics: bind().await,
+        },
+        None,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+    .grpc
+}
+
+/// llmd-gateway with these flags.
+pub async fn gateway(flags: &[&str]) -> SocketAddr {
+    let args = llmd_gateway::Args::parse_from(
+        std::iter::once("llmd-gateway").chain(flags.iter().copied()),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    llmd_gateway::start(args, l, CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+/// A P/D setup: prefill and decode sims, the proxy in front of decode, an EPP choosing P/D.
+/// Returns (prefill sim, decode sim, EPP).
+pub async fn pd_setup() -> (SocketAddr, SocketAddr, SocketAddr) {
+    let (prefill, decode) = (
+        sim(&["--role", "prefill"]).await,
+        sim(&["--role", "decode"]).await,
+    );
+    let proxy_args = <llmd_pd_proxy::Args as Parser>::parse_from([
+        "p",
+        "--decoder",
+        &format!("http://{decode}"),
+        "--allow-prefill",
+        "127.0.0.1",
+    ]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = llmd_pd_proxy::start(
+        proxy_args.config().unwrap(),
+        l,
+        None,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let epp = epp(PD, &[(proxy, Role::Decode), (prefill, Role::Prefill)]).await;
+    (prefill, decode, epp)
+}
+
+/// What a sim recorded.
+pub async fn recorded(sim: SocketAddr) -> Vec<Value> {
+    let v: Value = reqwest::get(format!("http://{sim}/debug/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v.as_array().unwrap().clone()
+}
+
+/// The Envoy binary of the test venv (None outside CI when missing).
+pub fn envoy_bin() -> Option<PathBuf> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-envoy/bin/envoy");
+    let found = std::env::var_os("LLMD_TEST_ENVOY")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .or_else(|| venv.exists().then_some(venv));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide Envoy (scripts/setup-envoy.sh)"
+        );
+        eprintln!("SKIPPED: no Envoy (bash scripts/setup-envoy.sh)");
+    }
+    found
+}
+
+/// A running Envoy; killed on drop.
+pub struct Envoy {
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Envoy with docs/envoy/envoy-ext-proc.yaml in front of this EPP, ready.
+pub async fn envoy(bin: &std::path::Path, epp: SocketAddr) -> Envoy {
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/envoy/envoy-ext-proc.yaml"),
+    )
+    .unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let config = template
+        .replace("${LISTEN_PORT}", &listen.to_string())
+        .replace("${ADMIN_PORT}", &admin.to_string())
+        .replace("${EPP_PORT}", &epp.port().to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let child = tokio::process::Command::new(bin)
+        .arg("-c")
+        .arg(&path)
+        .args([
+            "--disable-hot-restart",
+            "--log-level",
+            "warn",
+            "--concurrency",
+            "1",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ready = format!("http://127.0.0.1:{admin}/ready");
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(&ready).await
+            && r.status() == 200
+        {
+            return Envoy {
+                addr: format!("127.0.0.1:{listen}").parse().unwrap(),
+                child,
+                _dir: dir,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("Envoy did not get ready");
+}

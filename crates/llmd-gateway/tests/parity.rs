@@ -1,0 +1,189 @@
+//! llmd-gateway and a real Envoy 1.40 (ext_proc filter + ORIGINAL_DST cluster, the config in
+//! docs/envoy/envoy-ext-proc.yaml) held to the same behaviour in front of the same llmd-epp:
+//! routing by the EPP, streaming through the response-body echo, ImmediateResponse errors,
+//! P/D through the proxy, and the EPP being down.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{MODEL, envoy, envoy_bin, epp, gateway, pd_setup, recorded, sim};
+use llmd_epp::config::ROUND_ROBIN_CONFIG;
+use llmd_epp::endpoints::Role;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Front {
+    Gateway,
+    Envoy,
+}
+
+/// The fronts to test: the gateway always, Envoy when the test venv has it (always in CI).
+fn fronts() -> Vec<Front> {
+    let mut f = vec![Front::Gateway];
+    if envoy_bin().is_some() {
+        f.push(Front::Envoy);
+    }
+    f
+}
+
+/// A front over this EPP; the guard keeps Envoy alive.
+async fn front(kind: Front, epp: SocketAddr) -> (SocketAddr, Option<common::Envoy>) {
+    match kind {
+        Front::Gateway => (
+            gateway(&[
+                "--epp",
+                &format!("http://{epp}"),
+                "--epp-timeout-ms",
+                "2000",
+            ])
+            .await,
+            None,
+        ),
+        Front::Envoy => {
+            let e = envoy(&envoy_bin().unwrap(), epp).await;
+            (e.addr, Some(e))
+        }
+    }
+}
+
+fn texts(sse: &str) -> Vec<String> {
+    sse.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"].to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_streaming_and_errors_match_envoy() {
+    for kind in fronts() {
+        let (a, b) = (sim(&[]).await, sim(&[]).await);
+        let epp = epp(ROUND_ROBIN_CONFIG, &[(a, Role::Both), (b, Role::Both)]).await;
+        let (url, _guard) = front(kind, epp).await;
+        let http = reqwest::Client::new();
+        let body = json!({"model": MODEL, "prompt": "which pod answers", "max_tokens": 4});
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            let r = http
+                .post(format!("http://{url}/v1/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{kind:?}");
+            let v: Value = r.json().await.unwrap();
+            answers.push(v["choices"][0]["text"].clone());
+        }
+        assert!(
+            answers.windows(2).all(|w| w[0] == w[1]),
+            "{kind:?}: {answers:?}"
+        );
+        // Round robin over the two pods, the destination chosen by the EPP.
+        assert_eq!(
+            (recorded(a).await.len(), recorded(b).await.len()),
+            (2, 2),
+            "{kind:?}"
+        );
+
+        // Streaming, every event through the EPP's response-body echo.
+        let sbody = json!({"model": MODEL, "prompt": "stream it", "max_tokens": 6, "stream": true});
+        let direct = http
+            .post(format!("http://{a}/v1/completions"))
+            .json(&sbody)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let r = http
+            .post(format!("http://{url}/v1/completions"))
+            .json(&sbody)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{kind:?}");
+        let via = r.text().await.unwrap();
+        assert_eq!(texts(&via), texts(&direct), "{kind:?}");
+        assert!(via.trim_end().ends_with("data: [DONE]"), "{kind:?}: {via}");
+
+        // The EPP's ImmediateResponse: status, headers and body reach the client; no pod called.
+        let before = recorded(a).await.len() + recorded(b).await.len();
+        let r = http
+            .post(format!("http://{url}/v1/completions"))
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{kind:?}");
+        assert!(r.headers().contains_key("x-llm-d-error-reason"), "{kind:?}");
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("inference error"),
+            "{kind:?}: {v}"
+        );
+        assert_eq!(
+            recorded(a).await.len() + recorded(b).await.len(),
+            before,
+            "{kind:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefill_decode_through_either_front() {
+    for kind in fronts() {
+        let (prefill, decode, epp) = pd_setup().await;
+        let (url, _guard) = front(kind, epp).await;
+        let r = reqwest::Client::new()
+            .post(format!("http://{url}/v1/completions"))
+            .json(&json!({"model": MODEL, "prompt": "disaggregated behind a gateway", "max_tokens": 4, "stream": true, "stream_options": {"include_usage": true}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{kind:?}");
+        let timing = r
+            .headers()
+            .get("server-timing")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        assert!(timing.contains("prefill;dur="), "{kind:?}: {timing}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("\"completion_tokens\":4"), "{kind:?}: {text}");
+        let p = recorded(prefill).await;
+        assert_eq!(p.len(), 1, "{kind:?}");
+        assert_eq!(p[0]["body"]["max_tokens"], 1);
+        let d = recorded(decode).await;
+        assert!(
+            d[0]["body"]["kv_transfer_params"]["remote_engine_id"].is_string(),
+            "{kind:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_epp_is_a_server_error_on_either_front() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for kind in fronts() {
+        let (url, _guard) = front(kind, dead).await;
+        let r = reqwest::Client::new()
+            .post(format!("http://{url}/v1/completions"))
+            .json(&json!({"model": MODEL, "prompt": "x", "max_tokens": 1}))
+            .send()
+            .await
+            .unwrap();
+        // Envoy with failure_mode_allow: false answers 500; the gateway says 503.
+        let want = if kind == Front::Envoy { 500 } else { 503 };
+        assert_eq!(r.status(), want, "{kind:?}");
+    }
+}
