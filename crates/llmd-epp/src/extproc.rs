@@ -256,6 +256,9 @@ struct StreamState {
     body: Vec<u8>,
     /// Request phase answered (decision or error sent).
     request_done: bool,
+    /// The request ended with its headers (GET, ...): no body answers may follow, or Envoy
+    /// rejects them as spurious and answers 500.
+    headers_only: bool,
     /// Buffered (not full-duplex) request bodies.
     buffered: bool,
     /// Full-duplex response bodies (echo chunks as streamed responses).
@@ -480,6 +483,7 @@ impl StreamState {
         }
         if h.end_of_stream {
             // No body (GET, ...): route from the headers alone.
+            self.headers_only = true;
             return self.decide(picker);
         }
         if self.buffered {
@@ -578,6 +582,9 @@ impl StreamState {
             },
         ))];
         out[0].dynamic_metadata = Some(metadata);
+        if self.headers_only {
+            return out;
+        }
         out.extend(body_chunks(&body).into_iter().map(|(chunk, eos)| {
             reply(processing_response::Response::RequestBody(BodyResponse {
                 response: Some(CommonResponse {

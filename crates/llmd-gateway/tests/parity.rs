@@ -187,3 +187,52 @@ async fn a_dead_epp_is_a_server_error_on_either_front() {
         assert_eq!(r.status(), want, "{kind:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_measures_through_either_front() {
+    use clap::Parser;
+    for kind in fronts() {
+        let (a, b) = (sim(&[]).await, sim(&[]).await);
+        let epp = epp(ROUND_ROBIN_CONFIG, &[(a, Role::Both), (b, Role::Both)]).await;
+        let (url, _guard) = front(kind, epp).await;
+        let endpoint = format!("http://{url}/v1");
+        let llmd_loadgen::Command::Run(args) = llmd_loadgen::Args::parse_from([
+            "l",
+            "run",
+            "--endpoint",
+            &endpoint,
+            "--model",
+            MODEL,
+            "--tokenizer",
+            "bytes",
+            "--quiet",
+            "--load",
+            "constant",
+            "--rate",
+            "100",
+            "--requests",
+            "40",
+            "--stream",
+            "--input-tokens",
+            "64",
+            "--output-tokens",
+            "5",
+        ])
+        .command
+        else {
+            unreachable!()
+        };
+        let r = llmd_loadgen::run_load(&args, tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap();
+        let g = &r.overall;
+        assert_eq!((g.requests, g.ok), (40, 40), "{kind:?}: {:?}", g.errors);
+        assert_eq!(g.output_tokens, 40 * 5, "{kind:?}");
+        assert_eq!(g.ttft_ms.count, 40, "{kind:?}");
+        assert_eq!(
+            (recorded(a).await.len(), recorded(b).await.len()),
+            (20, 20),
+            "{kind:?}"
+        );
+    }
+}
