@@ -1,6 +1,8 @@
 //! `llmd`: one binary for every llmd-rs role. Each subcommand takes exactly the flags and
 //! environment variables of the service crate's own binary, because both use the crate's `Args`.
 
+mod demo;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +29,8 @@ enum Command {
     Gateway(Box<llmd_gateway::Args>),
     /// Inspect block keys, tokenization and KV events.
     Kv(Box<llmd_kv_index::cli::Args>),
+    /// Run the stack on loopback ports and drive it (this version: the P/D part).
+    Demo(Box<demo::DemoArgs>),
     /// Print a shell completion script (`llmd completions bash > /etc/bash_completion.d/llmd`).
     Completions {
         /// The shell.
@@ -66,6 +70,10 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Kv(args) => {
             let _t = llmd_telemetry::init("llmd-kv", &args.telemetry.to_config())?;
             llmd_kv_index::cli::run(*args, &mut std::io::stdout()).await?;
+        }
+        Command::Demo(args) => {
+            let t = llmd_telemetry::init("llmd-demo", &args.telemetry.to_config())?;
+            demo::run(*args, t.shutdown_token()).await?;
         }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
