@@ -5,8 +5,9 @@
 //! P/D profile handler, `llmd-gateway` in front, and the `pd-concurrent` load through the
 //! gateway. It prints the true-TTFT breakdown the proxy measured against the TTFT the engines
 //! report, the NIXL transfers, the EPP's P/D decisions and the success rate, and exits non-zero
-//! when its own sanity checks fail. Part 1 (precise prefix-cache routing) and the trace
-//! waterfall are not built yet.
+//! when its own sanity checks fail, after printing one P/D request's trace as a waterfall
+//! (collected by an in-process OTLP receiver unless `OTEL_EXPORTER_OTLP_ENDPOINT` sends spans
+//! elsewhere). Part 1 (precise prefix-cache routing) is not built yet.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -76,8 +77,108 @@ schedulingProfiles:
     )
 }
 
-/// Runs the demo; returns an error when a sanity check fails.
-pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> {
+/// One trace as a waterfall: each span indented under its parent, its start and duration, and
+/// a bar on the trace's time line.
+fn waterfall(spans: &[llmd_telemetry::testing::Received]) -> String {
+    use std::collections::HashMap;
+    use std::fmt::Write as _;
+    let hex = llmd_telemetry::testing::hex;
+    let t0 = spans
+        .iter()
+        .map(|s| s.span.start_time_unix_nano)
+        .min()
+        .unwrap_or(0);
+    let t1 = spans
+        .iter()
+        .map(|s| s.span.end_time_unix_nano)
+        .max()
+        .unwrap_or(t0);
+    let total = (t1.saturating_sub(t0)).max(1) as f64;
+    let ids: std::collections::HashSet<String> =
+        spans.iter().map(|s| hex(&s.span.span_id)).collect();
+    let mut children: HashMap<String, Vec<&llmd_telemetry::testing::Received>> = HashMap::new();
+    let mut roots = Vec::new();
+    for s in spans {
+        let parent = hex(&s.span.parent_span_id);
+        if ids.contains(&parent) {
+            children.entry(parent).or_default().push(s);
+        } else {
+            roots.push(s);
+        }
+    }
+    let mut out = String::new();
+    let mut stack: Vec<(&llmd_telemetry::testing::Received, usize)> = Vec::new();
+    roots.sort_by_key(|s| std::cmp::Reverse(s.span.start_time_unix_nano));
+    stack.extend(roots.into_iter().map(|s| (s, 0)));
+    const WIDTH: f64 = 40.0;
+    while let Some((s, depth)) = stack.pop() {
+        let start = s.span.start_time_unix_nano.saturating_sub(t0) as f64;
+        let dur = s
+            .span
+            .end_time_unix_nano
+            .saturating_sub(s.span.start_time_unix_nano) as f64;
+        let a = (start / total * WIDTH).round() as usize;
+        let b = (((start + dur) / total * WIDTH).round() as usize)
+            .max(a + 1)
+            .min(WIDTH as usize);
+        let bar: String = (0..WIDTH as usize)
+            .map(|i| if i >= a && i < b { '#' } else { '.' })
+            .collect();
+        let name = format!("{}{}", "  ".repeat(depth), s.span.name);
+        let _ = writeln!(
+            out,
+            "  {name:<40} {:>9.2} ms {:>9.2} ms  {bar}",
+            start / 1e6,
+            dur / 1e6
+        );
+        let mut kids = children.remove(&hex(&s.span.span_id)).unwrap_or_default();
+        kids.sort_by_key(|k| std::cmp::Reverse(k.span.start_time_unix_nano));
+        stack.extend(kids.into_iter().map(|k| (k, depth + 1)));
+    }
+    out
+}
+
+/// Prints the trace of one P/D request from the in-process span receiver.
+async fn print_trace(
+    spans: &llmd_telemetry::testing::Spans,
+    guard: &llmd_telemetry::TelemetryGuard,
+) {
+    tokio::task::block_in_place(|| guard.flush());
+    let all = spans.snapshot();
+    let Some(trace) = all
+        .iter()
+        .rev()
+        .find(|s| s.span.name == names::spans::PD_PROXY_REQUEST)
+        .map(|s| s.trace_id_hex())
+    else {
+        println!(
+            "
+(no P/D request trace was recorded)"
+        );
+        return;
+    };
+    let one: Vec<_> = all
+        .into_iter()
+        .filter(|s| s.trace_id_hex() == trace)
+        .collect();
+    println!(
+        "
+== the trace of one P/D request ({trace}), collected in this process"
+    );
+    println!("  {:<40} {:>12} {:>12}", "span", "start", "duration");
+    print!("{}", waterfall(&one));
+}
+
+/// Runs the demo; returns an error when a sanity check fails. With `spans` (an in-process OTLP
+/// receiver and the telemetry guard to flush) it also prints one request's trace.
+pub async fn run(
+    args: DemoArgs,
+    stop: CancellationToken,
+    spans: Option<(
+        llmd_telemetry::testing::Spans,
+        &llmd_telemetry::TelemetryGuard,
+    )>,
+) -> anyhow::Result<()> {
     let metrics = llmd_telemetry::install_prometheus(
         &[names::vllm::ALL, names::epp::ALL, names::pd_proxy::ALL],
         &[],
@@ -270,6 +371,10 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> 
             },
             p.e2e_ms.p50
         );
+    }
+
+    if let Some((spans, guard)) = &spans {
+        print_trace(spans, guard).await;
     }
 
     let mut failed = Vec::new();

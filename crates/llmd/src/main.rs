@@ -72,8 +72,21 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             llmd_kv_index::cli::run(*args, &mut std::io::stdout()).await?;
         }
         Command::Demo(args) => {
-            let t = llmd_telemetry::init("llmd-demo", &args.telemetry.to_config())?;
-            demo::run(*args, t.shutdown_token()).await?;
+            // Without an OTLP endpoint of the user's, spans go to a receiver in this process,
+            // so the demo can print one request's trace.
+            let mut config = args.telemetry.to_config();
+            let spans = if config.tracing.endpoint.is_none() && !config.tracing.sdk_disabled {
+                let (endpoint, spans) = llmd_telemetry::testing::start_grpc_receiver().await;
+                config.tracing = config
+                    .tracing
+                    .with_endpoint(endpoint, llmd_telemetry::OtlpProtocol::Grpc);
+                Some(spans)
+            } else {
+                None
+            };
+            let t = llmd_telemetry::init("llmd-demo", &config)?;
+            let stop = t.shutdown_token();
+            demo::run(*args, stop, spans.map(|s| (s, &t))).await?;
         }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -35,6 +35,27 @@ fn the_pd_demo_runs_and_passes_its_own_checks() {
         .unwrap();
     assert!(pd > 0, "{decisions}");
     assert!(stdout.contains("true TTFT (client-side)"), "{stdout}");
+    // One P/D request's trace, every hop in it, collected in process.
+    let trace = stdout
+        .split("== the trace of one P/D request")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{stdout}"));
+    for span in [
+        "llmd.loadgen.request",
+        "gateway.request",
+        "llm_d.epp.request",
+        "llm_d.pd_proxy.request",
+        "llm_d.pd_proxy.prefill",
+        "llm_d.pd_proxy.decode",
+        "llm_request",
+    ] {
+        assert!(trace.contains(span), "{span} missing from\n{trace}");
+    }
+    assert_eq!(
+        trace.matches("llm_request").count(),
+        2,
+        "prefill and decode engines: {trace}"
+    );
     for pattern in [
         "long_isl_short_osl",
         "long_isl_long_osl",
