@@ -7,7 +7,7 @@
 //! counted.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -194,12 +194,12 @@ pub async fn run(
     let (tx, mut rx) = mpsc::unbounded_channel::<(Outcome, bool)>();
     let sent_warmup = Arc::new(AtomicU64::new(0));
     let last_send = Arc::new(parking_lot_free::LastSend::default());
-    let done = Arc::new(AtomicBool::new(false));
 
-    let driver: tokio::task::JoinHandle<()> = match plan.load {
+    // The collector below ends when every sender is gone: the workers or the scheduler thread
+    // and every request it spawned. Nothing else needs joining.
+    match plan.load {
         Load::Concurrency { n } => {
             let next = Arc::new(AtomicU64::new(0));
-            let mut workers = Vec::with_capacity(n);
             for w in 0..n {
                 let (client, dataset, tx, next, stop) = (
                     client.clone(),
@@ -210,7 +210,7 @@ pub async fn run(
                 );
                 let (sent_warmup, last_send) = (sent_warmup.clone(), last_send.clone());
                 let plan = plan.clone();
-                workers.push(tokio::spawn(async move {
+                tokio::spawn(async move {
                     let mut rng = SmallRng::seed_from_u64(plan.seed.wrapping_add(w as u64));
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -232,13 +232,8 @@ pub async fn run(
                             break;
                         }
                     }
-                }));
+                });
             }
-            tokio::spawn(async move {
-                for w in workers {
-                    let _ = w.await;
-                }
-            })
         }
         _ => {
             let handle = tokio::runtime::Handle::current();
@@ -246,15 +241,12 @@ pub async fn run(
                 (client.clone(), dataset.clone(), tx.clone(), stop.clone());
             let (sent_warmup, last_send) = (sent_warmup.clone(), last_send.clone());
             let plan = plan.clone();
-            let (fin_tx, fin_rx) =
-                tokio::sync::oneshot::channel::<Vec<tokio::task::JoinHandle<()>>>();
             std::thread::Builder::new()
                 .name("loadgen-schedule".into())
                 .spawn(move || {
                     let mut arrivals = Arrivals::new(plan.load, plan.seed);
                     let mut rng = SmallRng::seed_from_u64(plan.seed);
                     let mut offset = 0.0f64; // seconds from t0
-                    let mut tasks = Vec::new();
                     for i in 0u64.. {
                         if stop.is_cancelled() || max_requests.is_some_and(|m| i >= m) {
                             break;
@@ -286,35 +278,19 @@ pub async fn run(
                             stream: plan.stream,
                         };
                         let (client, tx) = (client.clone(), tx.clone());
-                        tasks.push(handle.spawn(async move {
+                        handle.spawn(async move {
                             let lag = Instant::now().saturating_duration_since(due);
                             let mut o = client.send(&spec, t0).await;
                             o.lag_ms = Some(lag.as_secs_f64() * 1e3);
                             let _ = tx.send((o, counted));
-                        }));
-                        if tasks.len() >= 4096 {
-                            tasks.retain(|t| !t.is_finished());
-                        }
+                        });
                         offset += arrivals.gap();
                     }
-                    let _ = fin_tx.send(tasks);
                 })
                 .map_err(|e| format!("cannot start the scheduler thread: {e}"))?;
-            tokio::spawn(async move {
-                if let Ok(tasks) = fin_rx.await {
-                    for t in tasks {
-                        let _ = t.await;
-                    }
-                }
-            })
         }
-    };
+    }
     drop(tx);
-    let done2 = done.clone();
-    let driver = tokio::spawn(async move {
-        let _ = driver.await;
-        done2.store(true, Ordering::Relaxed);
-    });
 
     let mut outcomes = Vec::new();
     while let Some((o, counted)) = rx.recv().await {
@@ -323,7 +299,6 @@ pub async fn run(
             outcomes.push(o);
         }
     }
-    let _ = driver.await;
     let end = t0.elapsed();
     let warm = plan.warmup.as_secs_f64();
     let window = (last_send.get().as_secs_f64() - warm).max(0.0);
