@@ -307,7 +307,7 @@ pub async fn start(
         // The first listing before serving, so a ready proxy knows its pool.
         pool::follow(source, config.allow.follow_pool(), shutdown.clone()).await;
     }
-    let app = proxy::router(config);
+    let app = proxy::router(config)?;
     if let Some(certs) = server_tls {
         certs.watch(CERT_POLL, shutdown.clone());
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()?));

@@ -74,42 +74,36 @@ struct Inner {
     decoder: Upstream,
 }
 
-fn upstream(config: &Config, tls: Option<&rustls::ClientConfig>, h2_only: bool) -> Upstream {
+fn upstream(
+    config: &Config,
+    tls: Option<&rustls::ClientConfig>,
+    h2_only: bool,
+) -> Result<Upstream, crate::tls::TlsError> {
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(config.connect_timeout));
     tcp.enforce_http(false);
-    // Without TLS on this leg no URL is https; an empty root store makes sure nothing verifies.
-    let tls = tls.cloned().unwrap_or_else(|| {
-        rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map(|b| {
-                b.with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            })
-            .unwrap_or_else(|_| {
-                rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            })
-    });
+    let tls = match tls {
+        Some(t) => t.clone(),
+        None => crate::tls::plain_client_config()?,
+    };
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(tcp);
-    Client::builder(TokioExecutor::new())
+    Ok(Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
         .pool_idle_timeout(Duration::from_secs(90))
         .http2_only(h2_only)
-        .build(connector)
+        .build(connector))
 }
 
 /// The proxy's routes: `/health` local, completions and chat through P/D, the rest passed
 /// through to the decode engine.
-pub fn router(config: Config) -> axum::Router {
-    let prefill = upstream(&config, config.prefill_tls.as_ref(), false);
-    let decoder = upstream(&config, config.decoder_tls.as_ref(), config.decoder_h2c);
+pub fn router(config: Config) -> Result<axum::Router, crate::tls::TlsError> {
+    let prefill = upstream(&config, config.prefill_tls.as_ref(), false)?;
+    let decoder = upstream(&config, config.decoder_tls.as_ref(), config.decoder_h2c)?;
     let prefill_scheme = if config.prefill_tls.is_some() {
         "https"
     } else {
@@ -121,7 +115,7 @@ pub fn router(config: Config) -> axum::Router {
         prefill_scheme,
         decoder,
     });
-    axum::Router::new()
+    Ok(axum::Router::new()
         .route("/health", axum::routing::get(|| async { StatusCode::OK }))
         .route("/v1/completions", axum::routing::post(disaggregated))
         .route("/v1/chat/completions", axum::routing::post(disaggregated))
@@ -129,7 +123,7 @@ pub fn router(config: Config) -> axum::Router {
         .route("/v1/responses", axum::routing::post(disaggregated))
         .route("/inference/v1/generate", axum::routing::post(disaggregated))
         .fallback(passthrough)
-        .with_state(inner)
+        .with_state(inner))
 }
 
 /// vLLM's error body (llm-d's sidecar uses this shape, `param` as an empty string).

@@ -73,6 +73,15 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .map_err(|e| file_error(path, format!("no private key: {e}")))
 }
 
+/// The configuration of a plain-HTTP leg: hyper's connector is the same type for both schemes,
+/// and with no trusted root nothing could verify should an `https://` URL ever reach it.
+pub fn plain_client_config() -> Result<rustls::ClientConfig, TlsError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 /// The client configuration of one upstream leg.
 pub fn client_config(
     ca_file: Option<&Path>,
