@@ -475,9 +475,12 @@ async fn process(
     let body = match axum::body::to_bytes(body, g.args.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => {
-            let too_big = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
+            // The limit error sits somewhere down axum's error chain.
+            let too_big =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |s| {
+                    s.source()
+                })
+                .any(|s| s.is::<http_body_util::LengthLimitError>());
             return if too_big {
                 (
                     error(

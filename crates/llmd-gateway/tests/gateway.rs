@@ -81,3 +81,28 @@ async fn an_unreachable_epp_is_503_or_fail_open() {
     assert_eq!(r.status(), 200);
     assert_eq!(recorded(a).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_413_before_the_epp_is_asked() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // The EPP address is dead: a 413 proves the body limit is checked first.
+    let gw = gateway(&[
+        "--epp",
+        &format!("http://{dead}"),
+        "--max-body-bytes",
+        "1024",
+    ])
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("http://{gw}/v1/completions"))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], 413);
+}
