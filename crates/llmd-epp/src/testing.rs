@@ -35,6 +35,22 @@ pub struct FakeKube {
     pub state: Arc<Mutex<FakeState>>,
 }
 
+/// A scheduler config that always chooses P/D: decode pods by the decode profile, prefill pods
+/// by the prefill one, each picked at random.
+pub const PD_CONFIG: &str = r#"
+plugins:
+  - type: decode-filter
+  - type: prefill-filter
+  - type: random-picker
+  - type: pd-profile-handler
+    parameters: {threshold: 0}
+schedulingProfiles:
+  - name: decode
+    plugins: [{pluginRef: decode-filter}, {pluginRef: random-picker}]
+  - name: prefill
+    plugins: [{pluginRef: prefill-filter}, {pluginRef: random-picker}]
+"#;
+
 /// The pool namespace and name the fake serves.
 pub const NAMESPACE: &str = "ai";
 /// The pool name the fake serves.

@@ -17,20 +17,6 @@ use llmd_epp::{KubeSource, Listeners, Options};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-const PD: &str = r#"
-plugins:
-  - type: decode-filter
-  - type: prefill-filter
-  - type: random-picker
-  - type: pd-profile-handler
-    parameters: {threshold: 0}
-schedulingProfiles:
-  - name: decode
-    plugins: [{pluginRef: decode-filter}, {pluginRef: random-picker}]
-  - name: prefill
-    plugins: [{pluginRef: prefill-filter}, {pluginRef: random-picker}]
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inference_pool_pods_become_endpoints() {
     let api = FakeKube::start(
@@ -52,7 +38,7 @@ async fn inference_pool_pods_become_endpoints() {
     let shutdown = CancellationToken::new();
     let epp = llmd_epp::start(
         Options {
-            config: EndpointPickerConfig::parse(PD).unwrap(),
+            config: EndpointPickerConfig::parse(fake::PD_CONFIG).unwrap(),
             endpoints_file: None,
             endpoints: EndpointsFile {
                 endpoints: Vec::new(),

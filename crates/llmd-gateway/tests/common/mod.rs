@@ -13,21 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 pub const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
-/// P/D: prefill pods by the prefill profile, decode pods by the decode one, always P/D.
-pub const PD: &str = r#"
-plugins:
-  - type: decode-filter
-  - type: prefill-filter
-  - type: random-picker
-  - type: pd-profile-handler
-    parameters: {threshold: 0}
-schedulingProfiles:
-  - name: decode
-    plugins: [{pluginRef: decode-filter}, {pluginRef: random-picker}]
-  - name: prefill
-    plugins: [{pluginRef: prefill-filter}, {pluginRef: random-picker}]
-"#;
-
 /// A simulator (echo mode, recording what it receives) with extra flags.
 pub async fn sim(extra: &[&str]) -> SocketAddr {
     let base = [
@@ -120,7 +105,11 @@ pub async fn pd_setup() -> (SocketAddr, SocketAddr, SocketAddr) {
     )
     .await
     .unwrap();
-    let epp = epp(PD, &[(proxy, Role::Decode), (prefill, Role::Prefill)]).await;
+    let epp = epp(
+        llmd_epp::testing::PD_CONFIG,
+        &[(proxy, Role::Decode), (prefill, Role::Prefill)],
+    )
+    .await;
     (prefill, decode, epp)
 }
 
