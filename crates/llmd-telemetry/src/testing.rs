@@ -1,7 +1,9 @@
-//! In-test OTLP receivers, for the workspace's tests: a real OTLP/gRPC `TraceService` server (the
-//! `opentelemetry-proto` tonic stubs) and an OTLP/HTTP protobuf endpoint, both on 127.0.0.1
-//! ephemeral ports, that keep every span they receive. For tests only: they panic on setup
-//! failures.
+//! In-process OTLP receivers: a real OTLP/gRPC `TraceService` server (the `opentelemetry-proto`
+//! tonic stubs) and an OTLP/HTTP protobuf endpoint, both on 127.0.0.1 ephemeral ports, that
+//! keep every span they receive. The workspace's tests use them, and `llmd demo` uses
+//! [`start_grpc_receiver_on`] to print a trace with no tracing backend. The `start_*_receiver`
+//! helpers bind their own port and panic if they cannot (tests only); callers that must not
+//! panic bind the listener themselves and pass it to [`start_grpc_receiver_on`].
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -128,15 +130,18 @@ pub async fn start_grpc_receiver() -> (String, Spans) {
     )
 }
 
+/// Serves an OTLP/gRPC receiver on `listener`; returns the spans it will keep.
 pub async fn start_grpc_receiver_on(listener: tokio::net::TcpListener) -> Spans {
     let spans = Spans::default();
     let svc = TraceServiceServer::new(spans.clone());
     tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        if let Err(error) = tonic::transport::Server::builder()
             .add_service(svc)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await
-            .unwrap();
+        {
+            tracing::warn!(%error, "in-process OTLP receiver stopped");
+        }
     });
     spans
 }

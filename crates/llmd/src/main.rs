@@ -76,11 +76,12 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             // so the demo can print one request's trace.
             let mut config = args.telemetry.to_config();
             let spans = if config.tracing.endpoint.is_none() && !config.tracing.sdk_disabled {
-                let (endpoint, spans) = llmd_telemetry::testing::start_grpc_receiver().await;
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let endpoint = format!("http://{}", listener.local_addr()?);
                 config.tracing = config
                     .tracing
                     .with_endpoint(endpoint, llmd_telemetry::OtlpProtocol::Grpc);
-                Some(spans)
+                Some(llmd_telemetry::testing::start_grpc_receiver_on(listener).await)
             } else {
                 None
             };
