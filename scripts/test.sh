@@ -25,3 +25,13 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked
 fi
+
+echo "== operations tests (charts, dashboards, Prometheus)"
+if [ -x .venv/bin/python ]; then
+  .venv/bin/python -m pytest -q tests/ops
+elif [ -n "${CI:-}" ]; then
+  echo "CI needs .venv (scripts/setup-python.sh) for tests/ops" >&2
+  exit 1
+else
+  echo "skipped: no .venv (bash scripts/setup-python.sh)"
+fi
