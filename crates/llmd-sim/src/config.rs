@@ -128,6 +128,11 @@ pub struct EngineArgs {
     /// Batches kept for replay.
     #[arg(long, default_value_t = 10_000)]
     pub kv_events_buffer_steps: usize,
+    /// The `engine` label of the `vllm:*` metrics (vLLM labels each engine with its index, the
+    /// data-parallel rank). Simulators sharing one process, as in `llmd demo`, take distinct
+    /// ranks so that their series stay apart.
+    #[arg(long, default_value_t = 0)]
+    pub data_parallel_rank: u32,
     /// P/D role (informational: like vLLM with `kv_role: kv_both`, every role serves both
     /// legs; it labels the pod for routers and dashboards).
     #[arg(long, value_enum, default_value_t = Role::Both)]

@@ -119,7 +119,10 @@ pub async fn start(
         args.tokenizer.as_deref(),
         args.dummy_tokenizer,
     )?);
-    let engine_metrics = Arc::new(metrics::EngineMetrics::new(&args.model));
+    let engine_metrics = Arc::new(metrics::EngineMetrics::new(
+        &args.model,
+        args.data_parallel_rank,
+    ));
     let (sink, kv_events_bound, kv_replay_bound) = match &args.kv_events_endpoint {
         Some(endpoint) => {
             let topic = args.kv_events_topic.clone().unwrap_or_else(|| {

@@ -9,6 +9,7 @@ use metrics::{Counter, Gauge, Histogram};
 /// Metric handles of one engine, created once (the hot path is one atomic operation each).
 pub struct EngineMetrics {
     model: String,
+    engine: String,
     running: Gauge,
     waiting: Gauge,
     kv_usage: Gauge,
@@ -41,42 +42,46 @@ impl std::fmt::Debug for EngineMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EngineMetrics")
             .field("model", &self.model)
+            .field("engine", &self.engine)
             .finish()
     }
 }
 
 macro_rules! labelled {
-    ($kind:ident, $def:expr, $model:expr) => {
-        metrics::$kind!($def.name, "model_name" => $model.clone(), "engine" => "0")
+    ($kind:ident, $def:expr, $model:expr, $engine:expr) => {
+        metrics::$kind!($def.name, "model_name" => $model.clone(), "engine" => $engine.clone())
     };
 }
 
 impl EngineMetrics {
-    /// Handles for `model` (install the Prometheus recorder first).
-    pub fn new(model: &str) -> Self {
+    /// Handles for `model` on engine `engine` (the `engine` label; install the Prometheus
+    /// recorder first).
+    pub fn new(model: &str, engine: u32) -> Self {
         let m = model.to_owned();
+        let e = engine.to_string();
         let s = Self {
-            running: labelled!(gauge, n::NUM_REQUESTS_RUNNING, m),
-            waiting: labelled!(gauge, n::NUM_REQUESTS_WAITING, m),
-            kv_usage: labelled!(gauge, n::KV_CACHE_USAGE_PERC, m),
-            ttft: labelled!(histogram, n::TIME_TO_FIRST_TOKEN, m),
-            itl: labelled!(histogram, n::INTER_TOKEN_LATENCY, m),
-            e2e: labelled!(histogram, n::E2E_REQUEST_LATENCY, m),
-            queue: labelled!(histogram, n::REQUEST_QUEUE_TIME, m),
-            prefill: labelled!(histogram, n::REQUEST_PREFILL_TIME, m),
-            decode: labelled!(histogram, n::REQUEST_DECODE_TIME, m),
-            prompt_tokens: labelled!(counter, n::PROMPT_TOKENS, m),
-            generation_tokens: labelled!(counter, n::GENERATION_TOKENS, m),
-            cache_queries: labelled!(counter, n::PREFIX_CACHE_QUERIES, m),
-            cache_hits: labelled!(counter, n::PREFIX_CACHE_HITS, m),
-            preemptions: labelled!(counter, n::NUM_PREEMPTIONS, m),
-            nixl_xfer_time: labelled!(histogram, n::NIXL_XFER_TIME, m),
-            nixl_post_time: labelled!(histogram, n::NIXL_POST_TIME, m),
-            nixl_bytes: labelled!(histogram, n::NIXL_BYTES_TRANSFERRED, m),
-            nixl_descriptors: labelled!(histogram, n::NIXL_NUM_DESCRIPTORS, m),
-            nixl_failed: labelled!(counter, n::NIXL_NUM_FAILED_TRANSFERS, m),
-            nixl_expired: labelled!(counter, n::NIXL_NUM_KV_EXPIRED_REQS, m),
+            running: labelled!(gauge, n::NUM_REQUESTS_RUNNING, m, e),
+            waiting: labelled!(gauge, n::NUM_REQUESTS_WAITING, m, e),
+            kv_usage: labelled!(gauge, n::KV_CACHE_USAGE_PERC, m, e),
+            ttft: labelled!(histogram, n::TIME_TO_FIRST_TOKEN, m, e),
+            itl: labelled!(histogram, n::INTER_TOKEN_LATENCY, m, e),
+            e2e: labelled!(histogram, n::E2E_REQUEST_LATENCY, m, e),
+            queue: labelled!(histogram, n::REQUEST_QUEUE_TIME, m, e),
+            prefill: labelled!(histogram, n::REQUEST_PREFILL_TIME, m, e),
+            decode: labelled!(histogram, n::REQUEST_DECODE_TIME, m, e),
+            prompt_tokens: labelled!(counter, n::PROMPT_TOKENS, m, e),
+            generation_tokens: labelled!(counter, n::GENERATION_TOKENS, m, e),
+            cache_queries: labelled!(counter, n::PREFIX_CACHE_QUERIES, m, e),
+            cache_hits: labelled!(counter, n::PREFIX_CACHE_HITS, m, e),
+            preemptions: labelled!(counter, n::NUM_PREEMPTIONS, m, e),
+            nixl_xfer_time: labelled!(histogram, n::NIXL_XFER_TIME, m, e),
+            nixl_post_time: labelled!(histogram, n::NIXL_POST_TIME, m, e),
+            nixl_bytes: labelled!(histogram, n::NIXL_BYTES_TRANSFERRED, m, e),
+            nixl_descriptors: labelled!(histogram, n::NIXL_NUM_DESCRIPTORS, m, e),
+            nixl_failed: labelled!(counter, n::NIXL_NUM_FAILED_TRANSFERS, m, e),
+            nixl_expired: labelled!(counter, n::NIXL_NUM_KV_EXPIRED_REQS, m, e),
             model: m,
+            engine: e,
         };
         // Present from the start, as vLLM's are.
         s.running.set(0.0);
@@ -94,7 +99,7 @@ impl EngineMetrics {
             c.increment(0);
         }
         for reason in ["stop", "length", "abort"] {
-            metrics::counter!(n::REQUEST_SUCCESS.name, "model_name" => s.model.clone(), "engine" => "0", "finished_reason" => reason).increment(0);
+            metrics::counter!(n::REQUEST_SUCCESS.name, "model_name" => s.model.clone(), "engine" => s.engine.clone(), "finished_reason" => reason).increment(0);
         }
         s
     }
@@ -141,7 +146,7 @@ impl EngineMetrics {
     }
 
     fn success(&self, reason: &'static str) {
-        metrics::counter!(n::REQUEST_SUCCESS.name, "model_name" => self.model.clone(), "engine" => "0", "finished_reason" => reason)
+        metrics::counter!(n::REQUEST_SUCCESS.name, "model_name" => self.model.clone(), "engine" => self.engine.clone(), "finished_reason" => reason)
             .increment(1);
     }
 }

@@ -88,7 +88,15 @@ fn prefill_body() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefill_then_decode_pulls_kv_and_records_nixl_metrics() {
     let prefill = spawn(&["--role", "prefill", "--engine-id", "prefill-engine-0"]);
-    let decode = spawn(&["--role", "decode", "--tensor-parallel-size", "2"]);
+    // Rank 1: the `engine` label the decode's metrics carry.
+    let decode = spawn(&[
+        "--role",
+        "decode",
+        "--tensor-parallel-size",
+        "2",
+        "--data-parallel-rank",
+        "1",
+    ]);
 
     let (status, p) = post(&prefill.base, prefill_body()).await;
     assert_eq!(status, 200, "{p}");
@@ -123,7 +131,12 @@ async fn prefill_then_decode_pulls_kv_and_records_nixl_metrics() {
     assert_eq!(d["usage"]["completion_tokens"], 5);
     assert_eq!(d["kv_transfer_params"], Value::Null);
     let m = metrics(&decode.base).await;
-    let labels = [("engine", "0")];
+    assert_eq!(
+        m.value("vllm:nixl_xfer_time_seconds_count", &[("engine", "0")]),
+        None,
+        "--data-parallel-rank sets the engine label"
+    );
+    let labels = [("engine", "1")];
     // One observation per TP rank; each rank moves half the KV (Llama-8B shape: 128 KiB/token).
     assert_eq!(
         m.value("vllm:nixl_xfer_time_seconds_count", &labels),
@@ -195,7 +208,7 @@ async fn prefill_then_decode_pulls_kv_and_records_nixl_metrics() {
     assert_eq!(
         metrics(&recompute.base)
             .await
-            .value("vllm:nixl_num_failed_transfers_total", &labels),
+            .value("vllm:nixl_num_failed_transfers_total", &[("engine", "0")]),
         Some(1.0)
     );
 }
