@@ -59,9 +59,17 @@ pub fn hex(bytes: &[u8]) -> String {
 #[derive(Clone, Default, Debug)]
 pub struct Spans(Arc<Mutex<Vec<Received>>>);
 
+/// Spans a receiver keeps: the newest, so that a long-running process (`llmd demo
+/// --keep-running`) does not grow without bound.
+const KEEP_SPANS: usize = 100_000;
+
 impl Spans {
-    fn add(&self, req: ExportTraceServiceRequest) {
+    /// Keeps the spans of an export request (the newest [`KEEP_SPANS`] are kept).
+    pub fn add(&self, req: ExportTraceServiceRequest) {
         let mut all = self.0.lock().unwrap();
+        if all.len() >= KEEP_SPANS {
+            all.drain(..KEEP_SPANS / 2);
+        }
         for rs in req.resource_spans {
             let service_name = rs
                 .resource

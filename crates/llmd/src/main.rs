@@ -2,6 +2,7 @@
 //! environment variables of the service crate's own binary, because both use the crate's `Args`.
 
 mod demo;
+mod fetch;
 
 use std::process::ExitCode;
 
@@ -75,13 +76,17 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             // Without an OTLP endpoint of the user's, spans go to a receiver in this process,
             // so the demo can print one request's trace.
             let mut config = args.telemetry.to_config();
+            if std::env::var_os("RUST_LOG").is_none() {
+                // The summary is the demo's output; the components' access logs would bury it.
+                config.log_filter = "warn".to_owned();
+            }
             let spans = if config.tracing.endpoint.is_none() && !config.tracing.sdk_disabled {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let endpoint = format!("http://{}", listener.local_addr()?);
                 config.tracing = config
                     .tracing
                     .with_endpoint(endpoint, llmd_telemetry::OtlpProtocol::Grpc);
-                Some(llmd_telemetry::testing::start_grpc_receiver_on(listener).await)
+                Some(demo::span_receiver(listener, args.otlp_endpoint.as_deref()).await?)
             } else {
                 None
             };

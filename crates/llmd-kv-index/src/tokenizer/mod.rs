@@ -18,7 +18,7 @@ mod locate;
 mod prompt_cache;
 
 pub use chat::{ChatError, ChatRequest, ChatTemplate};
-pub use locate::{TokenizerFiles, locate};
+pub use locate::{TokenizerFiles, hf_hub_cache, locate};
 pub use prompt_cache::{CacheEntry, PromptCache, PromptCacheStats, PromptTokens};
 
 use std::path::Path;
