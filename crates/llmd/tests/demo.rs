@@ -172,3 +172,46 @@ fn the_prefix_demo_fetches_its_tokenizer_and_beats_random_routing() {
         .trim_end_matches("/metrics");
     assert!(config.contains(&format!("'{target}'")), "{config}");
 }
+
+/// `--otlp-endpoint`: every span also reaches the user's collector, and the waterfall is still
+/// printed from the in-process copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_endpoint_receives_every_span_and_the_waterfall_stays() {
+    let (endpoint, spans) = llmd_telemetry::testing::start_grpc_receiver().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .args([
+            "demo",
+            "--only",
+            "pd",
+            "--duration-s",
+            "2",
+            "--time-scale",
+            "0.02",
+            "--pace",
+            "0.05",
+            "--otlp-endpoint",
+            &endpoint,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("== the trace of one P/D request"),
+        "{stdout}"
+    );
+    for name in [
+        "llmd.loadgen.request",
+        "gateway.request",
+        "llm_d.epp.request",
+        "llm_d.pd_proxy.request",
+        "llm_request",
+    ] {
+        assert!(
+            spans.named(name).is_some(),
+            "{name} not exported to --otlp-endpoint"
+        );
+    }
+}
