@@ -148,6 +148,17 @@ impl Subscriber {
     /// A subscriber feeding `handler`. Nothing is subscribed until [`Self::add_pod`] or
     /// [`Self::bind`].
     pub fn new(handler: Arc<dyn EventHandler>, config: SubscriberConfig) -> Self {
+        // Error series exist at zero from the start, so that dashboards and alerts read 0, not
+        // "no data", on a healthy stream.
+        for reason in DecodeError::REASONS.into_iter().chain(["malformed_event"]) {
+            metrics::counter!(names::EVENTS_DECODE_ERRORS.name, "reason" => reason).increment(0);
+        }
+        for reason in ["unknown_event", "unknown_field"] {
+            metrics::counter!(names::EVENTS_SKIPPED.name, "reason" => reason).increment(0);
+        }
+        for operation in ["connect", "recv", "replay"] {
+            metrics::counter!(names::EVENTS_ZMQ_ERRORS.name, "operation" => operation).increment(0);
+        }
         Self {
             handler,
             config,
@@ -328,6 +339,14 @@ impl PodStream {
             SeqVerdict::Next => {}
             // Joined late: what the pod published before we subscribed can be replayed.
             SeqVerdict::First => {
+                // This pod's stream-health series, at zero until something happens.
+                for def in [
+                    &names::EVENTS_SEQUENCE_GAPS,
+                    &names::EVENTS_PUBLISHER_RESTARTS,
+                    &names::EVENTS_SUBSCRIBER_RECONNECTIONS,
+                ] {
+                    metrics::counter!(def.name, "pod" => pod.clone()).increment(0);
+                }
                 if msg.seq > 0
                     && let Some(endpoint) = &self.replay_endpoint
                 {

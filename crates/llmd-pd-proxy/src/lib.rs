@@ -301,6 +301,11 @@ pub async fn start(
                 .await;
         });
     }
+    // Error series at zero from the start: dashboards read 0, not "no data", when all is well.
+    for stage in ["client", "prefill", "decode", "proxy"] {
+        metrics::counter!(llmd_telemetry::names::pd_proxy::ERRORS_TOTAL.name, "stage" => stage)
+            .increment(0);
+    }
     let server_tls = config.server_tls.clone();
     let mut config = config;
     if let Some(source) = config.pool.take() {

@@ -41,6 +41,16 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every value [`Self::reason`] returns.
+    pub const REASONS: [&'static str; 6] = [
+        "frame_count",
+        "topic",
+        "seq",
+        "batch",
+        "truncated",
+        "trailing_bytes",
+    ];
+
     /// Short label for the `reason` of the decode-error metric.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -339,3 +339,18 @@ fn tiers() {
     assert_eq!(Tier::from_medium(Some("cpu")), Tier::Cpu);
     assert_eq!(Tier::from_medium(Some("tape")), Tier::Other);
 }
+
+#[test]
+fn every_decode_error_reason_is_listed_for_zero_registration() {
+    for error in [
+        DecodeError::FrameCount(1),
+        DecodeError::TopicNotUtf8,
+        DecodeError::Topic("x".into()),
+        DecodeError::SeqLength(1),
+        DecodeError::Batch("x"),
+        DecodeError::Truncated(1),
+        DecodeError::TrailingBytes(1),
+    ] {
+        assert!(DecodeError::REASONS.contains(&error.reason()), "{error:?}");
+    }
+}
