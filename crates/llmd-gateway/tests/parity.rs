@@ -134,6 +134,23 @@ async fn routing_streaming_and_errors_match_envoy() {
             before,
             "{kind:?}"
         );
+        // Envoy's own view of the ext_proc exchanges: every request opened a stream, and the
+        // EPP sent nothing Envoy found out of place or failed on.
+        if let Some(envoy) = &_guard {
+            let stats = envoy.ext_proc_stats().await;
+            assert!(stats["streams_started"] >= 6, "{stats:?}");
+            assert!(stats["stream_msgs_received"] > 0, "{stats:?}");
+            assert_eq!(stats["immediate_responses_sent"], 1, "the 400: {stats:?}");
+            for bad in [
+                "spurious_msgs_received",
+                "streams_failed",
+                "message_timeouts",
+                "rejected_header_mutations",
+                "failure_mode_allowed",
+            ] {
+                assert_eq!(stats.get(bad), Some(&0), "{bad}: {stats:?}");
+            }
+        }
     }
 }
 

@@ -144,8 +144,31 @@ pub fn envoy_bin() -> Option<PathBuf> {
 /// A running Envoy; killed on drop.
 pub struct Envoy {
     pub addr: SocketAddr,
+    admin: u16,
     child: tokio::process::Child,
     _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Envoy's ext_proc filter counters (`/stats`), by name after `ext_proc.`.
+    pub async fn ext_proc_stats(&self) -> std::collections::BTreeMap<String, u64> {
+        let text = reqwest::get(format!(
+            "http://127.0.0.1:{}/stats?filter=ext_proc",
+            self.admin
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+        text.lines()
+            .filter_map(|l| {
+                let (name, value) = l.split_once(": ")?;
+                let short = name.rsplit_once("ext_proc.")?.1;
+                Some((short.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
 }
 
 impl Drop for Envoy {
@@ -197,6 +220,7 @@ pub async fn envoy(bin: &std::path::Path, epp: SocketAddr) -> Envoy {
         {
             return Envoy {
                 addr: format!("127.0.0.1:{listen}").parse().unwrap(),
+                admin,
                 child,
                 _dir: dir,
             };
