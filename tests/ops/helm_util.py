@@ -1,12 +1,13 @@
 """Helpers of the chart tests: rendering with the Helm v4 engine (PyPI helm-python-sdk, no helm
-CLI), the guides' helmfiles, Kubernetes schema validation (kubernetes-validate, strict) and the
-vendored CRD schemas (tests/ops/crds).
+CLI), the guides' helmfiles, Kubernetes schema validation (kubernetes-validate, strict) and our
+JSON Schemas of the InferencePool and HTTPRoute APIs (tests/ops/schemas).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHARTS = ROOT / "charts"
 GUIDES = ROOT / "guides"
-CRDS = Path(__file__).resolve().parent / "crds"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
 KUBE_VERSION = "1.33"
 LLMD_IMAGE = "ghcr.io/llmd-rs/llmd"
 
@@ -178,41 +179,29 @@ def kube_validate(obj: dict) -> None:
     kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
-# ---- Custom resources: the CRDs' openAPIV3Schema ----------------------------------------------
+# ---- Custom resources: our JSON Schemas (tests/ops/schemas/README.md) --------------------------
 
-def _strict(schema: Any) -> Any:
-    """Unknown fields are errors (what `kubectl apply` does with field validation Strict): every
-    object schema with `properties` and no other rule for extra keys gets additionalProperties
-    false. CEL rules (x-kubernetes-validations) are not evaluated."""
-    if isinstance(schema, list):
-        return [_strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _strict(v) for k, v in schema.items()}
-    if (
-        "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
+# kind -> schema file; each schema also fixes the apiVersion. The schemas are closed: unknown
+# fields are errors, as with `kubectl apply` under Strict field validation.
+CR_SCHEMAS = {
+    "InferencePool": "inferencepool-v1.schema.json",
+    "HTTPRoute": "httproute-v1.schema.json",
+}
 
 
 @functools.lru_cache(maxsize=None)
-def crd_validator(api_version: str, kind_: str) -> jsonschema.Draft7Validator:
-    group, version = api_version.split("/")
-    for f in CRDS.glob("*.yaml"):
-        crd = yaml.safe_load(f.read_text())
-        spec = crd["spec"]
-        if spec["group"] == group and spec["names"]["kind"] == kind_:
-            (v,) = [v for v in spec["versions"] if v["name"] == version and v["served"]]
-            schema = _strict(v["schema"]["openAPIV3Schema"])
-            # metadata is validated by the API server's ObjectMeta rules, not the CRD.
-            schema["properties"]["metadata"] = {"type": "object"}
-            return jsonschema.Draft7Validator(schema)
-    raise LookupError(f"no vendored CRD for {api_version} {kind_} in {CRDS}")
+def cr_validator(kind_: str) -> jsonschema.Draft202012Validator:
+    try:
+        name = CR_SCHEMAS[kind_]
+    except KeyError:
+        raise LookupError(f"no schema for kind {kind_} in {SCHEMAS}") from None
+    schema = json.loads((SCHEMAS / name).read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
 
 
-def crd_errors(obj: dict) -> list[str]:
-    v = crd_validator(obj["apiVersion"], obj["kind"])
-    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in v.iter_errors(obj)]
+def cr_errors(obj: dict, as_kind: str | None = None) -> list[str]:
+    """Every violation of the schema of `as_kind` (default: the object's kind), as `path: message`."""
+    v = cr_validator(as_kind or obj["kind"])
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in sorted(v.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]

@@ -1,8 +1,8 @@
 """The Helm charts (charts/) and the guides (guides/) without a cluster.
 
 Rendered and linted by the real Helm v4 engine (helm-python-sdk), validated against the
-Kubernetes 1.33 schemas (kubernetes-validate, strict) and the upstream InferencePool and
-HTTPRoute CRDs (tests/ops/crds), and checked for what makes a deployment work: matching block
+Kubernetes 1.33 schemas (kubernetes-validate, strict) and our JSON Schemas of the InferencePool
+and HTTPRoute APIs (tests/ops/schemas), and checked for what makes a deployment work: matching block
 size, hash seed and KV-event endpoints between the engines and the EPP, the pool wiring, RBAC,
 and container flags that `llmd <subcommand> --help` really lists.
 
@@ -25,7 +25,7 @@ from helm_util import (
     CHARTS,
     ROOT,
     containers,
-    crd_errors,
+    cr_errors,
     env,
     flags,
     guides,
@@ -101,7 +101,7 @@ def test_rendered_objects_validate(cid, rendered):
     assert docs
     for d in docs:
         if d["kind"] in ("InferencePool", "HTTPRoute"):
-            assert crd_errors(d) == [], f"{d['kind']} {d['metadata']['name']}"
+            assert cr_errors(d) == [], f"{d['kind']} {d['metadata']['name']}"
         elif d["kind"] in ("ServiceMonitor", "PodMonitor"):
             assert d["apiVersion"] == "monitoring.coreos.com/v1"
         else:
@@ -111,8 +111,8 @@ def test_rendered_objects_validate(cid, rendered):
                 pytest.fail(f"{d['kind']} {d['metadata']['name']}: {'.'.join(map(str, e.path))}: {e.message}")
 
 
-def test_validators_reject_bad_objects(rendered):
-    """The validators above can fail: a wrong type, an unknown field, a missing required field."""
+def test_kube_validator_rejects_bad_objects(rendered):
+    """The core-kinds validator can fail: a wrong type, an unknown field."""
     dep = next(d for d in rendered["llmd-epp-defaults"] if d["kind"] == "Deployment")
     bad = json.loads(json.dumps(dep))
     bad["spec"]["replicas"] = "three"
@@ -122,17 +122,130 @@ def test_validators_reject_bad_objects(rendered):
     bad["spec"]["template"]["spec"]["containers"][0]["argz"] = []
     with pytest.raises(kubernetes_validate.utils.ValidationError):
         kube_validate(bad)
-    pool = one(rendered["llmd-epp-defaults"], "InferencePool")
-    bad = json.loads(json.dumps(pool))
-    del bad["spec"]["targetPorts"]
-    bad["spec"]["endpointPickerRef"]["failureMode"] = "FailSoft"
-    bad["spec"]["extensionRef"] = {"name": "v1alpha2-style"}
-    errors = " ".join(crd_errors(bad))
-    assert "targetPorts" in errors and "FailSoft" in errors and "extensionRef" in errors
-    route = one(rendered["llmd-epp-defaults"], "HTTPRoute")
-    bad = json.loads(json.dumps(route))
-    bad["spec"]["rules"][0]["matches"][0]["path"]["type"] = "Glob"
-    assert crd_errors(bad)
+
+
+class _Del:
+    def __repr__(self) -> str:
+        return "DEL"
+
+
+DEL = _Del()  # as a value in the mutations below: delete the field
+
+
+def _set(obj: dict, path: str, value) -> None:
+    """Sets (or, with value DEL, deletes) the dotted `path`; integer parts index lists."""
+    keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+    for k in keys[:-1]:
+        obj = obj[k]
+    if value is DEL:
+        del obj[keys[-1]]
+    else:
+        obj[keys[-1]] = value
+
+
+POOL_RULES = "spec.rules.0.backendRefs.0"
+
+# (kind, [(path, value)], text the errors must contain): each mutation of a rendered object that
+# the API rejects must be rejected by our schema, for the reason given.
+BAD_CRS = [
+    ("InferencePool", [("apiVersion", "inference.networking.x-k8s.io/v1alpha2")], "apiVersion"),
+    ("InferencePool", [("metadata.name", DEL)], "'name' is a required property"),
+    ("InferencePool", [("metadata.name", "Pool_1")], "metadata.name"),
+    ("InferencePool", [("metadata.labelz", {})], "labelz"),
+    ("InferencePool", [("spec.targetPorts", DEL)], "'targetPorts' is a required property"),
+    ("InferencePool", [("spec.targetPorts", [])], "spec.targetPorts"),
+    ("InferencePool", [("spec.targetPorts", [{"number": p} for p in range(8000, 8009)])], "spec.targetPorts"),
+    ("InferencePool", [("spec.targetPorts", [{"number": 8000}, {"number": 8000}])], "non-unique"),
+    ("InferencePool", [("spec.targetPorts.0.number", 0)], "spec.targetPorts.0.number"),
+    ("InferencePool", [("spec.targetPorts.0.number", 65536)], "spec.targetPorts.0.number"),
+    ("InferencePool", [("spec.targetPorts.0.number", "8000")], "spec.targetPorts.0.number"),
+    ("InferencePool", [("spec.targetPorts.0.port", 8000)], "'port' was unexpected"),
+    ("InferencePool", [("spec.targetPortNumber", 8000)], "targetPortNumber"),  # the v1alpha2 field
+    ("InferencePool", [("spec.extensionRef", {"name": "epp"})], "extensionRef"),  # the v1alpha2 field
+    ("InferencePool", [("spec.selector.matchLabels", {})], "spec.selector.matchLabels"),
+    ("InferencePool", [("spec.selector.matchExpressions", [])], "matchExpressions"),
+    ("InferencePool", [("spec.selector.matchLabels", {"app": "a b"})], "spec.selector.matchLabels.app"),
+    ("InferencePool", [("spec.selector.matchLabels", {"-app": "x"})], "-app"),
+    ("InferencePool", [("spec.appProtocol", "grpc")], "spec.appProtocol"),
+    ("InferencePool", [("spec.endpointPickerRef.failureMode", "FailSoft")], "FailSoft"),
+    ("InferencePool", [("spec.endpointPickerRef.name", DEL)], "'name' is a required property"),
+    ("InferencePool", [("spec.endpointPickerRef.port", DEL)], "'port' is a required property"),
+    ("InferencePool", [("spec.endpointPickerRef.kind", DEL), ("spec.endpointPickerRef.port", DEL)],
+     "'port' is a required property"),
+    ("InferencePool", [("spec.endpointPickerRef.port", 9002)], "spec.endpointPickerRef.port"),
+    ("InferencePool", [("spec.endpointPickerRef.port.number", 0)], "spec.endpointPickerRef.port.number"),
+    ("InferencePool", [("spec.endpointPickerRef.group", "Core")], "spec.endpointPickerRef.group"),
+    ("InferencePool", [("spec.endpointPickerRef.failuremode", "FailOpen")], "failuremode"),
+    ("HTTPRoute", [("kind", "GRPCRoute")], "kind"),
+    ("HTTPRoute", [("spec.parentRef", [])], "parentRef"),
+    ("HTTPRoute", [("spec.parentRefs.0.name", DEL)], "'name' is a required property"),
+    ("HTTPRoute", [("spec.parentRefs.0.port", 0)], "spec.parentRefs.0.port"),
+    ("HTTPRoute", [("spec.parentRefs.0.namespace", "Infra")], "spec.parentRefs.0.namespace"),
+    ("HTTPRoute", [("spec.hostnames", ["*"])], "spec.hostnames.0"),
+    ("HTTPRoute", [("spec.hostnames", ["Example.com"])], "spec.hostnames.0"),
+    ("HTTPRoute", [("spec.rules", [])], "spec.rules"),
+    ("HTTPRoute", [("spec.rules.0.matches.0.path.type", "Glob")], "Glob"),
+    ("HTTPRoute", [("spec.rules.0.matches.0.path.value", "v1")], "spec.rules.0.matches.0.path.value"),
+    ("HTTPRoute", [("spec.rules.0.matches.0.path.value", "/v1//chat")], "spec.rules.0.matches.0.path.value"),
+    ("HTTPRoute", [("spec.rules.0.matches.0.path.value", "/v1/..")], "spec.rules.0.matches.0.path.value"),
+    ("HTTPRoute", [("spec.rules.0.matches.0.method", "get")], "spec.rules.0.matches.0.method"),
+    ("HTTPRoute", [("spec.rules.0.matches.0.headers", [{"name": "x model", "value": "m"}])], "headers.0.name"),
+    ("HTTPRoute", [("spec.rules.0.matches.0.headers", [{"name": "x-model"}])], "'value' is a required property"),
+    ("HTTPRoute", [("spec.rules.0.matches.0.header", [])], "header"),
+    ("HTTPRoute", [(f"{POOL_RULES}.name", DEL)], "'name' is a required property"),
+    ("HTTPRoute", [(f"{POOL_RULES}.group", DEL)], "'group' is a required property"),
+    ("HTTPRoute", [(f"{POOL_RULES}.group", "")], f"{POOL_RULES}.group"),
+    ("HTTPRoute", [(f"{POOL_RULES}.group", ""), (f"{POOL_RULES}.kind", "Service")], "'port' is a required property"),
+    ("HTTPRoute", [(f"{POOL_RULES}.group", DEL), (f"{POOL_RULES}.kind", DEL)], "'port' is a required property"),
+    ("HTTPRoute", [(f"{POOL_RULES}.weight", -1)], f"{POOL_RULES}.weight"),
+    ("HTTPRoute", [(f"{POOL_RULES}.weight", 1000001)], f"{POOL_RULES}.weight"),
+    ("HTTPRoute", [(f"{POOL_RULES}.port", 0)], f"{POOL_RULES}.port"),
+    ("HTTPRoute", [(f"{POOL_RULES}.backendRef", "x")], "backendRef"),
+    ("HTTPRoute", [("spec.rules.0.timeouts", {"request": "30 s"})], "spec.rules.0.timeouts.request"),
+    ("HTTPRoute", [("spec.rules.0.timeouts", {"request": "1.5s"})], "spec.rules.0.timeouts.request"),
+    ("HTTPRoute", [("spec.rules.0.timeouts", {"idle": "30s"})], "idle"),
+    ("HTTPRoute", [("spec.rules.0.filters", [{"type": "RequestHeaderModifier"}])], "'requestHeaderModifier' is a required"),
+    ("HTTPRoute", [("spec.rules.0.filters", [{"type": "URLRewrite", "requestHeaderModifier": {}}])], "'RequestHeaderModifier' was expected"),
+    ("HTTPRoute", [("spec.rules.0.filters", [{"type": "Rewrite"}])], "Rewrite"),
+    ("HTTPRoute", [("spec.rules.0.retry", {"attempts": 2})], "retry"),  # experimental channel only
+]
+
+
+def _mutated(rendered, k: str, changes) -> dict:
+    obj = json.loads(json.dumps(one(rendered["llmd-epp-defaults"], k)))
+    for path, value in changes:
+        _set(obj, path, value)
+    return obj
+
+
+@pytest.mark.parametrize("k,changes,expect", BAD_CRS, ids=[f"{k}-{i}-{c[0][0]}" for i, (k, c, _) in enumerate(BAD_CRS)])
+def test_cr_schemas_reject_bad_objects(k, changes, expect, rendered):
+    errors = cr_errors(_mutated(rendered, k, changes), as_kind=k)
+    assert errors, f"{k} with {changes} passed"
+    assert expect in "\n".join(errors), errors
+
+
+GOOD_CRS = [
+    ("InferencePool", [("spec.targetPorts", [{"number": 8000}, {"number": 8001}]), ("spec.appProtocol", "kubernetes.io/h2c"),
+                       ("spec.endpointPickerRef.failureMode", "FailOpen"), ("spec.selector.matchLabels", {"llm-d.ai/role": ""})]),
+    ("InferencePool", [("spec.endpointPickerRef", {"group": "example.com", "kind": "Picker", "name": "p"})]),
+    ("InferencePool", [("spec.endpointPickerRef", DEL), ("spec.appProtocol", DEL)]),
+    ("HTTPRoute", [("spec.hostnames", ["*.example.com", "llm.example.com"]), ("spec.parentRefs.0.port", 443),
+                   ("spec.rules.0.matches", [{"path": {"type": "RegularExpression", "value": "v[0-9]+//x"},
+                                              "headers": [{"type": "RegularExpression", "name": "x-model-name", "value": "llama.*"}],
+                                              "queryParams": [{"name": "a", "value": "b"}], "method": "POST"}, {}]),
+                   ("spec.rules.0.timeouts", {"request": "1m30s", "backendRequest": "0s"}),
+                   ("spec.rules.0.filters", [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}}]),
+                   (f"{POOL_RULES}.weight", 0), (f"{POOL_RULES}.group", "inference.networking.x-k8s.io")]),
+    ("HTTPRoute", [("spec.rules.0.backendRefs", [{"name": "svc", "port": 8000}, {"name": "svc2", "kind": "Service", "group": "", "port": 1}])]),
+    ("HTTPRoute", [("spec.rules", DEL), ("spec.parentRefs", DEL)]),
+]
+
+
+@pytest.mark.parametrize("k,changes", GOOD_CRS, ids=[f"{k}-{i}" for i, (k, _) in enumerate(GOOD_CRS)])
+def test_cr_schemas_accept_valid_variants(k, changes, rendered):
+    """Controls for the test above: the schemas are not stricter than the API."""
+    assert cr_errors(_mutated(rendered, k, changes), as_kind=k) == []
 
 
 # ---- values.schema.json ------------------------------------------------------------------------
