@@ -235,11 +235,12 @@ class Demo:
 def scraped_stack(llmd_bin: Path, prometheus: str, tmp_path_factory):
     """Prometheus that scraped the demo's whole run plus SCRAPE_AFTER_S of its kept-running stack."""
     work = tmp_path_factory.mktemp("dashboards-live")
-    demo = Demo(llmd_bin, work / "prometheus.yml", work)
+    written = work / "prometheus.yml"
+    demo = Demo(llmd_bin, written, work)
     prom = None
     try:
         line = demo.wait_for("prometheus config:", 60)
-        written = Path(line.split(":", 1)[1].strip())
+        assert str(written) in line, line
         config = yaml.safe_load(written.read_text())
         # The demo's config as written, scraped faster so that a short run gives rate windows
         # enough samples.
