@@ -233,6 +233,12 @@ class Prometheus:
             raise RuntimeError(f"query failed: {body}")
         return body["data"]["result"]
 
+    def metadata(self) -> dict[str, str]:
+        """Metric name -> type, as the scraped targets declared them (`# TYPE`)."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/metadata", timeout=10) as r:
+            body = json.load(r)
+        return {name: entries[0]["type"] for name, entries in body["data"].items() if entries}
+
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGTERM, 10)
         self._log_file.close()

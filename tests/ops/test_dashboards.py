@@ -239,7 +239,7 @@ def scraped_stack(llmd_bin: Path, prometheus: str, tmp_path_factory):
     demo = Demo(llmd_bin, written, work)
     prom = None
     try:
-        line = demo.wait_for("prometheus config:", 60)
+        line = demo.wait_for("prometheus config:", 180)  # after a first-run tokenizer fetch
         assert str(written) in line, line
         config = yaml.safe_load(written.read_text())
         # The demo's config as written, scraped faster so that a short run gives rate windows
@@ -251,7 +251,7 @@ def scraped_stack(llmd_bin: Path, prometheus: str, tmp_path_factory):
         prom = pu.Prometheus(prometheus, copy, work)
         prom.wait_ready()
         started = time.time()
-        demo.wait_for("stack running", 3 * DEMO_DURATION_S + 120)
+        demo.wait_for("stack running", 3 * DEMO_DURATION_S + 180)
         time.sleep(SCRAPE_AFTER_S)
         up = prom.query("up")
         assert up and all(s["value"][1] == "1" for s in up), f"scrape targets not up: {up}; {prom.log.read_text()[-2000:]}"
@@ -282,3 +282,17 @@ def test_every_panel_returns_data(board, scraped_stack) -> None:
         if not prom.query(expr):
             empty.append(f"{q.where}: {expr}")
     assert not empty, f"{name}: no data from the demo stack for:\n" + "\n".join(empty)
+
+
+def test_exposed_types_match_docs(board, scraped_stack, root: Path) -> None:
+    """Each metric a dashboard reads is exposed with the type docs/metrics.md gives it (a
+    histogram exposed as a summary has no `_bucket` series for histogram_quantile)."""
+    name, d = board
+    prom, _, _ = scraped_stack
+    documented = pu.documented_metrics(root / "docs" / "metrics.md")
+    exposed = prom.metadata()
+    used = set()
+    for q in pu.queries(d):
+        used |= {re.sub(r"_(bucket|sum|count)$", "", n) if n not in documented else n for n in pu.metric_names(q.expr)}
+    wrong = [f"{m}: docs say {documented[m]}, exposed as {exposed[m]}" for m in sorted(used) if m in exposed and exposed[m] != documented[m]]
+    assert not wrong, f"{name}:\n" + "\n".join(wrong)
