@@ -220,7 +220,14 @@ class Board:
                         "type": "query",
                         "datasource": DS,
                         "definition": model_query,
-                        "query": {"query": model_query, "refId": "PrometheusVariableQueryEditor-VariableQuery", "qryType": 1},
+                        # Grafana's Prometheus variable editor: qryType 1 = label values.
+                        "query": {
+                            "qryType": 1,
+                            "query": model_query,
+                            "metric": model_query.split("(", 1)[1].split(",", 1)[0].strip(),
+                            "label": "model_name",
+                            "refId": "PrometheusVariableQueryEditor-VariableQuery",
+                        },
                         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
                         "hide": 0,
                         "includeAll": True,

@@ -169,6 +169,13 @@ def test_substitution_like_grafana() -> None:
         pu.substitute("$nope", d)
 
 
+def test_no_data_means_no_number() -> None:
+    assert not pu.has_number([])
+    assert not pu.has_number([{"metric": {}, "value": [1, "NaN"]}, {"metric": {}, "values": [[1, "NaN"], [2, "NaN"]]}])
+    assert pu.has_number([{"metric": {}, "values": [[1, "NaN"], [2, "0"]]}])
+    assert pu.has_number([{"metric": {}, "value": [1, "+Inf"]}])
+
+
 # ---------------------------------------------------------------------------------------------
 # Live: llmd demo --keep-running, scraped by a real Prometheus
 
