@@ -991,7 +991,12 @@ pub async fn run(
     )>,
 ) -> anyhow::Result<()> {
     let metrics = llmd_telemetry::install_prometheus(
-        &[names::vllm::ALL, names::epp::ALL, names::pd_proxy::ALL],
+        &[
+            names::vllm::ALL,
+            names::epp::ALL,
+            names::kv_cache::ALL,
+            names::pd_proxy::ALL,
+        ],
         &[],
     )?;
     let listener = bind().await?;
