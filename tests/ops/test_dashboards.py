@@ -14,6 +14,7 @@ variable query, must return at least one number. A panel without data fails, nam
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import signal
@@ -27,6 +28,7 @@ import pytest
 import yaml
 
 import prom_util as pu
+from conftest import ROOT
 
 DASHBOARDS = {
     "pd-coordinator.json": "pd-coordinator-metrics",
@@ -180,6 +182,16 @@ def test_no_data_means_no_number() -> None:
 # Live: llmd demo --keep-running, scraped by a real Prometheus
 
 
+def demo_env() -> dict[str, str]:
+    """The demo's environment: the tokenizer from the clone's cache when scripts/fetch-tokenizers.sh
+    filled it (as .ci/run does), so that the test neither downloads nor writes outside the clone."""
+    env = dict(os.environ)
+    hub = ROOT / ".cache" / "hf" / "hub"
+    if (hub / "models--meta-llama--Llama-3.1-8B-Instruct").is_dir():
+        env["HF_HUB_CACHE"] = str(hub)
+    return env
+
+
 class Demo:
     """`llmd demo` with its stdout read line by line on a thread."""
 
@@ -204,6 +216,7 @@ class Demo:
             stderr=self._err,
             stdin=subprocess.DEVNULL,
             text=True,
+            env=demo_env(),
         )
         threading.Thread(target=self._read, daemon=True).start()
 
