@@ -576,11 +576,11 @@ async fn prefix_run(
     let blocks = names::epp::PREFIX_CACHE_MATCHED_BLOCKS.name;
     let bucket = |le: &str| d(&format!("{blocks}_bucket"), &[("le", le)]);
     let scored = d(&format!("{blocks}_count"), &[]);
-    let share = |n: f64| if scored > 0.0 { n / scored } else { 0.0 };
+    let share = |n: f64| ratio(n, scored);
     let (b0, b8, b16) = (bucket("0"), bucket("8"), bucket("16"));
     Ok(PrefixResult {
         report,
-        engine_hit_rate: if queries > 0.0 { hits / queries } else { 0.0 },
+        engine_hit_rate: ratio(hits, queries),
         epp_hit_rate: share(d(names::epp::PREFIX_CACHE_HITS.name, &[])),
         matched: [
             share(b0),
@@ -594,6 +594,16 @@ async fn prefix_run(
 
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
+}
+
+/// `n / d`, or 0 when there is nothing to divide by.
+fn ratio(n: f64, d: f64) -> f64 {
+    if d > 0.0 { n / d } else { 0.0 }
+}
+
+/// Share of a group's requests that succeeded.
+fn ok_share(g: &llmd_loadgen::stats::Group) -> f64 {
+    ratio(g.ok as f64, g.requests as f64)
 }
 
 /// Part 1: precise prefix-cache routing, then random routing, side by side. Returns the stack
@@ -632,17 +642,10 @@ async fn prefix_part(
     println!("\n== part 1 results{:>27}{:>16}", "precise", "random");
     let row = |label: &str, x: String, y: String| println!("  {label:<30}{x:>14}{y:>16}");
     let (ga, gb) = (&a.report.overall, &b.report.overall);
-    let ok = |g: &llmd_loadgen::stats::Group| {
-        if g.requests == 0 {
-            0.0
-        } else {
-            g.ok as f64 / g.requests as f64
-        }
-    };
     row(
         "requests (ok)",
-        format!("{} ({})", ga.requests, pct(ok(ga))),
-        format!("{} ({})", gb.requests, pct(ok(gb))),
+        format!("{} ({})", ga.requests, pct(ok_share(ga))),
+        format!("{} ({})", gb.requests, pct(ok_share(gb))),
     );
     row(
         "throughput",
@@ -654,13 +657,8 @@ async fn prefix_part(
         pct(a.engine_hit_rate),
         pct(b.engine_hit_rate),
     );
-    let cached = |g: &llmd_loadgen::stats::Group| {
-        if g.input_tokens == 0 {
-            0.0
-        } else {
-            g.cached_tokens as f64 / g.input_tokens as f64
-        }
-    };
+    let cached =
+        |g: &llmd_loadgen::stats::Group| ratio(g.cached_tokens as f64, g.input_tokens as f64);
     row(
         "cached prompt tokens (usage)",
         pct(cached(ga)),
@@ -705,11 +703,11 @@ async fn prefix_part(
             format!("{:.1} ms", f(gb)),
         );
     }
-    if ga.requests == 0 || ok(ga) < 0.95 || gb.requests == 0 || ok(gb) < 0.95 {
+    if ga.requests == 0 || ok_share(ga) < 0.95 || gb.requests == 0 || ok_share(gb) < 0.95 {
         failed.push(format!(
             "part 1 success rates {} and {} (want >= 95%)",
-            pct(ok(ga)),
-            pct(ok(gb))
+            pct(ok_share(ga)),
+            pct(ok_share(gb))
         ));
     }
     if a.epp_hit_rate <= 0.0 {
@@ -873,11 +871,7 @@ async fn pd_part(
         (count > 0.0).then(|| d(&format!("{family}_sum"), labels) / count)
     };
     let g = &report.overall;
-    let ok_pct = if g.requests == 0 {
-        0.0
-    } else {
-        100.0 * g.ok as f64 / g.requests as f64
-    };
+    let ok_pct = 100.0 * ok_share(g);
     let pd = d(
         names::epp::PD_DECISION_TOTAL.name,
         &[("decision_type", "prefill-decode")],
@@ -931,11 +925,7 @@ async fn pd_part(
             "  {:<20} {:>5} requests, {:>5.1}% ok, E2E p50 {:>8.1} ms",
             p.name,
             p.requests,
-            if p.requests == 0 {
-                0.0
-            } else {
-                100.0 * p.ok as f64 / p.requests as f64
-            },
+            100.0 * ok_share(p),
             p.e2e_ms.p50
         );
     }

@@ -2,20 +2,25 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+/// `llmd demo --only pd` for `seconds`, with fast simulators and short pauses.
+fn fast_pd(seconds: &str) -> [&str; 9] {
+    [
+        "demo",
+        "--only",
+        "pd",
+        "--duration-s",
+        seconds,
+        "--time-scale",
+        "0.02",
+        "--pace",
+        "0.05",
+    ]
+}
+
 #[test]
 fn the_pd_demo_runs_and_passes_its_own_checks() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
-        .args([
-            "demo",
-            "--only",
-            "pd",
-            "--duration-s",
-            "4",
-            "--time-scale",
-            "0.02",
-            "--pace",
-            "0.05",
-        ])
+        .args(fast_pd("4"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -81,19 +86,8 @@ fn the_pd_demo_runs_and_passes_its_own_checks() {
 fn a_failing_check_is_a_non_zero_exit() {
     // A threshold no prompt reaches: no prefill/decode decision, so the demo must fail.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
-        .args([
-            "demo",
-            "--only",
-            "pd",
-            "--duration-s",
-            "2",
-            "--time-scale",
-            "0.02",
-            "--pace",
-            "0.05",
-            "--pd-threshold",
-            "100000000",
-        ])
+        .args(fast_pd("2"))
+        .args(["--pd-threshold", "100000000"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -180,19 +174,8 @@ async fn otlp_endpoint_receives_every_span_and_the_waterfall_stays() {
     let (endpoint, spans) = llmd_telemetry::testing::start_grpc_receiver().await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .args([
-            "demo",
-            "--only",
-            "pd",
-            "--duration-s",
-            "2",
-            "--time-scale",
-            "0.02",
-            "--pace",
-            "0.05",
-            "--otlp-endpoint",
-            &endpoint,
-        ])
+        .args(fast_pd("2"))
+        .args(["--otlp-endpoint", &endpoint])
         .output()
         .await
         .unwrap();
