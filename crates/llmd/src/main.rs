@@ -30,7 +30,8 @@ enum Command {
     Gateway(Box<llmd_gateway::Args>),
     /// Inspect block keys, tokenization and KV events.
     Kv(Box<llmd_kv_index::cli::Args>),
-    /// Run the stack on loopback ports and drive it (this version: the P/D part).
+    /// Run the whole stack in this process on loopback ports and drive it: precise prefix-cache
+    /// routing vs random routing, then prefill/decode with a trace waterfall.
     Demo(Box<demo::DemoArgs>),
     /// Print a shell completion script (`llmd completions bash > /etc/bash_completion.d/llmd`).
     Completions {
