@@ -115,7 +115,8 @@ fn main() {
             CancellationToken::new(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .addr;
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()

@@ -10,19 +10,39 @@
 //! prefill and decode durations, as the `llm_d_inference_scheduler_pd_proxy_*` histograms, the
 //! `llm_d.pd_proxy.*` spans, and a `server-timing` response header.
 //!
+//! The request path, in the order a P/D request takes it:
+//!
 //! | module | what it does |
 //! |---|---|
+//! | `server` | the listener: HTTP/1.1 and h2, TLS, header-read timeout, drain on shutdown |
+//! | `proxy` | the routes and the request as phases (check target, parse, prefill, decode, first token, relay); pass-through |
 //! | `allowlist` | which prefill targets may be called (IPs, CIDRs, host names, pool pods) |
-//! | `pool` | the InferencePool's pods into the allowlist (`--inference-pool`) |
+//! | `prefill` | the prefill leg (nixlv2 body, retries, timeout) |
+//! | `decode` | the decode leg, its first token, and the three relays (stream, assembled JSON, JSON) |
+//! | `sse` | event-stream lines: first-token detection, `cached_tokens` rewrite |
+//! | `assemble` | a non-streamed client's JSON answer from the decode stream |
+//! | `context` | the per-request context: ids, span, time points, the figures and their metrics |
+//! | `error` | every failure, its status, stage and outcome, and the one place it becomes an answer |
+//! | `observed` | pass-through answers counted with their true outcome |
+//! | `upstream` | the two upstream clients and the headers forwarded and relayed |
 //! | `nixl` | the nixlv2 body transforms and the `cached_tokens` rewrite |
-//! | `proxy` | the HTTP server, the two legs, relaying, timings and metrics |
+//! | `pool` | the InferencePool's pods into the allowlist (`--inference-pool`) |
 //! | `tls` | rustls: the HTTPS listener with certificate reload, HTTPS to the engines |
 
 pub mod allowlist;
+pub mod assemble;
+pub mod context;
+pub mod decode;
+pub mod error;
 pub mod nixl;
+pub mod observed;
 pub mod pool;
+pub mod prefill;
 pub mod proxy;
+pub mod server;
+pub mod sse;
 pub mod tls;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -132,6 +152,10 @@ pub struct Args {
     /// (default: the system roots).
     #[arg(long)]
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// A client connection must send each request's head within this, ms (closes slow and
+    /// idle keep-alive connections).
+    #[arg(long, default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
 }
 
 /// An upstream leg, for the TLS flags (llm-d's stage names).
@@ -167,6 +191,9 @@ pub enum Error {
     /// No Kubernetes client for --inference-pool.
     #[error("--inference-pool needs the Kubernetes API: {0}")]
     Kubernetes(#[from] kube::Error),
+    /// A server task stopped.
+    #[error(transparent)]
+    Stopped(#[from] llmd_telemetry::lifecycle::TaskFailed),
 }
 
 impl Args {
@@ -241,6 +268,8 @@ impl Args {
             prefill_max_retries: self.prefill_max_retries,
             prefill_retry_backoff: Duration::from_millis(self.prefill_retry_backoff_ms),
             pool: None,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            service_name: None,
         })
     }
 
@@ -282,127 +311,72 @@ impl Args {
     }
 }
 
+/// A running proxy: its address and the tasks that serve it.
+#[derive(Debug)]
+pub struct Proxy {
+    /// The listener's address.
+    pub addr: SocketAddr,
+    /// The listener and metrics tasks; [`Proxy::wait`] ends when one fails.
+    pub tasks: llmd_telemetry::lifecycle::Tasks,
+}
+
+impl Proxy {
+    /// Waits until the proxy stops: `Ok` after a shutdown, `Err` when a server task failed.
+    pub async fn wait(self) -> Result<(), llmd_telemetry::lifecycle::TaskFailed> {
+        self.tasks.wait().await
+    }
+}
+
 /// Starts the proxy on `listener`, and its `/metrics` on the second listener when given.
 pub async fn start(
     config: Config,
     listener: TcpListener,
     metrics: Option<(MetricsHandle, TcpListener)>,
     shutdown: CancellationToken,
-) -> Result<SocketAddr, Error> {
+) -> Result<Proxy, Error> {
     let addr = listener.local_addr().map_err(|source| Error::Listen {
         addr: "listener".into(),
         source,
     })?;
+    let mut tasks = llmd_telemetry::lifecycle::Tasks::new(shutdown.clone());
     if let Some((handle, ml)) = metrics {
         let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(ml, handle.router())
+        tasks.spawn("metrics server", async move {
+            axum::serve(ml, handle.router())
                 .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
+                .await
         });
     }
     // Error series at zero from the start: dashboards read 0, not "no data", when all is well.
-    for stage in ["client", "prefill", "decode", "proxy"] {
-        metrics::counter!(llmd_telemetry::names::pd_proxy::ERRORS_TOTAL.name, "stage" => stage)
-            .increment(0);
-    }
+    proxy::register_zero();
     let server_tls = config.server_tls.clone();
+    let header_read_timeout = config.header_read_timeout;
     let mut config = config;
     if let Some(source) = config.pool.take() {
         // The first listing before serving, so a ready proxy knows its pool.
         pool::follow(source, config.allow.follow_pool(), shutdown.clone()).await;
     }
     let app = proxy::router(config)?;
-    if let Some(certs) = server_tls {
-        certs.watch(CERT_POLL, shutdown.clone());
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()?));
-        tokio::spawn(serve_tls(listener, acceptor, app, shutdown));
-        tracing::info!(%addr, "llmd-pd-proxy serving HTTPS");
-        return Ok(addr);
-    }
-    tokio::spawn(async move {
-        // Nagle's algorithm would hold a streamed chunk until the client's delayed ACK (~40 ms).
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(error) = r {
-            tracing::error!(%error, "pd-proxy server stopped");
+    let acceptor = match server_tls {
+        Some(certs) => {
+            certs.watch(CERT_POLL, shutdown.clone());
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                certs.server_config()?,
+            )))
         }
-    });
-    tracing::info!(%addr, "llmd-pd-proxy serving");
-    Ok(addr)
+        None => None,
+    };
+    let https = acceptor.is_some();
+    tasks.spawn(
+        "proxy server",
+        server::serve(listener, acceptor, app, header_read_timeout, shutdown),
+    );
+    tracing::info!(%addr, https, "llmd-pd-proxy serving");
+    Ok(Proxy { addr, tasks })
 }
 
 /// How often `--cert-path` is checked for a rotated certificate.
 const CERT_POLL: Duration = Duration::from_secs(10);
-
-/// A TLS handshake that takes longer than this is dropped (a slow or silent client).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The HTTPS accept loop: TLS by rustls, then HTTP/1.1 or h2 (ALPN) by hyper, connections
-/// drained on shutdown (up to 30 s).
-async fn serve_tls(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: axum::Router,
-    shutdown: CancellationToken,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    loop {
-        let tcp = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-        let acceptor = acceptor.clone();
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let http = http.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    metrics::counter!(llmd_telemetry::names::pd_proxy::ERRORS_TOTAL.name, "stage" => "client").increment(1);
-                    tracing::debug!(%error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    metrics::counter!(llmd_telemetry::names::pd_proxy::ERRORS_TOTAL.name, "stage" => "client").increment(1);
-                    tracing::debug!("TLS handshake timed out");
-                    return;
-                }
-            };
-            let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%error, "HTTPS connection ended with an error");
-            }
-        });
-    }
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("HTTPS connections still open after 30 s; closing them");
-    }
-}
 
 /// Runs the proxy until `shutdown` is cancelled.
 pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
@@ -419,13 +393,13 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
     };
     let listener = bind(args.port).await?;
     let metrics_listener = bind(args.metrics_port).await?;
-    start(
+    let proxy = start(
         config,
         listener,
         Some((metrics, metrics_listener)),
-        shutdown.clone(),
+        shutdown,
     )
     .await?;
-    shutdown.cancelled().await;
+    proxy.wait().await?;
     Ok(())
 }

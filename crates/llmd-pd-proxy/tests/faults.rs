@@ -1,6 +1,7 @@
 //! The proxy against scripted engines: prefill retries on 502/503/504 only, the prefill
-//! timeout, a decode engine that sends malformed SSE, and a client that goes away (both the
-//! prefill and the decode call are cancelled).
+//! timeout, a decode engine that sends malformed SSE or breaks mid-stream, a prefill that
+//! answers something that is not JSON, a client that goes away (both the prefill and the decode
+//! call are cancelled), and the status each failure gets.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -26,8 +27,12 @@ struct Script {
     prefill_calls: AtomicUsize,
     /// Set when a prefill handler was dropped before finishing (its client went away).
     prefill_cancelled: AtomicBool,
+    /// Prefill answers 200 with a body that is not JSON.
+    prefill_not_json: AtomicBool,
     /// Decode streams malformed SSE.
     decode_malformed: AtomicBool,
+    /// Decode sends two events, then its connection breaks.
+    decode_break: AtomicBool,
     /// Decode sends one event, then goes silent for 5 s.
     decode_stall: AtomicBool,
     /// Set when the slow decode stream was dropped before its end.
@@ -63,6 +68,9 @@ async fn prefill(
         tokio::time::sleep(Duration::from_millis(sleep as u64)).await;
     }
     guard.disarm();
+    if s.prefill_not_json.load(Ordering::SeqCst) {
+        return (axum::http::StatusCode::OK, "<html>proxy login</html>").into_response();
+    }
     if s.prefill_500.load(Ordering::SeqCst) {
         return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
     }
@@ -95,11 +103,16 @@ async fn decode(
     }
     // 200 events, 20 ms apart: 4 s unless the client goes away.
     let stall = s.decode_stall.load(Ordering::SeqCst);
+    let broken = s.decode_break.load(Ordering::SeqCst);
     let guard = DropFlag(s.clone(), false, |s| &s.decode_cancelled);
     let stream = futures::stream::unfold((0, guard), move |(i, mut g)| async move {
         if i == 200 {
             g.disarm();
             return None;
+        }
+        if broken && i == 2 {
+            g.disarm();
+            return Some((Err(std::io::Error::other("engine died")), (i + 1, g)));
         }
         let pause = if stall && i == 1 { 5_000 } else { 20 };
         tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -154,6 +167,7 @@ async fn proxy(decode: SocketAddr, extra: &[&str]) -> SocketAddr {
     )
     .await
     .unwrap()
+    .addr
 }
 
 fn request(proxy: SocketAddr, prefill: SocketAddr, stream: bool) -> reqwest::RequestBuilder {
@@ -318,4 +332,153 @@ async fn a_silent_decode_stream_is_cut_after_the_idle_timeout() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+fn metrics() -> llmd_telemetry::MetricsHandle {
+    static METRICS: std::sync::OnceLock<llmd_telemetry::MetricsHandle> = std::sync::OnceLock::new();
+    METRICS
+        .get_or_init(|| {
+            llmd_telemetry::install_prometheus(&[llmd_telemetry::names::pd_proxy::ALL], &[])
+                .unwrap()
+        })
+        .clone()
+}
+
+fn metric(name: &str, labels: &[&str]) -> f64 {
+    metrics()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failure_gets_its_status_stage_and_outcome() {
+    let (s, p, d) = engines().await;
+    let _ = metrics();
+    let px = proxy(d, &[]).await;
+    let count = |outcome: &str| {
+        metric(
+            "llm_d_inference_scheduler_pd_proxy_requests_total",
+            &[&format!("outcome=\"{outcome}\"")],
+        )
+    };
+    // A prefill pod that answers 200 with something that is not JSON failed upstream: 502
+    // (it was 400, as if the client were at fault), counted as a prefill error.
+    s.prefill_not_json.store(true, Ordering::SeqCst);
+    let before = count("prefill_error");
+    let r = request(px, p, false).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "error");
+    assert_eq!(v["code"], 502);
+    assert_eq!(count("prefill_error"), before + 1.0);
+    s.prefill_not_json.store(false, Ordering::SeqCst);
+    // A target outside the allowlist: 403 in vLLM's error JSON like every other error (it was
+    // text/plain), counted as denied.
+    let before = count("denied");
+    let r = reqwest::Client::new()
+        .post(format!("http://{px}/v1/completions"))
+        .header("x-prefiller-host-port", "10.1.2.3:8000")
+        .json(&json!({"model": "m", "prompt": "hello", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["object"].as_str(), v["code"].as_u64()),
+        (Some("error"), Some(403))
+    );
+    assert_eq!(count("denied"), before + 1.0);
+    // A Content-Length no body can have is over any limit: 413, not 400.
+    let mut tcp = tokio::net::TcpStream::connect(px).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nx-prefiller-host-port: 127.0.0.1:1\r\ncontent-type: application/json\r\ncontent-length: 99999999999\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 64];
+    let n = tcp.read(&mut head).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_body_cut_short_is_the_clients_fault() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_s, p, d) = engines().await;
+    let _ = metrics();
+    let px = proxy(d, &[]).await;
+    let errors = |stage: &str| {
+        metric(
+            "llm_d_inference_scheduler_pd_proxy_errors_total",
+            &[&format!("stage=\"{stage}\"")],
+        )
+    };
+    let (client_before, decode_before) = (errors("client"), errors("decode"));
+    // Half a body, then the client stops writing: 400 (it was 502, counted as a decode error).
+    let mut tcp = tokio::net::TcpStream::connect(px).await.unwrap();
+    tcp.write_all(
+        format!(
+            "POST /v1/completions HTTP/1.1\r\nhost: x\r\nx-prefiller-host-port: {p}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"prompt\": \"hel"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 400"),
+        "{text}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while errors("client") < client_before + 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not counted as the client's"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(errors("decode"), decode_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decode_stream_that_breaks_is_an_error_the_client_sees() {
+    use futures::StreamExt;
+    let (s, p, d) = engines().await;
+    let px = proxy(d, &[]).await;
+    s.decode_break.store(true, Ordering::SeqCst);
+    // Streaming client: the body is aborted, never ended cleanly.
+    let r = request(px, p, true).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let mut failed = false;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => text.push_str(&String::from_utf8_lossy(&c)),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "a clean end after a broken stream: {text}");
+    assert!(text.contains("t0") && !text.contains("[DONE]"), "{text}");
+    // Non-streaming client: nothing was sent yet, so the failure is a proper 502.
+    let r = request(px, p, false).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "error");
 }

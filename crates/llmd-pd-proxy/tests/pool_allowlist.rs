@@ -90,7 +90,8 @@ async fn the_pools_pods_are_the_allowed_prefill_targets() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = llmd_pd_proxy::start(config, listener, None, CancellationToken::new())
         .await
-        .unwrap();
+        .unwrap()
+        .addr;
     let port = prefill.port();
 
     // The first listing happened before the proxy served: no warm-up needed.

@@ -51,7 +51,8 @@ async fn proxy(flags: &[&str]) -> (SocketAddr, llmd_pd_proxy::Config) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = llmd_pd_proxy::start(config.clone(), listener, None, CancellationToken::new())
         .await
-        .unwrap();
+        .unwrap()
+        .addr;
     (addr, config)
 }
 

@@ -73,9 +73,11 @@
 
 pub mod config;
 pub mod exposition;
+pub mod lifecycle;
 pub mod names;
 pub mod prometheus;
 pub mod propagation;
+mod service_split;
 pub mod testing;
 
 use std::sync::Arc;
@@ -382,6 +384,7 @@ fn build_tracer_provider(
     // The batch processor exports from its own thread. The gRPC channel's connection tasks get a
     // one-thread runtime of their own, so exports neither depend on nor block the service's
     // runtime (a current-thread runtime blocked in `Drop` would otherwise deadlock the flush).
+    let timeout = cfg.timeout;
     let (exporter, runtime) = match cfg.protocol {
         OtlpProtocol::Grpc => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -390,25 +393,39 @@ fn build_tracer_provider(
                 .enable_all()
                 .build()
                 .map_err(TelemetryError::Runtime)?;
-            let exporter = {
-                let _entered = rt.enter();
+            let handle = rt.handle().clone();
+            let endpoint = endpoint.clone();
+            let make = move || {
+                let _entered = handle.enter();
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
                     .with_endpoint(endpoint.clone())
-                    .with_timeout(cfg.timeout)
+                    .with_timeout(timeout)
                     .build()
             };
-            (exporter.map_err(exporter_error)?, Some(rt))
+            let first = make().map_err(exporter_error)?;
+            let make = move || make().map_err(|e| e.to_string());
+            (
+                service_split::ServiceSplitExporter::new(first, Box::new(make)),
+                Some(rt),
+            )
         }
         OtlpProtocol::HttpProtobuf => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(endpoint.clone())
-                .with_timeout(cfg.timeout)
-                .build()
-                .map_err(exporter_error)?;
-            (exporter, None)
+            let endpoint = endpoint.clone();
+            let make = move || {
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_endpoint(endpoint.clone())
+                    .with_timeout(timeout)
+                    .build()
+            };
+            let first = make().map_err(exporter_error)?;
+            let make = move || make().map_err(|e| e.to_string());
+            (
+                service_split::ServiceSplitExporter::new(first, Box::new(make)),
+                None,
+            )
         }
     };
 

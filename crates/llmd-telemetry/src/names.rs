@@ -452,6 +452,14 @@ pub mod pd_proxy {
         &[STAGE],
     );
 
+    /// Requests the proxy passes through to the decode engine (no prefill header, other
+    /// paths), by outcome.
+    pub const PASSTHROUGH_REQUESTS_TOTAL: MetricDef = counter(
+        "llm_d_inference_scheduler_pd_proxy_passthrough_requests_total",
+        "Requests passed through to the decode engine unchanged, by outcome (ok, engine_error, stream_error, cancelled, or the proxy's own refusal).",
+        &[OUTCOME],
+    );
+
     /// Every P/D proxy metric.
     pub const ALL: &[&MetricDef] = &[
         &TRUE_TTFT,
@@ -461,6 +469,7 @@ pub mod pd_proxy {
         &TOTAL_DURATION,
         &REQUESTS_TOTAL,
         &ERRORS_TOTAL,
+        &PASSTHROUGH_REQUESTS_TOTAL,
     ];
 }
 
@@ -698,6 +707,30 @@ pub mod vllm {
     ];
 }
 
+/// OpenTelemetry `service.name` of each component (`shared/design.md` §4): the names the llm-d
+/// P/D demo's trace console lists. A component running alone exports under its process's
+/// service name (`OTEL_SERVICE_NAME`, or these defaults); components sharing a process (the
+/// demo, in-process test stacks) put their own name on their spans in [`services::SPAN_ATTR`],
+/// and the exporter moves it into the resource.
+pub mod services {
+    /// The EPP (endpoint picker, scheduler).
+    pub const SCHEDULER: &str = "llm-d-inference-scheduler";
+    /// The P/D routing sidecar.
+    pub const PD_PROXY: &str = "llm-d-pd-proxy";
+    /// The gateway (llmd-gateway, the local stand-in for Envoy).
+    pub const GATEWAY: &str = "gateway-api-inference-extension";
+    /// An engine serving the prefill role.
+    pub const VLLM_PREFILL: &str = "vllm-prefill";
+    /// An engine serving the decode role.
+    pub const VLLM_DECODE: &str = "vllm-decode";
+    /// An engine serving both roles (decode-only pools).
+    pub const VLLM: &str = "vllm";
+    /// The load generator (the client).
+    pub const LOADGEN: &str = "llmd-loadgen";
+    /// The span attribute a component names itself in when it shares a process with others.
+    pub const SPAN_ATTR: &str = "service.name";
+}
+
 /// Span names (OpenTelemetry). Use them as the name of a `tracing` span:
 /// `tracing::info_span!(names::spans::PD_PROXY_REQUEST, ...)`.
 pub mod spans {
@@ -755,6 +788,8 @@ pub mod attrs {
     pub const PD_PREFILL_TARGET: &str = "llm_d.pd_proxy.prefill_target";
     /// Request id shared by both legs.
     pub const PD_REQUEST_ID: &str = "llm_d.pd_proxy.request_id";
+    /// Decode leg start to its first token (ms).
+    pub const PD_DECODE_TTFT_MS: &str = "llm_d.pd_proxy.decode_ttft_ms";
 
     /// vLLM `gen_ai.*` attributes on `llm_request` (latencies in seconds).
     pub const GEN_AI_REQUEST_ID: &str = "gen_ai.request.id";

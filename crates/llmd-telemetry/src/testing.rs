@@ -47,6 +47,46 @@ impl Received {
             })
     }
 
+    /// The attribute's value as sent (to check its type).
+    pub fn value(&self, key: &str) -> Option<&Value> {
+        self.span
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+    }
+
+    /// An attribute sent as an integer.
+    pub fn int(&self, key: &str) -> Option<i64> {
+        match self.value(key) {
+            Some(Value::IntValue(i)) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// An attribute sent as a number (double, or integer).
+    pub fn number(&self, key: &str) -> Option<f64> {
+        match self.value(key) {
+            Some(Value::DoubleValue(d)) => Some(*d),
+            Some(Value::IntValue(i)) => Some(*i as f64),
+            _ => None,
+        }
+    }
+
+    /// Start and end, nanoseconds since the epoch.
+    pub fn window(&self) -> (u64, u64) {
+        (self.span.start_time_unix_nano, self.span.end_time_unix_nano)
+    }
+
+    pub fn span_id_hex(&self) -> String {
+        hex(&self.span.span_id)
+    }
+
+    pub fn parent_id_hex(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+
     pub fn trace_id_hex(&self) -> String {
         hex(&self.span.trace_id)
     }

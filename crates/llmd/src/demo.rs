@@ -798,7 +798,8 @@ async fn pd_stack(
         Some((metrics.clone(), proxy_metrics)),
         stop.clone(),
     )
-    .await?;
+    .await?
+    .addr;
     println!("metrics: pd-proxy {proxy} http://{proxy_metrics_addr}/metrics");
     let mut endpoints = vec![spec(proxy, Role::Decode, Some(decode_view.port()))];
     endpoints.extend(

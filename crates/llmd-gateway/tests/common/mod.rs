@@ -104,7 +104,8 @@ pub async fn pd_setup() -> (SocketAddr, SocketAddr, SocketAddr) {
         CancellationToken::new(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .addr;
     let epp = epp(
         llmd_epp::testing::PD_CONFIG,
         &[(proxy, Role::Decode), (prefill, Role::Prefill)],

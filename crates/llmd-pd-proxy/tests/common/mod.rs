@@ -32,6 +32,7 @@ pub async fn proxy(flags: &[&str]) -> SocketAddr {
     )
     .await
     .unwrap()
+    .addr
 }
 
 /// The three servers of a P/D setup.
