@@ -27,8 +27,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use llmd_epp::config::{EndpointPickerConfig, ROUND_ROBIN_CONFIG};
 use llmd_epp::endpoints::{EndpointsFile, Load, Pool};
-use llmd_epp::extproc::{ExtProcConfig, ExtProcService, PickContext, Picker};
-use llmd_epp::scheduler::Scheduler;
+use llmd_epp::protocol::{ExtProcConfig, ExtProcService};
+use llmd_epp::scheduling::{PickContext, Picker, Scheduler};
 use llmd_kv_index::events::Tier;
 use llmd_kv_index::hashing::BlockKey;
 use llmd_kv_index::index::IndexOps;
@@ -131,6 +131,7 @@ async fn serve(scheduler: Arc<Scheduler>) -> ExternalProcessorClient<tonic::tran
         scheduler,
         ExtProcConfig {
             max_body_bytes: 4 << 20,
+            service_name: None,
         },
     );
     tokio::spawn(async move {
@@ -219,24 +220,24 @@ schedulingProfiles:
     );
     let pool = pool();
     let precise = Arc::new(
-        Scheduler::new(
+        Scheduler::from_config(
             &EndpointPickerConfig::parse(&precise_yaml).unwrap(),
             pool.clone(),
         )
         .unwrap(),
     );
     let baseline = Arc::new(
-        Scheduler::new(
+        Scheduler::from_config(
             &EndpointPickerConfig::parse(ROUND_ROBIN_CONFIG).unwrap(),
             pool.clone(),
         )
         .unwrap(),
     );
-    let ids: Vec<String> = pool.snapshot().iter().map(|e| e.id.clone()).collect();
+    let ids: Vec<String> = pool.snapshot().iter().map(|e| e.id.to_string()).collect();
 
     // 64 documents of ~8k tokens, each held by pods 2d and 2d+1 (mod 64).
-    let env = precise.prefix().unwrap().clone();
-    let kv = env.kv.clone();
+    let service = precise.kv().unwrap().clone();
+    let kv = service.index.clone();
     let docs: Vec<String> = (0..64)
         .map(|d| format!("System: be brief.\n{}\n", document(d + 1, 6_000)))
         .collect();
@@ -258,7 +259,7 @@ schedulingProfiles:
             &body(&format!("{doc}Question: summarize.")),
         )
         .unwrap();
-        let (keys, n) = env.keys(&req).unwrap();
+        let (keys, n) = service.keys(&req).unwrap();
         tokens = n;
         for p in [2 * d % PODS, (2 * d + 1) % PODS] {
             let idx = kv.pods().intern(&ids[p]).unwrap();

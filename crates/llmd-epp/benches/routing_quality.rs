@@ -168,6 +168,9 @@ async fn run_policy(
             max_body_bytes: 4 << 20,
             pool_name: "bench".into(),
             kubernetes: None,
+            limits: Default::default(),
+            grace_period: std::time::Duration::from_secs(1),
+            service_name: None,
         },
         Listeners {
             grpc: bind().await,
@@ -181,10 +184,10 @@ async fn run_policy(
     .unwrap();
     let http = reqwest::Client::new();
     // Until every subscription is live (the EPP dials the pods' PUB sockets).
-    if let Some(prefix) = epp.scheduler.prefix() {
+    if let Some(kv) = epp.scheduler.kv() {
         for (i, pod) in pods.iter().enumerate() {
             let mut n = 0;
-            while prefix.kv.pods().get(pod).is_none() {
+            while kv.index.pods().get(pod).is_none() {
                 complete(
                     &http,
                     pod,

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_response,
 };
 
-use crate::extproc::{DESTINATION_HEADER, PREFILLER_HEADER};
+use crate::protocol::{DESTINATION_HEADER, PREFILLER_HEADER};
 
 /// The EPP's first answer for a request.
 #[derive(Debug, Clone, PartialEq)]

@@ -166,30 +166,49 @@ pub struct Load {
     pub kv_usage: f64,
 }
 
-/// An endpoint with its live state.
+/// An endpoint with its live state. Cheap to clone (its spec and id are shared).
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     /// As configured.
-    pub spec: EndpointSpec,
+    pub spec: Arc<EndpointSpec>,
     /// `address:port`.
-    pub id: String,
+    pub id: Arc<str>,
     /// Last good scrape and when it happened.
     pub load: Option<(Load, Instant)>,
+    /// Not routable until then: its metrics scrape failed, or the data plane could not reach
+    /// it.
+    pub unhealthy_until: Option<Instant>,
 }
 
 impl Endpoint {
+    /// An endpoint with no live state yet.
+    pub fn new(spec: EndpointSpec) -> Self {
+        Self {
+            id: spec.host_port().into(),
+            spec: Arc::new(spec),
+            load: None,
+            unhealthy_until: None,
+        }
+    }
+
     /// The load if it is fresher than `max_age`.
     pub fn fresh_load(&self, max_age: Duration) -> Option<Load> {
         self.load
             .filter(|(_, at)| at.elapsed() <= max_age)
             .map(|(l, _)| l)
     }
+
+    /// False while the endpoint is known to be failing.
+    pub fn healthy(&self, now: Instant) -> bool {
+        self.unhealthy_until.is_none_or(|until| now >= until)
+    }
 }
 
 /// The endpoint set, shared by the scheduler, the scraper and the KV-event subscriptions.
+/// Readers take a snapshot (one reference count, no copy); writers replace it.
 #[derive(Debug, Default)]
 pub struct Pool {
-    endpoints: RwLock<Vec<Endpoint>>,
+    endpoints: RwLock<Arc<Vec<Endpoint>>>,
 }
 
 /// How the set changed (to follow with KV-event subscriptions).
@@ -202,44 +221,60 @@ pub struct Change {
 }
 
 impl Pool {
-    /// A snapshot of the endpoints.
-    pub fn snapshot(&self) -> Vec<Endpoint> {
+    /// The endpoints now (shared, not copied).
+    pub fn snapshot(&self) -> Arc<Vec<Endpoint>> {
         self.endpoints.read().clone()
     }
 
     /// Replaces the set, keeping the state of endpoints that stay.
     pub fn replace(&self, specs: Vec<EndpointSpec>) -> Change {
-        let mut eps = self.endpoints.write();
-        let old: HashMap<String, Endpoint> = eps.drain(..).map(|e| (e.id.clone(), e)).collect();
+        let mut guard = self.endpoints.write();
+        let old: HashMap<&str, &Endpoint> = guard.iter().map(|e| (&*e.id, e)).collect();
         let mut change = Change::default();
+        let mut eps = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = spec.host_port();
-            match old.get(&id) {
-                Some(prev) if prev.spec == spec => eps.push(prev.clone()),
+            match old.get(id.as_str()) {
+                Some(prev) if *prev.spec == spec => eps.push((*prev).clone()),
                 _ => {
                     change.added.push(spec.clone());
-                    eps.push(Endpoint {
-                        id,
-                        spec,
-                        load: None,
-                    });
+                    eps.push(Endpoint::new(spec));
                 }
             }
         }
-        let now: std::collections::HashSet<&str> = eps.iter().map(|e| e.id.as_str()).collect();
+        let now: std::collections::HashSet<&str> = eps.iter().map(|e| &*e.id).collect();
         change.removed = old
             .keys()
-            .filter(|id| !now.contains(id.as_str()))
-            .cloned()
+            .filter(|id| !now.contains(**id))
+            .map(|id| (*id).to_owned())
             .collect();
+        drop(old);
+        *guard = Arc::new(eps);
         change
+    }
+
+    /// Applies `f` to the endpoint `id`, if it is in the set.
+    fn update(&self, id: &str, f: impl FnOnce(&mut Endpoint)) {
+        let mut guard = self.endpoints.write();
+        if let Some(i) = guard.iter().position(|e| &*e.id == id) {
+            f(&mut Arc::make_mut(&mut guard)[i]);
+        }
     }
 
     /// Records a scrape result.
     pub fn set_load(&self, id: &str, load: Load) {
-        if let Some(e) = self.endpoints.write().iter_mut().find(|e| e.id == id) {
+        self.update(id, |e| {
             e.load = Some((load, Instant::now()));
-        }
+            e.unhealthy_until = None;
+        });
+    }
+
+    /// Takes `id` out of routing for `period` (a failed scrape, a failed connection).
+    pub fn mark_unhealthy(&self, id: &str, period: Duration) {
+        let until = Instant::now() + period;
+        self.update(id, |e| {
+            e.unhealthy_until = Some(e.unhealthy_until.map_or(until, |u| u.max(until)));
+        });
     }
 }
 
@@ -318,14 +353,16 @@ pub async fn scrape_loop(
             {
                 Ok(load) => {
                     pool.set_load(&e.id, load);
-                    failing.remove(&e.id);
+                    failing.remove(&*e.id);
                 }
                 Err(error) => {
-                    if failing.insert(e.id.clone()) {
+                    // Not routable until a scrape succeeds again.
+                    pool.mark_unhealthy(&e.id, interval * 2);
+                    if failing.insert(e.id.to_string()) {
                         tracing::warn!(
-                            endpoint = e.id,
+                            endpoint = &*e.id,
                             error,
-                            "metrics scrape failed; its load data will go stale"
+                            "metrics scrape failed; the endpoint is not routed to until it answers"
                         );
                     }
                 }
@@ -459,6 +496,9 @@ mod tests {
                 .waiting,
             3.0
         );
+        pool.mark_unhealthy("a:1", Duration::from_secs(60));
+        assert!(!pool.snapshot()[0].healthy(Instant::now()));
+        assert!(pool.snapshot()[1].healthy(Instant::now()));
         let change = pool.replace(vec![]);
         assert_eq!(change.removed.len(), 2);
     }

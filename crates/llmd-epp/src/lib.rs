@@ -1,16 +1,21 @@
 //! `llmd-epp`: the endpoint picker (EPP) that an Envoy-based gateway calls, over the
 //! `envoy.service.ext_proc.v3.ExternalProcessor` gRPC protocol, for every inference request.
 //!
+//! Read it top-down, the way a request goes through it:
+//!
 //! | module | what it does |
 //! |---|---|
-//! | `client` | the data-plane side: ask an EPP where a request goes (for gateways and tests) |
-//! | `extproc` | the ext_proc stream state machine (full-duplex and buffered bodies, destination header and `envoy.lb` metadata, `ImmediateResponse` errors, response pass-through) |
+//! | `protocol` | the ext_proc server: one stream per request (full-duplex and buffered bodies, destination header and `envoy.lb` metadata, `ImmediateResponse` errors, response pass-through), scheduling off the async runtime |
 //! | `request` | OpenAI completions / chat request parsing |
-//! | `endpoints` | the endpoint set (static file, reloaded), `/metrics` scraping with staleness |
+//! | `scheduling` | decisions and errors, the plugin contracts, profiles, the scheduler (model, subset and health filtering, shedding, decision metrics) |
+//! | `plugins` | one file per llm-d plugin type (filters, scorers, pickers, profile handlers) and the registry that builds them from typed parameters |
+//! | `kv` | the KV service the precise scorer reads: the prefix index and the tokenizers |
+//! | `endpoints` | the endpoint set (static file, reloaded), `/metrics` scraping, health |
 //! | `discovery` | Kubernetes: an `InferencePool`'s ready pods as the endpoint set |
 //! | `config` | the llm-d-shaped `EndpointPickerConfig` |
-//! | `plugins` | filters, scorers (precise prefix cache, queue, KV usage, load), pickers, profile handlers (single, P/D) |
-//! | `scheduler` | model and subset filtering, the handler, decision metrics |
+//! | `client` | the data-plane side: ask an EPP where a request goes (for gateways and tests) |
+//! | `debug` | `/debug/route`: a decision explained, nothing routed |
+//! | `labels` | label values from requests, bounded |
 //!
 //! Ports (`shared/design.md` §5): gRPC 9002, gRPC health 9003, metrics 9090 (`/metrics`, and
 //! `POST /debug/route` to explain a decision without routing anything).
@@ -18,12 +23,15 @@
 
 pub mod client;
 pub mod config;
+mod debug;
 pub mod discovery;
 pub mod endpoints;
-pub mod extproc;
+pub mod kv;
+pub mod labels;
 pub mod plugins;
+pub mod protocol;
 pub mod request;
-pub mod scheduler;
+pub mod scheduling;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -32,7 +40,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use llmd_kv_index::subscriber::{PodEndpoint, Subscriber, SubscriberConfig};
 use llmd_telemetry::{MetricsHandle, TelemetryArgs};
@@ -41,8 +48,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::EndpointPickerConfig;
 use crate::endpoints::{EndpointsFile, Pool};
-use crate::extproc::{ExtProcConfig, ExtProcService, PickContext};
-use crate::scheduler::Scheduler;
+use crate::kv::KvService;
+use crate::protocol::{ExtProcConfig, ExtProcService};
+use crate::scheduling::Scheduler;
+use crate::scheduling::scheduler::Limits;
 
 /// Command-line flags of `llmd-epp` (also `llmd epp`).
 #[derive(Debug, Clone, clap::Parser)]
@@ -99,9 +108,20 @@ pub struct Args {
     /// Scrape interval of the pods' /metrics, ms.
     #[arg(long, default_value_t = 1000)]
     pub scrape_interval_ms: u64,
-    /// Largest request body, bytes.
+    /// Largest request body, bytes (larger: 413).
     #[arg(long, default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
+    /// Largest prompt (user input), bytes: larger prompts get 413 before they are tokenized.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_prompt_bytes: usize,
+    /// Fallback endpoints after the picker's choice in x-gateway-destination-endpoint, for data
+    /// planes that walk the list (llmd-gateway, Istio, kgateway); 0 for Envoy's ORIGINAL_DST
+    /// cluster, which takes one address.
+    #[arg(long, default_value_t = 0)]
+    pub fallback_endpoints: usize,
+    /// After SIGTERM, how long requests in flight may finish before the EPP exits, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub grace_period_seconds: u64,
 }
 
 /// Errors of the EPP.
@@ -131,6 +151,9 @@ pub enum Error {
     /// No usable Kubernetes configuration.
     #[error("kubernetes client: {0}")]
     Kubernetes(String),
+    /// A server task stopped.
+    #[error(transparent)]
+    Stopped(#[from] llmd_telemetry::lifecycle::TaskFailed),
 }
 
 /// A running EPP.
@@ -144,6 +167,16 @@ pub struct Epp {
     pub scheduler: Arc<Scheduler>,
     /// Bound KV-event socket, if any.
     pub kv_events_bound: Option<String>,
+    /// Its servers and loops; [`Epp::wait`] ends when one fails.
+    pub tasks: llmd_telemetry::lifecycle::Tasks,
+}
+
+impl Epp {
+    /// Waits until the EPP stops: `Ok` after a shutdown (requests in flight drained), `Err`
+    /// when a server task failed.
+    pub async fn wait(self) -> Result<(), llmd_telemetry::lifecycle::TaskFailed> {
+        self.tasks.wait().await
+    }
 }
 
 /// Listeners for [`start`].
@@ -172,10 +205,36 @@ pub struct Options {
     pub scrape_interval: Duration,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// What a request may ask of the scheduler.
+    pub limits: Limits,
+    /// After shutdown, how long requests in flight may finish.
+    pub grace_period: Duration,
     /// The pool's name (label of the `inference_pool_*` gauges).
     pub pool_name: String,
     /// Follow a Kubernetes `InferencePool` (its ready pods replace the endpoints).
     pub kubernetes: Option<KubeSource>,
+    /// The EPP's `service.name` on its spans when it shares a process with other components;
+    /// `None`: the process's own.
+    pub service_name: Option<String>,
+}
+
+impl Options {
+    /// Options for `config` over a fixed set of endpoints, with the defaults of `llmd epp`.
+    pub fn new(config: EndpointPickerConfig, endpoints: EndpointsFile) -> Self {
+        Self {
+            config,
+            endpoints_file: None,
+            endpoints,
+            kv_events_bind: None,
+            scrape_interval: Duration::from_millis(1000),
+            max_body_bytes: 32 << 20,
+            limits: Limits::default(),
+            grace_period: Duration::from_secs(30),
+            pool_name: "static".into(),
+            kubernetes: None,
+            service_name: None,
+        }
+    }
 }
 
 /// A Kubernetes client and the pool to follow.
@@ -195,7 +254,18 @@ impl std::fmt::Debug for KubeSource {
     }
 }
 
-/// Starts an EPP on the given listeners.
+/// The gRPC health service names the EPP answers for (GIE's and the ext_proc service's).
+const HEALTH_SERVICES: &[&str] = &[
+    "",
+    "liveness",
+    "readiness",
+    "inference-extension",
+    "envoy.service.ext_proc.v3.ExternalProcessor",
+];
+
+/// Starts an EPP on the given listeners. Its servers and loops run in the returned handle's
+/// task set; cancelling `shutdown` stops them (the ext_proc server drains requests in flight
+/// for up to the grace period).
 pub async fn start(
     options: Options,
     listeners: Listeners,
@@ -209,77 +279,107 @@ pub async fn start(
         kv_events_bind,
         scrape_interval,
         max_body_bytes,
+        limits,
+        grace_period,
         pool_name,
         kubernetes,
+        service_name,
     } = options;
+    let mut tasks = llmd_telemetry::lifecycle::Tasks::new(shutdown.clone());
     let pool = Arc::new(Pool::default());
     let initial = pool.replace(endpoints.endpoints);
-    let scheduler = Arc::new(Scheduler::new(&config, pool.clone())?);
+    let kv = KvService::for_config(&config)?;
+    let scheduler = Arc::new(
+        Scheduler::new(&config, pool.clone(), kv.clone())?
+            .with_limits(limits)
+            .with_service_name(service_name.clone()),
+    );
     let mut kv_events_bound = None;
     // Who hears about endpoint changes: the KV-event subscriptions follow the pod set.
-    let on_change: Arc<dyn Fn(endpoints::Change) + Send + Sync> = match scheduler.prefix() {
-        Some(prefix) => {
+    let on_change: Arc<dyn Fn(endpoints::Change) + Send + Sync> = match &kv {
+        Some(kv) => {
             let subscriber = Arc::new(Subscriber::new(
-                prefix.kv.clone(),
+                kv.index.clone(),
                 SubscriberConfig::default(),
             ));
-            follow(&subscriber, &prefix.kv, &initial);
+            follow(&subscriber, &kv.index, &initial);
             if let Some(bind) = &kv_events_bind {
                 kv_events_bound = Some(subscriber.bind(bind).await?);
             }
-            let (kv, stop, sub) = (prefix.kv.clone(), shutdown.clone(), subscriber.clone());
-            tokio::spawn(async move {
+            let (index, stop, sub) = (kv.index.clone(), shutdown.clone(), subscriber.clone());
+            tasks.spawn("kv index metrics", async move {
+                // The subscriber lives as long as this task: the EPP's.
+                let _subscriber = sub;
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
-                while !stop.is_cancelled() {
-                    tick.tick().await;
-                    kv.index().export_metrics();
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                        _ = tick.tick() => index.index().export_metrics(),
+                    }
                 }
-                drop(sub);
             });
-            let kv = prefix.kv.clone();
-            Arc::new(move |c| follow(&subscriber, &kv, &c))
+            let index = kv.index.clone();
+            Arc::new(move |c| follow(&subscriber, &index, &c))
         }
         None => Arc::new(|_| {}),
     };
     if let Some(path) = endpoints_file {
         let on_change = on_change.clone();
-        tokio::spawn(endpoints::watch_file(
+        let watch = endpoints::watch_file(
             path,
             pool.clone(),
             move |c| on_change(c),
             Duration::from_secs(2),
             shutdown.clone(),
-        ));
+        );
+        tasks.spawn("endpoints file watch", async move {
+            watch.await;
+            Ok::<(), std::convert::Infallible>(())
+        });
     }
     if let Some(k) = kubernetes {
-        tokio::spawn(discovery::run(
+        let follow = discovery::run(
             k.client,
             k.pool,
             pool.clone(),
             move |c| on_change(c),
             shutdown.clone(),
-        ));
+        );
+        tasks.spawn("kubernetes discovery", async move {
+            follow.await;
+            Ok::<(), std::convert::Infallible>(())
+        });
     }
-    tokio::spawn(endpoints::scrape_loop(
+    let scrape = endpoints::scrape_loop(
         pool.clone(),
         pool_name,
         scrape_interval,
         Duration::from_millis(900).min(scrape_interval),
         shutdown.clone(),
-    ));
+    );
+    tasks.spawn("metrics scrape", async move {
+        scrape.await;
+        Ok::<(), std::convert::Infallible>(())
+    });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    for name in [
-        "",
-        "liveness",
-        "readiness",
-        "inference-extension",
-        "envoy.service.ext_proc.v3.ExternalProcessor",
-    ] {
+    for name in HEALTH_SERVICES {
         health_reporter
-            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
             .await;
     }
+    // NOT_SERVING as soon as the EPP stops (asked to, or because a task failed), so the data
+    // plane stops sending while requests in flight drain.
+    let stop = shutdown.clone();
+    tasks.spawn("health", async move {
+        stop.cancelled().await;
+        for name in HEALTH_SERVICES {
+            health_reporter
+                .set_service_status(*name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        Ok::<(), std::convert::Infallible>(())
+    });
     let grpc = listeners
         .grpc
         .local_addr()
@@ -287,33 +387,36 @@ pub async fn start(
             addr: "grpc".into(),
             source,
         })?;
-    let svc = ExtProcService::new(scheduler.clone(), ExtProcConfig { max_body_bytes });
+    let svc = ExtProcService::new(
+        scheduler.clone(),
+        ExtProcConfig {
+            max_body_bytes,
+            service_name,
+        },
+    );
     let stop = shutdown.clone();
     let hs = health_service.clone();
-    tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
+    tasks.spawn("ext_proc server", async move {
+        let server = tonic::transport::Server::builder()
             .add_service(ExternalProcessorServer::new(svc))
             .add_service(hs)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listeners.grpc)
                     .with_nodelay(Some(true)),
-                stop.cancelled_owned(),
-            )
-            .await;
-        if let Err(error) = r {
-            tracing::error!(%error, "ext_proc server stopped");
-        }
+                stop.clone().cancelled_owned(),
+            );
+        drained(server, stop, grace_period).await
     });
     if let Some(health) = listeners.health {
         let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+        tasks.spawn("health server", async move {
+            let server = tonic::transport::Server::builder()
                 .add_service(health_service)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(health).with_nodelay(Some(true)),
-                    stop.cancelled_owned(),
-                )
-                .await;
+                    stop.clone().cancelled_owned(),
+                );
+            drained(server, stop, grace_period).await
         });
     }
     let metrics_addr = listeners
@@ -326,7 +429,7 @@ pub async fn start(
     let mut app = axum::Router::new()
         .route(
             "/debug/route",
-            axum::routing::get(debug_route).post(debug_route),
+            axum::routing::get(debug::route).post(debug::route),
         )
         .with_state(scheduler.clone());
     if let Some(m) = metrics {
@@ -334,7 +437,7 @@ pub async fn start(
     }
     let stop = shutdown.clone();
     let metrics_listener = listeners.metrics;
-    tokio::spawn(async move {
+    tasks.spawn("metrics server", async move {
         axum::serve(metrics_listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
@@ -345,7 +448,27 @@ pub async fn start(
         metrics: metrics_addr,
         scheduler,
         kv_events_bound,
+        tasks,
     })
+}
+
+/// A gRPC server that, once asked to stop, has `grace` to finish the streams in flight.
+async fn drained<F>(
+    server: F,
+    stop: CancellationToken,
+    grace: Duration,
+) -> Result<(), tonic::transport::Error>
+where
+    F: std::future::Future<Output = Result<(), tonic::transport::Error>>,
+{
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r,
+        _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_s = grace.as_secs(), "requests still in flight after the grace period; stopping");
+            Ok(())
+        }
+    }
 }
 
 /// Dials the KV events of added endpoints and forgets removed ones.
@@ -364,49 +487,6 @@ fn follow(sub: &Subscriber, kv: &llmd_kv_index::KvIndex, change: &endpoints::Cha
         sub.remove_pod(id);
         kv.remove_pod(id);
     }
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct RouteQuery {
-    path: Option<String>,
-}
-
-/// `GET` or `POST /debug/route?path=/v1/completions` with a request body: the decision for a request body, with every
-/// plugin's score per endpoint; nothing is routed.
-async fn debug_route(
-    State(scheduler): State<Arc<Scheduler>>,
-    Query(q): Query<RouteQuery>,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let path = q.path.unwrap_or_else(|| "/v1/completions".into());
-    let req = match request::parse(&path, &body) {
-        Ok(r) => r,
-        Err(e) => return (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
-    let span = tracing::Span::none();
-    let ctx = PickContext {
-        request: Some(&req),
-        headers: &[],
-        subset: None,
-        span: &span,
-    };
-    let (result, scores, prefix) = scheduler.decide(&ctx, true);
-    let scores: Vec<serde_json::Value> = scores
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(profile, plugin, endpoint, score)| serde_json::json!({"profile": profile, "plugin": plugin, "endpoint": endpoint, "score": score}))
-        .collect();
-    let body = match result {
-        Ok(d) => {
-            serde_json::json!({"endpoints": d.endpoints, "headers": d.headers, "scores": scores,
-            "prefix": prefix.map(|p| serde_json::json!({"prompt_tokens": p.prompt_tokens, "total_blocks": p.total_blocks, "block_size": p.block_size, "matched_blocks": p.matched}))})
-        }
-        Err(e) => {
-            serde_json::json!({"error": e.to_string(), "status": e.status(), "scores": scores})
-        }
-    };
-    axum::Json(body).into_response()
 }
 
 /// Runs the EPP until `shutdown` is cancelled.
@@ -456,22 +536,26 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
         health: Some(bind(args.grpc_health_port).await?),
         metrics: bind(args.metrics_port).await?,
     };
-    start(
+    let epp = start(
         Options {
-            config,
             endpoints_file: args.endpoints_file.clone(),
-            endpoints,
             kv_events_bind: args.kv_events_bind.clone(),
             scrape_interval: Duration::from_millis(args.scrape_interval_ms.max(50)),
             max_body_bytes: args.max_body_bytes,
+            limits: Limits {
+                max_prompt_bytes: args.max_prompt_bytes,
+                fallbacks: args.fallback_endpoints,
+            },
+            grace_period: Duration::from_secs(args.grace_period_seconds),
             pool_name: args.pool_name.clone().unwrap_or_else(|| "static".into()),
             kubernetes,
+            ..Options::new(config, endpoints)
         },
         listeners,
         Some(metrics),
-        shutdown.clone(),
+        shutdown,
     )
     .await?;
-    shutdown.cancelled().await;
+    epp.wait().await?;
     Ok(())
 }

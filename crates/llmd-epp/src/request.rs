@@ -61,6 +61,15 @@ pub enum ParseError {
     Field(String),
 }
 
+/// The `model` of a body, when it is a JSON object with a string `model` (for error labels).
+pub fn model_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Model {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<Model>(body).ok()?.model
+}
+
 /// Parses a request body for `path` (query string ignored).
 pub fn parse(path: &str, body: &[u8]) -> Result<InferenceRequest, ParseError> {
     let path = path.split('?').next().unwrap_or_default();

@@ -17,7 +17,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProtocolConfiguration, body_mutation, processing_request, processing_response,
 };
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
-use llmd_epp::extproc::{Decision, ExtProcConfig, ExtProcService, PickContext, PickError, Picker};
+use llmd_epp::protocol::{ExtProcConfig, ExtProcService};
+use llmd_epp::scheduling::{Decision, PickContext, PickError, Picker};
 use tokio::sync::mpsc;
 
 /// Routes to 10.0.0.1:8000 (and 10.0.0.2:8000 as fallback); P/D when the prompt says "pd";
@@ -65,6 +66,7 @@ async fn server(
         picker,
         ExtProcConfig {
             max_body_bytes: max_body,
+            service_name: None,
         },
     );
     tokio::spawn(async move {

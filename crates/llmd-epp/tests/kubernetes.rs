@@ -47,6 +47,9 @@ async fn inference_pool_pods_become_endpoints() {
             scrape_interval: std::time::Duration::from_secs(5),
             max_body_bytes: 1 << 20,
             pool_name: "llama".into(),
+            limits: Default::default(),
+            grace_period: std::time::Duration::from_secs(1),
+            service_name: None,
             kubernetes: Some(KubeSource {
                 client,
                 pool: PoolRef {
@@ -78,7 +81,7 @@ async fn inference_pool_pods_become_endpoints() {
 
     wait_until("the ready pods discovered", || pool.snapshot().len() == 2).await;
     let eps = pool.snapshot();
-    let by_id: HashMap<&str, _> = eps.iter().map(|e| (e.id.as_str(), &e.spec)).collect();
+    let by_id: HashMap<&str, _> = eps.iter().map(|e| (&*e.id, &*e.spec)).collect();
     assert_eq!(by_id["10.1.0.1:8000"].role, Role::Decode);
     assert_eq!(by_id["10.1.0.2:8000"].role, Role::Prefill);
     assert_eq!(

@@ -24,7 +24,7 @@ async fn shared_prefixes_land_on_the_pod_that_holds_them() {
     let specs: Vec<_> = sims.iter().map(|(s, _)| spec_of(s, "both")).collect();
     let pods: Vec<String> = specs.iter().map(|s| s.host_port()).collect();
     let mut e = epp(&prefix_config(&tok), specs, None, None).await;
-    let kv = e.epp.scheduler.prefix().unwrap().kv.clone();
+    let kv = e.epp.scheduler.kv().unwrap().index.clone();
     warm_up(&kv, &pods).await;
 
     let hits_before = metric("llm_d_epp_prefix_cache_hits_total", &[MODEL]);
@@ -109,7 +109,7 @@ async fn pd_is_chosen_for_long_uncached_prompts_only() {
         format!("127.0.0.1:{}", p1.addr.port()),
         format!("127.0.0.1:{}", p2.addr.port()),
     ];
-    let kv = e.epp.scheduler.prefix().unwrap().kv.clone();
+    let kv = e.epp.scheduler.kv().unwrap().index.clone();
     warm_up(&kv, std::slice::from_ref(&decode_pod)).await;
 
     let pd_before = metric(

@@ -30,7 +30,7 @@ async fn scorer_and_handler_spans_continue_the_trace() {
     let specs = vec![spec_of(&decode, "decode"), spec_of(&prefill, "prefill")];
     let (decode_pod, prefill_pod) = (specs[0].host_port(), specs[1].host_port());
     let mut e = epp(&pd_config(&tok), specs, None, None).await;
-    let kv = e.epp.scheduler.prefix().unwrap().kv.clone();
+    let kv = e.epp.scheduler.kv().unwrap().index.clone();
     warm_up(&kv, &[decode_pod.clone(), prefill_pod.clone()]).await;
 
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";

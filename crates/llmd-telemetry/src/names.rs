@@ -739,6 +739,9 @@ pub mod spans {
     pub const LOADGEN_REQUEST: &str = "llmd.loadgen.request";
     /// The gateway's server span for one request.
     pub const GATEWAY_REQUEST: &str = "gateway.request";
+    /// The EPP's handling of one request's decision (parent of its scorer and pick spans; a
+    /// child of the data plane's span).
+    pub const EPP_REQUEST: &str = "llm_d.epp.request";
     /// Precise prefix-cache scoring of one request (per-pod matched blocks, total blocks).
     pub const EPP_SCORER_PREFIX_CACHE: &str = "llm_d.epp.scorer.prefix_cache";
     /// The profile handler's decision (decode-only or P/D) and chosen pods.

@@ -12,7 +12,7 @@
 use std::sync::LazyLock;
 
 use http::HeaderMap;
-use opentelemetry::Context;
+pub use opentelemetry::Context;
 use opentelemetry::propagation::{
     Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
 };
@@ -80,6 +80,11 @@ pub fn set_parent(span: &tracing::Span, cx: Context) {
         // Fails only if the span was already started with another parent; keep the first.
         let _ = span.set_parent(cx);
     }
+}
+
+/// True when `cx` carries a valid span (a remote parent to continue).
+pub fn has_span(cx: &Context) -> bool {
+    cx.span().span_context().is_valid()
 }
 
 /// The OpenTelemetry context of a `tracing` span (empty when tracing is off).

@@ -381,6 +381,9 @@ async fn epp(
             max_body_bytes: 32 << 20,
             pool_name: pool.into(),
             kubernetes: None,
+            limits: Default::default(),
+            grace_period: std::time::Duration::from_secs(1),
+            service_name: None,
         },
         llmd_epp::Listeners {
             grpc: bind().await?,

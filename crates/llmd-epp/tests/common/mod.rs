@@ -110,6 +110,9 @@ pub async fn epp(
             max_body_bytes: 1 << 20,
             pool_name: "test-pool".into(),
             kubernetes: None,
+            limits: Default::default(),
+            grace_period: std::time::Duration::from_secs(1),
+            service_name: None,
         },
         Listeners {
             grpc: bind().await,

@@ -57,6 +57,9 @@ pub async fn epp(config: &str, pods: &[(SocketAddr, Role)]) -> SocketAddr {
             max_body_bytes: 1 << 20,
             pool_name: "test".into(),
             kubernetes: None,
+            limits: Default::default(),
+            grace_period: std::time::Duration::from_secs(1),
+            service_name: None,
         },
         llmd_epp::Listeners {
             grpc: bind().await,

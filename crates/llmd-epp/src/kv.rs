@@ -1,0 +1,169 @@
+//! The KV service: what the precise prefix-cache scorer reads, owned by the EPP.
+//!
+//! One [`KvService`] per EPP holds the prefix index (fed by the KV-event subscriber that
+//! [`crate::start`] wires to the endpoint set), the tokenizers, and the prompt caches. It is
+//! built from the precise scorer's parameters before any plugin ([`KvService::for_config`])
+//! and handed to the plugins that need it, so the EPP owns its lifetime and its tasks (the
+//! index metrics export runs in the EPP's task set).
+//!
+//! Tokenizers are loaded once per model: the first request for a model loads it (on the
+//! scheduling thread, never under a lock other models wait on), concurrent requests for the
+//! same model wait for that one load, and [`KvService::preload`] loads the configured ones at
+//! start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use llmd_kv_index::hashing::{BlockKey, HashAlgo, RequestExtras};
+use llmd_kv_index::index::IndexConfig;
+use llmd_kv_index::tokenizer::{ChatRequest, ModelTokenizer, PromptCache};
+use llmd_kv_index::{KvIndex, KvIndexConfig};
+use parking_lot::RwLock;
+
+use crate::config::{ConfigError, EndpointPickerConfig};
+use crate::plugins::precise_prefix_cache_scorer::{self, PrecisePrefixCacheParams};
+use crate::request::{InferenceRequest, Prompt};
+
+/// A model's tokenizer and its prompt cache.
+struct TokenizerEntry {
+    tokenizer: ModelTokenizer,
+    cache: PromptCache,
+}
+
+type Slot = Arc<OnceLock<Option<Arc<TokenizerEntry>>>>;
+
+/// The prefix index and the tokenizers of one EPP.
+pub struct KvService {
+    /// The index (the subscriber applies KV events to it).
+    pub index: Arc<KvIndex>,
+    params: PrecisePrefixCacheParams,
+    tokenizers: RwLock<HashMap<String, Slot>>,
+}
+
+impl std::fmt::Debug for KvService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvService")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvService {
+    /// The KV service a configuration needs: `None` when no plugin reads the index; otherwise
+    /// built from the precise scorer's parameters (every instance must agree on them).
+    pub fn for_config(config: &EndpointPickerConfig) -> Result<Option<Arc<Self>>, ConfigError> {
+        let mut found: Option<PrecisePrefixCacheParams> = None;
+        for spec in config
+            .plugins
+            .iter()
+            .filter(|p| p.kind == precise_prefix_cache_scorer::TYPE)
+        {
+            let params: PrecisePrefixCacheParams = crate::plugins::registry::params(spec)?;
+            match &found {
+                Some(first) if *first != params => {
+                    return Err(ConfigError::Invalid(format!(
+                        "plugin {:?}: every {} must use the same parameters (one index per EPP)",
+                        spec.name(),
+                        precise_prefix_cache_scorer::TYPE
+                    )));
+                }
+                _ => found = Some(params),
+            }
+        }
+        found.map(Self::new).transpose().map(|s| s.map(Arc::new))
+    }
+
+    /// A service with these parameters.
+    pub fn new(params: PrecisePrefixCacheParams) -> Result<Self, ConfigError> {
+        let index = KvIndex::new(KvIndexConfig {
+            algo: params.hash_algorithm.algo(),
+            block_size: params.block_size,
+            hash_seed: params.hash_seed.clone(),
+            index: IndexConfig {
+                max_bytes: params.max_index_bytes,
+                ..Default::default()
+            },
+        })
+        .map_err(|e| ConfigError::Invalid(format!("{}: {e}", precise_prefix_cache_scorer::TYPE)))?;
+        Ok(Self {
+            index: Arc::new(index),
+            params,
+            tokenizers: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Tokens per block.
+    pub fn block_size(&self) -> usize {
+        self.params.block_size
+    }
+
+    /// The hashing mode.
+    pub fn algo(&self) -> HashAlgo {
+        self.params.hash_algorithm.algo()
+    }
+
+    /// Loads the tokenizers of these models now (blocking: call it off the async runtime).
+    pub fn preload<'a>(&self, models: impl IntoIterator<Item = &'a str>) {
+        for m in models {
+            let _ = self.tokenizer(m);
+        }
+    }
+
+    fn tokenizer(&self, model: &str) -> Option<Arc<TokenizerEntry>> {
+        let slot = {
+            let read = self.tokenizers.read();
+            read.get(model).cloned()
+        };
+        let slot = match slot {
+            Some(s) => s,
+            None => self
+                .tokenizers
+                .write()
+                .entry(model.to_owned())
+                .or_default()
+                .clone(),
+        };
+        slot.get_or_init(|| {
+            let name = self.params.tokenizer.as_deref().unwrap_or(model);
+            match ModelTokenizer::load(name) {
+                Ok(t) => Some(Arc::new(TokenizerEntry {
+                    tokenizer: t,
+                    cache: PromptCache::new(4_000_000, 1024),
+                })),
+                Err(error) => {
+                    tracing::warn!(model, %error, "no tokenizer: prefix-cache scores are 0 for this model");
+                    None
+                }
+            }
+        })
+        .clone()
+    }
+
+    /// The block keys and token count of a request's prompt, as vLLM would hash them.
+    pub fn keys(&self, req: &InferenceRequest) -> Result<(Vec<BlockKey>, usize), String> {
+        let none = RequestExtras::default();
+        if let Prompt::Tokens(ids) = &req.prompt {
+            return Ok((self.index.request_keys(&req.model, ids, &none), ids.len()));
+        }
+        let entry = self
+            .tokenizer(&req.model)
+            .ok_or_else(|| format!("no tokenizer for {}", req.model))?;
+        let looked_up = match &req.prompt {
+            Prompt::Text(text) => entry.cache.lookup(&entry.tokenizer, text, true),
+            Prompt::Chat(body) => {
+                let chat = ChatRequest::from_openai_body(body).map_err(|e| e.to_string())?;
+                let text = entry
+                    .tokenizer
+                    .render_chat(&chat)
+                    .map_err(|e| e.to_string())?;
+                entry.cache.lookup(&entry.tokenizer, &text, false)
+            }
+            Prompt::Tokens(_) => return Err("token-id prompts are keyed above".into()),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok((
+            self.index.prompt_keys(&req.model, &looked_up, &none),
+            looked_up.len(),
+        ))
+    }
+}

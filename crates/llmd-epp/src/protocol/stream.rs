@@ -1,0 +1,408 @@
+//! One ext_proc stream (one HTTP request): the request phase (headers, body, decision) and the
+//! response phase (passed through, measured).
+
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
+    ProcessingRequest, ProcessingResponse, TrailersResponse, body_mutation, processing_request,
+    processing_response,
+};
+use envoy_types::pb::google::protobuf::value::Kind;
+use llmd_telemetry::names::{self, spans};
+
+use super::response::{self, header, lb_metadata, reply};
+use super::usage::find_usage;
+use super::{
+    DESTINATION_HEADER, DESTINATION_SERVED_HEADER, Deps, OWNED_REQUEST_HEADERS, SUBSET_HINT_KEY,
+    SUBSET_HINT_NAMESPACE,
+};
+use crate::labels::model_label;
+use crate::request;
+use crate::scheduling::PickError;
+
+/// How much of the response's end is kept to find `usage` in.
+const RESPONSE_TAIL_BYTES: usize = 16 << 10;
+
+/// How long an endpoint the data plane could not reach is left out of routing.
+const UNREACHABLE_PENALTY: Duration = Duration::from_secs(5);
+
+/// Per-stream state.
+pub(super) struct StreamState {
+    /// The gRPC call's trace context (Envoy's ext_proc span), when it has one.
+    grpc_trace: llmd_telemetry::propagation::Context,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// Request phase answered (decision or error sent).
+    request_done: bool,
+    /// The request ended with its headers (GET, ...): no body answers may follow, or Envoy
+    /// rejects them as spurious and answers 500.
+    headers_only: bool,
+    /// Buffered (not full-duplex) request bodies.
+    buffered: bool,
+    /// Full-duplex response bodies (echo chunks as streamed responses).
+    response_full_duplex: bool,
+    /// Subset hint from metadata.
+    subset: Option<Vec<String>>,
+    /// An ImmediateResponse went out: nothing more to say.
+    closed: bool,
+    started: Option<Instant>,
+    /// The routed request's model label, once a decision went out (for the duration metric).
+    routed_model: Option<String>,
+    /// The endpoints the decision named, in order.
+    routed_to: Vec<String>,
+    /// The last bytes of the response body (where `usage` is, streamed or not).
+    response_tail: Vec<u8>,
+}
+
+impl StreamState {
+    pub(super) fn new(grpc_trace: llmd_telemetry::propagation::Context) -> Self {
+        Self {
+            grpc_trace,
+            headers: Vec::new(),
+            body: Vec::new(),
+            request_done: false,
+            headers_only: false,
+            buffered: false,
+            response_full_duplex: false,
+            subset: None,
+            closed: false,
+            started: None,
+            routed_model: None,
+            routed_to: Vec::new(),
+            response_tail: Vec::new(),
+        }
+    }
+
+    pub(super) fn closed(&self) -> bool {
+        self.closed
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(super) async fn handle(
+        &mut self,
+        msg: ProcessingRequest,
+        deps: &Deps,
+    ) -> Vec<ProcessingResponse> {
+        if let Some(pc) = &msg.protocol_config {
+            self.buffered = pc.request_body_mode != BodySendMode::FullDuplexStreamed as i32;
+            self.response_full_duplex =
+                pc.response_body_mode == BodySendMode::FullDuplexStreamed as i32;
+        } else if self.started.is_none() {
+            // No protocol_config (older Envoy, our gateway): GIE's full-duplex configuration.
+            self.response_full_duplex = true;
+        }
+        if let Some(md) = &msg.metadata_context
+            && let Some(hint) = md.filter_metadata.get(SUBSET_HINT_NAMESPACE)
+        {
+            self.subset = hint.fields.get(SUBSET_HINT_KEY).map(|v| match &v.kind {
+                Some(Kind::ListValue(l)) => l
+                    .values
+                    .iter()
+                    .filter_map(|v| match &v.kind {
+                        Some(Kind::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            });
+        }
+        self.started.get_or_insert_with(Instant::now);
+        match msg.request {
+            Some(processing_request::Request::RequestHeaders(h)) => {
+                self.on_request_headers(h, deps).await
+            }
+            Some(processing_request::Request::RequestBody(b)) => {
+                if self.request_done {
+                    // Duplicate or late chunks after the end of the request: nothing to do.
+                    return Vec::new();
+                }
+                let limit = deps.config.max_body_bytes;
+                if self.body.len() + b.body.len() > limit {
+                    return self.immediate(&PickError::TooLarge(format!(
+                        "request body exceeds {limit} bytes"
+                    )));
+                }
+                self.body.extend_from_slice(&b.body);
+                if b.end_of_stream {
+                    self.decide(deps).await
+                } else {
+                    Vec::new()
+                }
+            }
+            Some(processing_request::Request::RequestTrailers(_)) => {
+                vec![reply(processing_response::Response::RequestTrailers(
+                    TrailersResponse::default(),
+                ))]
+            }
+            Some(processing_request::Request::ResponseHeaders(h)) => {
+                self.on_response_headers(&h, deps);
+                vec![reply(processing_response::Response::ResponseHeaders(
+                    HeadersResponse::default(),
+                ))]
+            }
+            Some(processing_request::Request::ResponseBody(b)) => {
+                if self.routed_model.is_some() {
+                    self.response_tail.extend_from_slice(&b.body);
+                    // Trim only once it is twice the window: amortized, not a memmove per chunk.
+                    if self.response_tail.len() > 2 * RESPONSE_TAIL_BYTES {
+                        let cut = self.response_tail.len() - RESPONSE_TAIL_BYTES;
+                        self.response_tail.drain(..cut);
+                    }
+                }
+                if b.end_of_stream {
+                    self.record_usage();
+                    self.record_duration();
+                }
+                let common = self
+                    .response_full_duplex
+                    .then(|| response::streamed(b.body, b.end_of_stream));
+                vec![reply(processing_response::Response::ResponseBody(
+                    BodyResponse { response: common },
+                ))]
+            }
+            Some(processing_request::Request::ResponseTrailers(_)) => {
+                self.record_usage();
+                self.record_duration();
+                vec![reply(processing_response::Response::ResponseTrailers(
+                    TrailersResponse::default(),
+                ))]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The data plane says which endpoint served the request: when it is not the first one the
+    /// EPP named, the first could not be reached and is left out of routing for a while.
+    fn on_response_headers(&self, h: &HttpHeaders, deps: &Deps) {
+        let Some(first) = self.routed_to.first() else {
+            return;
+        };
+        let served = h.headers.as_ref().and_then(|m| {
+            m.headers
+                .iter()
+                .find(|hv| hv.key.eq_ignore_ascii_case(DESTINATION_SERVED_HEADER))
+                .map(|hv| {
+                    if hv.raw_value.is_empty() {
+                        hv.value.clone()
+                    } else {
+                        String::from_utf8_lossy(&hv.raw_value).into_owned()
+                    }
+                })
+        });
+        if let Some(served) = served
+            && !served.is_empty()
+            && served != *first
+        {
+            tracing::warn!(
+                endpoint = first,
+                served,
+                "the data plane could not reach the chosen endpoint"
+            );
+            deps.picker.report_unreachable(first, UNREACHABLE_PENALTY);
+        }
+    }
+
+    /// GIE's token histograms from the response's `usage`, when it has one.
+    fn record_usage(&mut self) {
+        let Some(model) = self.routed_model.clone() else {
+            return;
+        };
+        let Some(u) = find_usage(&self.response_tail) else {
+            return;
+        };
+        use llmd_telemetry::names::epp;
+        let labels = [("model_name", model.clone()), ("target_model_name", model)];
+        metrics::histogram!(epp::INPUT_TOKENS.name, &labels).record(u.prompt as f64);
+        metrics::histogram!(epp::OUTPUT_TOKENS.name, &labels).record(u.completion as f64);
+        if let Some(c) = u.cached {
+            metrics::histogram!(epp::PROMPT_CACHED_TOKENS.name, &labels).record(c as f64);
+        }
+        self.response_tail = Vec::new();
+    }
+
+    /// GIE's request duration: first message to the end of the response, once per request.
+    fn record_duration(&mut self) {
+        if let (Some(model), Some(started)) = (self.routed_model.take(), self.started) {
+            metrics::histogram!(
+                names::epp::REQUEST_DURATION.name,
+                "model_name" => model.clone(),
+                "target_model_name" => model
+            )
+            .record(started.elapsed().as_secs_f64());
+        }
+    }
+
+    async fn on_request_headers(&mut self, h: HttpHeaders, deps: &Deps) -> Vec<ProcessingResponse> {
+        if let Some(map) = h.headers {
+            for hv in map.headers {
+                let value = if hv.raw_value.is_empty() {
+                    hv.value
+                } else {
+                    String::from_utf8_lossy(&hv.raw_value).into_owned()
+                };
+                self.headers.push((hv.key.to_ascii_lowercase(), value));
+            }
+        }
+        if !self.headers.iter().any(|(k, _)| k == "x-request-id") {
+            self.headers
+                .push(("x-request-id".into(), uuid::Uuid::new_v4().to_string()));
+        }
+        if h.end_of_stream {
+            // No body (GET, ...): route from the headers alone.
+            self.headers_only = true;
+            return self.decide(deps).await;
+        }
+        if self.buffered {
+            // Envoy waits for this before sending a buffered body.
+            return vec![reply(processing_response::Response::RequestHeaders(
+                HeadersResponse::default(),
+            ))];
+        }
+        Vec::new()
+    }
+
+    /// The EPP's span for this request: a child of the data plane's ext_proc call, else of the
+    /// request's own trace context.
+    fn request_span(&self, deps: &Deps, path: &str) -> tracing::Span {
+        let span = tracing::info_span!(
+            spans::EPP_REQUEST,
+            otel.kind = "server",
+            service.name = tracing::field::Empty,
+            path,
+            x_request_id = self.header("x-request-id").unwrap_or(""),
+        );
+        if let Some(name) = &deps.config.service_name {
+            span.record(names::services::SPAN_ATTR, name.as_str());
+        }
+        let parent = if llmd_telemetry::propagation::has_span(&self.grpc_trace) {
+            self.grpc_trace.clone()
+        } else {
+            llmd_telemetry::propagation::extract_from_pairs(
+                self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+        };
+        llmd_telemetry::propagation::set_parent(&span, parent);
+        span
+    }
+
+    async fn decide(&mut self, deps: &Deps) -> Vec<ProcessingResponse> {
+        self.request_done = true;
+        let path = self.header(":path").unwrap_or("/").to_owned();
+        let span = self.request_span(deps, &path);
+        let parsed = if self.body.is_empty() {
+            None
+        } else {
+            match request::parse(&path, &self.body) {
+                Ok(r) => Some(r),
+                Err(e) => return self.immediate(&PickError::BadRequest(e.to_string())),
+            }
+        };
+        let headers = std::mem::take(&mut self.headers);
+        let (result, parsed, headers) = deps.pick(parsed, headers, self.subset.clone(), span).await;
+        self.headers = headers;
+        let decision = match result {
+            Ok(d) if !d.endpoints.is_empty() => d,
+            Ok(_) => return self.immediate(&PickError::NoEndpoints(None)),
+            Err(e) => return self.immediate(&e),
+        };
+        let body = decision
+            .body
+            .clone()
+            .unwrap_or_else(|| std::mem::take(&mut self.body));
+        self.routed_model = Some(model_label(
+            parsed.as_ref().map_or("", |r| r.model.as_str()),
+        ));
+        self.routed_to = decision.endpoints.clone();
+        let destination = decision.endpoints.join(",");
+        let mut set = vec![header(DESTINATION_HEADER, &destination)];
+        if !body.is_empty() {
+            set.push(header("content-length", &body.len().to_string()));
+        }
+        for (k, v) in &decision.headers {
+            set.push(header(k, v));
+        }
+        if let Some(id) = self.header("x-request-id") {
+            set.push(header("x-request-id", id));
+        }
+        // Headers the EPP owns: a client's own value never reaches the upstream.
+        let remove_headers: Vec<String> = OWNED_REQUEST_HEADERS
+            .iter()
+            .filter(|h| {
+                !decision
+                    .headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case(h))
+            })
+            .map(|h| (*h).to_owned())
+            .collect();
+        let metadata = lb_metadata(&destination);
+        let mutation = HeaderMutation {
+            set_headers: set,
+            remove_headers,
+        };
+        if self.buffered {
+            let common = CommonResponse {
+                header_mutation: Some(mutation),
+                clear_route_cache: true,
+                body_mutation: decision.body.map(|b| BodyMutation {
+                    mutation: Some(body_mutation::Mutation::Body(b)),
+                }),
+                ..Default::default()
+            };
+            let mut r = reply(processing_response::Response::RequestBody(BodyResponse {
+                response: Some(common),
+            }));
+            r.dynamic_metadata = Some(metadata);
+            return vec![r];
+        }
+        let headers = CommonResponse {
+            header_mutation: Some(mutation),
+            clear_route_cache: true,
+            ..Default::default()
+        };
+        let mut out = vec![reply(processing_response::Response::RequestHeaders(
+            HeadersResponse {
+                response: Some(headers),
+            },
+        ))];
+        out[0].dynamic_metadata = Some(metadata);
+        if self.headers_only {
+            return out;
+        }
+        out.extend(
+            response::body_chunks(&body)
+                .into_iter()
+                .map(|(chunk, eos)| response::streamed_request_body(chunk, eos)),
+        );
+        out
+    }
+
+    /// The one place an error becomes the client's answer: counted by code, logged.
+    fn immediate(&mut self, error: &PickError) -> Vec<ProcessingResponse> {
+        self.request_done = true;
+        self.closed = true;
+        let model = model_label(request::model_of(&self.body).as_deref().unwrap_or_default());
+        metrics::counter!(
+            names::epp::REQUEST_ERROR_TOTAL.name,
+            "model_name" => model.clone(),
+            "target_model_name" => model,
+            "error_code" => error.status().to_string()
+        )
+        .increment(1);
+        let request_id = self.header("x-request-id").unwrap_or("");
+        if error.status() >= 500 {
+            tracing::warn!(status = error.status(), request_id, %error, "request answered by the EPP");
+        } else {
+            tracing::debug!(status = error.status(), request_id, %error, "request answered by the EPP");
+        }
+        vec![response::immediate(error)]
+    }
+}

@@ -1,0 +1,151 @@
+//! Scheduling: what a decision is, why one cannot be made, and the plugin contracts the
+//! scheduler runs (`shared/design.md` §3). Nothing here knows the ext_proc protocol; the
+//! protocol layer ([`crate::protocol`]) calls a [`Picker`] and turns its [`Decision`] or
+//! [`PickError`] into Envoy's answer.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `plugin` | the plugin traits (filter, scorer, picker, profile handler) and the per-request [`CycleState`] |
+//! | `profile` | a scheduling profile (filters → weighted scorers → picker) and the profiles by name |
+//! | `scheduler` | the [`scheduler::Scheduler`]: model and subset filtering, health, shedding, the handler, the decision metrics |
+
+pub mod plugin;
+pub mod profile;
+pub mod scheduler;
+
+pub use plugin::{CycleState, Filter, Pick, PrefixMatch, ProfileHandler, Scorer};
+pub use profile::{Profile, Profiles};
+pub use scheduler::Scheduler;
+
+use crate::request::InferenceRequest;
+
+/// What the scheduler decided for one request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decision {
+    /// Endpoints in preference order (`host:port`; IPv6 hosts in brackets): the choice, then
+    /// fallbacks. Not empty.
+    pub endpoints: Vec<String>,
+    /// Headers to add to the upstream request (e.g. `x-prefiller-host-port`).
+    pub headers: Vec<(String, String)>,
+    /// A rewritten body, when the scheduler changed it.
+    pub body: Option<Vec<u8>>,
+}
+
+/// Why no decision could be made; mapped to the client's status in one place
+/// ([`PickError::status`], used by the protocol layer's `immediate` answer).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PickError {
+    /// The request is malformed (400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The model is not served here (404).
+    #[error("model {0:?} is not served by this pool")]
+    UnknownModel(String),
+    /// No candidate endpoint (503, `rejected-no-endpoints`).
+    #[error("no ready endpoints{}", .0.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    NoEndpoints(Option<String>),
+    /// Every candidate is saturated and shedding is on (429, `rejected-saturated`).
+    #[error("all endpoints are saturated")]
+    Saturated,
+    /// Body or prompt over the limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Anything else (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl PickError {
+    /// HTTP status for the client.
+    pub fn status(&self) -> u16 {
+        match self {
+            PickError::BadRequest(_) => 400,
+            PickError::UnknownModel(_) => 404,
+            PickError::TooLarge(_) => 413,
+            PickError::Saturated => 429,
+            PickError::Internal(_) => 500,
+            PickError::NoEndpoints(_) => 503,
+        }
+    }
+
+    /// GIE's dropped-reason value, where one applies.
+    pub fn dropped_reason(&self) -> Option<&'static str> {
+        match self {
+            PickError::NoEndpoints(_) => Some("rejected-no-endpoints"),
+            PickError::Saturated => Some("rejected-saturated"),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI-style error body (`{"error": {"message", "type", "param", "code"}}`) the
+    /// client receives.
+    pub fn openai_body(&self) -> Vec<u8> {
+        let kind = match self.status() {
+            400 => "BadRequestError",
+            404 => "NotFoundError",
+            413 => "RequestTooLargeError",
+            429 => "RateLimitError",
+            503 => "ServiceUnavailableError",
+            _ => "InternalServerError",
+        };
+        serde_json::json!({"error": {
+            "message": format!("inference error: {self}"),
+            "type": kind,
+            "param": null,
+            "code": self.status(),
+        }})
+        .to_string()
+        .into_bytes()
+    }
+
+    /// A short machine-readable code (the ImmediateResponse `details`, a metric label).
+    pub fn code(&self) -> &'static str {
+        match self {
+            PickError::BadRequest(_) => "bad_request",
+            PickError::UnknownModel(_) => "unknown_model",
+            PickError::TooLarge(_) => "too_large",
+            PickError::Saturated => "saturated",
+            PickError::Internal(_) => "internal",
+            PickError::NoEndpoints(_) => "no_endpoints",
+        }
+    }
+}
+
+/// Everything the picker sees about a request.
+#[derive(Debug)]
+pub struct PickContext<'a> {
+    /// The parsed body (`None` for a request without body).
+    pub request: Option<&'a InferenceRequest>,
+    /// Request headers, names lower-cased.
+    pub headers: &'a [(String, String)],
+    /// The data plane's subset hint (`ip:port` list), when given.
+    pub subset: Option<Vec<String>>,
+    /// The span of this request's handling (parent for scheduler spans).
+    pub span: &'a tracing::Span,
+}
+
+/// The scheduler behind the protocol.
+pub trait Picker: Send + Sync + 'static {
+    /// Chooses the endpoints for a request.
+    fn pick(&self, ctx: &PickContext<'_>) -> Result<Decision, PickError>;
+
+    /// The data plane could not reach `endpoint`: leave it out of routing for `period`.
+    fn report_unreachable(&self, _endpoint: &str, _period: std::time::Duration) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_statuses() {
+        assert_eq!(PickError::NoEndpoints(None).status(), 503);
+        assert_eq!(
+            PickError::NoEndpoints(None).dropped_reason(),
+            Some("rejected-no-endpoints")
+        );
+        assert_eq!(PickError::Saturated.status(), 429);
+        assert_eq!(PickError::BadRequest("x".into()).status(), 400);
+        assert_eq!(PickError::TooLarge("x".into()).status(), 413);
+    }
+}

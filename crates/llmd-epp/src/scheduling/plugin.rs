@@ -1,0 +1,87 @@
+//! The plugin contracts, llm-d's four kinds: a [`Filter`] removes candidates, a [`Scorer`]
+//! scores them in `[0, 1]`, a [`Pick`] orders them, a [`ProfileHandler`] decides which profiles
+//! run and turns their picks into a [`Decision`]. Plugins share what one request's scheduling
+//! learns through its [`CycleState`].
+
+use std::collections::HashMap;
+
+use super::{Decision, PickError, Profiles};
+use crate::config::ConfigError;
+use crate::endpoints::Endpoint;
+use crate::request::InferenceRequest;
+
+/// Per-endpoint consecutive prefix blocks, computed once per request by the prefix scorer and
+/// read by the P/D profile handler.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PrefixMatch {
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Full blocks of the prompt.
+    pub total_blocks: usize,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Endpoint id → consecutive matched blocks from block 0.
+    pub matched: HashMap<String, u32>,
+}
+
+/// State shared by the plugins while one request is scheduled.
+#[derive(Debug)]
+pub struct CycleState<'a> {
+    /// The request (`None` without a body).
+    pub request: Option<&'a InferenceRequest>,
+    /// Request headers, lower-cased.
+    pub headers: &'a [(String, String)],
+    /// Filled by the precise prefix scorer.
+    pub prefix: Option<PrefixMatch>,
+    /// Plugin scores per profile, for `/debug/route`: (profile, plugin, endpoint, score).
+    pub explain: Option<Vec<(String, String, String, f64)>>,
+    /// The prompt's block keys, once computed (for lookups of more candidates).
+    pub keys: Option<Vec<llmd_kv_index::hashing::BlockKey>>,
+    /// The `service.name` the scheduler's spans carry when it shares a process.
+    pub service_name: Option<&'a str>,
+    /// Fallback endpoints a profile adds after its picker's choice.
+    pub fallbacks: usize,
+}
+
+impl CycleState<'_> {
+    /// Puts the scheduler's own `service.name` on a plugin's span, when it has one.
+    pub fn name_service(&self, span: &tracing::Span) {
+        if let Some(name) = self.service_name {
+            span.record(llmd_telemetry::names::services::SPAN_ATTR, name);
+        }
+    }
+}
+
+/// Removes candidates.
+pub trait Filter: Send + Sync {
+    /// The candidates that remain.
+    fn filter(&self, cs: &mut CycleState<'_>, candidates: Vec<Endpoint>) -> Vec<Endpoint>;
+}
+
+/// Scores candidates in `[0, 1]` (higher is better).
+pub trait Scorer: Send + Sync {
+    /// One score per candidate, in order.
+    fn score(&self, cs: &mut CycleState<'_>, candidates: &[Endpoint]) -> Vec<f64>;
+}
+
+/// Orders scored candidates; the first is the destination, the rest fallbacks.
+pub trait Pick: Send + Sync {
+    /// The chosen endpoints, best first.
+    fn pick(&self, scored: &[(Endpoint, f64)]) -> Vec<Endpoint>;
+}
+
+/// Runs profiles and makes the decision.
+pub trait ProfileHandler: Send + Sync {
+    /// The decision for the candidates.
+    fn handle(
+        &self,
+        profiles: &Profiles,
+        cs: &mut CycleState<'_>,
+        candidates: Vec<Endpoint>,
+    ) -> Result<Decision, PickError>;
+
+    /// Checks the profiles it needs exist.
+    fn validate(&self, _profiles: &Profiles) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}

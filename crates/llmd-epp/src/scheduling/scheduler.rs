@@ -1,0 +1,263 @@
+//! The scheduler: the pool's endpoints, narrowed to the healthy ones serving the request's
+//! model and to the data plane's subset hint, handed to the configured profile handler. It
+//! records the decision metrics of `shared/design.md` §4.
+//!
+//! Scheduling is CPU work (tokenizing, chat templates, hashing, index lookups): the protocol
+//! layer runs it on tokio's blocking threads, a bounded number at a time, never on the async
+//! workers that relay streams.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use llmd_telemetry::names;
+
+use super::{
+    CycleState, Decision, PickContext, PickError, Picker, PrefixMatch, ProfileHandler, Profiles,
+};
+use crate::config::{ConfigError, EndpointPickerConfig, SaturationDetector};
+use crate::endpoints::{Endpoint, Pool};
+use crate::kv::KvService;
+use crate::plugins::registry::{self, BuildEnv};
+
+/// One scoring entry of an explanation: (profile, plugin, endpoint, score in [0, 1]).
+pub type ScoreEntry = (String, String, String, f64);
+
+/// Limits on what a request may ask the scheduler to do, and how much it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest prompt (user input), bytes: past it a request is refused (413) before it is
+    /// tokenized.
+    pub max_prompt_bytes: usize,
+    /// Fallback endpoints after each profile's pick (0: only the picker's; a data plane that
+    /// takes one address, such as Envoy's `ORIGINAL_DST` cluster, needs 0).
+    pub fallbacks: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_prompt_bytes: 4 << 20,
+            fallbacks: 0,
+        }
+    }
+}
+
+/// The scheduler behind the ext_proc server.
+pub struct Scheduler {
+    pool: Arc<Pool>,
+    profiles: Profiles,
+    handler: Arc<dyn ProfileHandler>,
+    kv: Option<Arc<KvService>>,
+    saturation: Option<SaturationDetector>,
+    limits: Limits,
+    service_name: Option<String>,
+    bodyless: AtomicU64,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("profiles", &self.profiles)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// Builds the plugins of `config` over `pool`, with the EPP's KV service (see
+    /// [`KvService::for_config`]).
+    pub fn new(
+        config: &EndpointPickerConfig,
+        pool: Arc<Pool>,
+        kv: Option<Arc<KvService>>,
+    ) -> Result<Self, ConfigError> {
+        let (profiles, handler) = registry::build(config, &BuildEnv { kv: kv.clone() })?;
+        Ok(Self {
+            pool,
+            profiles,
+            handler,
+            kv,
+            saturation: config.saturation_detector.clone(),
+            limits: Limits::default(),
+            service_name: None,
+            bodyless: AtomicU64::new(0),
+        })
+    }
+
+    /// [`Scheduler::new`] with the KV service the configuration needs (tests, benchmarks).
+    pub fn from_config(
+        config: &EndpointPickerConfig,
+        pool: Arc<Pool>,
+    ) -> Result<Self, ConfigError> {
+        let kv = KvService::for_config(config)?;
+        Self::new(config, pool, kv)
+    }
+
+    /// With these limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Names its spans with this `service.name` (when it shares a process).
+    pub fn with_service_name(mut self, name: Option<String>) -> Self {
+        self.service_name = name;
+        self
+    }
+
+    /// The scheduler's own `service.name`, if it has one.
+    pub fn service_name(&self) -> Option<&str> {
+        self.service_name.as_deref()
+    }
+
+    /// The KV service, when a precise prefix scorer is configured.
+    pub fn kv(&self) -> Option<&Arc<KvService>> {
+        self.kv.as_ref()
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Decides, optionally collecting every plugin's score per endpoint.
+    pub fn decide(
+        &self,
+        ctx: &PickContext<'_>,
+        explain: bool,
+    ) -> (
+        Result<Decision, PickError>,
+        Option<Vec<ScoreEntry>>,
+        Option<PrefixMatch>,
+    ) {
+        match self.candidates(ctx) {
+            Err(e) => (Err(e), None, None),
+            Ok(Candidates::Bodyless(d)) => (Ok(d), None, None),
+            Ok(Candidates::Scheduled(eps)) => {
+                let mut cs = CycleState {
+                    request: ctx.request,
+                    headers: ctx.headers,
+                    prefix: None,
+                    explain: explain.then(Vec::new),
+                    keys: None,
+                    service_name: self.service_name.as_deref(),
+                    fallbacks: self.limits.fallbacks,
+                };
+                let result = self.handler.handle(&self.profiles, &mut cs, eps);
+                (result, cs.explain, cs.prefix)
+            }
+        }
+    }
+
+    /// The candidates of a request, or the decision when there is nothing to schedule.
+    fn candidates(&self, ctx: &PickContext<'_>) -> Result<Candidates, PickError> {
+        if let Some(req) = ctx.request
+            && req.user_input_bytes > self.limits.max_prompt_bytes
+        {
+            return Err(PickError::TooLarge(format!(
+                "the prompt is {} bytes, over the limit of {} bytes",
+                req.user_input_bytes, self.limits.max_prompt_bytes
+            )));
+        }
+        let all = self.pool.snapshot();
+        if all.is_empty() {
+            return Err(PickError::NoEndpoints(Some(
+                "the pool has no endpoints".into(),
+            )));
+        }
+        let mut eps: Vec<Endpoint> = match ctx.request {
+            Some(req) => all
+                .iter()
+                .filter(|e| e.spec.serves(&req.model))
+                .cloned()
+                .collect(),
+            None => all.iter().cloned().collect(),
+        };
+        if let Some(req) = ctx.request
+            && eps.is_empty()
+        {
+            return Err(PickError::UnknownModel(req.model.clone()));
+        }
+        if let Some(subset) = &ctx.subset {
+            // GIE: keep endpoints whose IP is in the hint (port ignored).
+            let ips: Vec<&str> = subset
+                .iter()
+                .map(|s| s.rsplit_once(':').map_or(s.as_str(), |(ip, _)| ip))
+                .collect();
+            eps.retain(|e| {
+                ips.iter()
+                    .any(|ip| ip.trim_matches(['[', ']']) == e.spec.address)
+            });
+            if eps.is_empty() {
+                return Err(PickError::NoEndpoints(Some(
+                    "the subset hint left no endpoint".into(),
+                )));
+            }
+        }
+        // Endpoints known to be failing are left out while any other remains.
+        let now = Instant::now();
+        if eps.iter().any(|e| e.healthy(now)) {
+            eps.retain(|e| e.healthy(now));
+        }
+        if ctx.request.is_none() {
+            // No body (GET /v1/models, ...): any endpoint, in turn.
+            let i = self.bodyless.fetch_add(1, Ordering::Relaxed) as usize % eps.len();
+            return Ok(Candidates::Bodyless(Decision {
+                endpoints: vec![eps[i].id.to_string()],
+                ..Default::default()
+            }));
+        }
+        if let Some(sd) = &self.saturation
+            && eps.iter().all(|e| saturated(sd, e))
+        {
+            return Err(PickError::Saturated);
+        }
+        Ok(Candidates::Scheduled(eps))
+    }
+}
+
+/// What there is to schedule.
+enum Candidates {
+    /// A bodyless request's decision.
+    Bodyless(Decision),
+    /// The candidates of a request with a body.
+    Scheduled(Vec<Endpoint>),
+}
+
+/// True when `e` cannot take more work (or nothing recent is known about it).
+fn saturated(sd: &SaturationDetector, e: &Endpoint) -> bool {
+    match e.fresh_load(sd.metrics_staleness_threshold) {
+        None => true,
+        Some(l) => {
+            l.waiting >= sd.queue_depth_threshold || l.kv_usage >= sd.kv_cache_util_threshold
+        }
+    }
+}
+
+impl Picker for Scheduler {
+    fn pick(&self, ctx: &PickContext<'_>) -> Result<Decision, PickError> {
+        let started = Instant::now();
+        let model = ctx.request.map(|r| r.model.clone()).unwrap_or_default();
+        let (result, _, prefix) = self.decide(ctx, false);
+        let elapsed = started.elapsed().as_secs_f64();
+        metrics::histogram!(names::epp::ROUTING_DECISION_DURATION.name).record(elapsed);
+        metrics::histogram!(names::epp::SCHEDULER_E2E_DURATION.name).record(elapsed);
+        metrics::counter!(names::epp::REQUEST_TOTAL.name, "model_name" => model.clone(), "target_model_name" => model.clone()).increment(1);
+        if let (Ok(d), Some(p)) = (&result, prefix)
+            && let Some(chosen) = d.endpoints.first()
+        {
+            let matched = *p.matched.get(chosen).unwrap_or(&0);
+            metrics::histogram!(names::epp::PREFIX_CACHE_MATCHED_BLOCKS.name, "model_name" => model.clone()).record(f64::from(matched));
+            if matched > 0 {
+                metrics::counter!(names::epp::PREFIX_CACHE_HITS.name, "model_name" => model)
+                    .increment(1);
+            }
+        }
+        result
+    }
+
+    fn report_unreachable(&self, endpoint: &str, period: std::time::Duration) {
+        self.pool.mark_unhealthy(endpoint, period);
+    }
+}
