@@ -1,32 +1,38 @@
-//! The engine: a scheduler loop in the shape of vLLM V1's.
+//! The engine: a scheduler loop in the shape of vLLM V1's, on one tokio task that owns every
+//! piece of its state (queues, block pool, hasher); handlers talk to it over a channel.
 //!
 //! Each step: abort requests whose client went away; give every decoding request one token
 //! (a new block when it crosses a block boundary, preempting the newest request when none is
 //! free); continue chunked prefills; admit waiting requests first-come first-served while
-//! `max_num_seqs`, the step's token budget and free blocks allow (reusing cached prefix
-//! blocks). The step takes `prefill overhead + uncached prompt tokens × per-token time +
-//! decode time(batch size)`, scaled by `--time-scale`. Then finished prefills emit their first
-//! token, decodes emit the next, newly full blocks are cached (KV events), finished requests
-//! free their blocks, and the step's events are published as one batch.
+//! `max_num_seqs`, the step's token budget, free blocks and `--max-loras` allow (reusing cached
+//! prefix blocks; a request for an adapter that does not fit this step is skipped, not
+//! blocking the ones behind it). The step takes `prefill overhead + uncached prompt tokens ×
+//! per-token time + decode time(batch size)`, scaled by `--time-scale` and slept. Then finished
+//! prefills emit their first token, decodes emit the next, newly full blocks are cached (KV
+//! events), finished requests free their blocks, and the step's events are published as one
+//! batch. Every timestamp is taken with [`Instant::now`] as it happens, so the durations the
+//! metrics and spans report are the wall time the request spent.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use llmd_kv_index::events::KvEvent;
+use llmd_kv_index::events::{KvEvent, WireValue};
 use llmd_kv_index::hashing::{BlockDigest, RequestExtras, VllmHasher};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::block_pool::{BlockId, BlockPool};
+use crate::block_pool::{BlockId, BlockPool, StoredMeta};
 use crate::config::EngineArgs;
-use crate::metrics::EngineMetrics;
+use crate::lora::Adapter;
+use crate::metrics::{EngineMetrics, RequestCounts, RequestTimes};
 
 /// What the engine tells a request's handler.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Emit {
-    /// The request was scheduled; `cached_tokens` of its prompt came from the prefix cache.
+    /// The request was scheduled; `cached_tokens` of its prompt were not computed here (local
+    /// prefix-cache hits plus tokens received over the KV connector).
     Scheduled {
-        /// Prompt tokens found in the prefix cache.
+        /// Prompt tokens not computed (vLLM's `num_cached_tokens`).
         cached_tokens: usize,
     },
     /// One output token; `finish` is set on the last one (`stop` or `length`).
@@ -40,9 +46,54 @@ pub enum Emit {
     Finished {
         /// `stop`, `length` or `abort`.
         reason: &'static str,
-        /// Block ids the request's KV occupied (the prefill role leases them).
-        blocks: Vec<BlockId>,
+        /// The request's blocks, for a request that asked to hold them (P/D prefill lease);
+        /// released when dropped.
+        held: Option<HeldBlocks>,
+        /// Wall-clock phases (the numbers the metrics recorded).
+        times: RequestTimes,
     },
+}
+
+/// Blocks kept after their request finished (a P/D prefill's lease): given back to the pool
+/// when dropped, whoever drops them (the handler, a lease that expires or is pulled, or a
+/// response the client abandoned), so a block can never be lost.
+pub struct HeldBlocks {
+    blocks: Vec<BlockId>,
+    engine: mpsc::WeakUnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for HeldBlocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldBlocks")
+            .field("blocks", &self.blocks.len())
+            .finish()
+    }
+}
+
+impl HeldBlocks {
+    /// The held block ids.
+    pub fn ids(&self) -> &[BlockId] {
+        &self.blocks
+    }
+
+    /// Keeps the first `n` blocks here and returns the rest as their own holding.
+    pub fn split_off(&mut self, n: usize) -> HeldBlocks {
+        let rest = self.blocks.split_off(n.min(self.blocks.len()));
+        HeldBlocks {
+            blocks: rest,
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+impl Drop for HeldBlocks {
+    fn drop(&mut self) {
+        if !self.blocks.is_empty()
+            && let Some(tx) = self.engine.upgrade()
+        {
+            let _ = tx.send(Command::Release(std::mem::take(&mut self.blocks)));
+        }
+    }
 }
 
 /// A request handed to the engine.
@@ -57,16 +108,45 @@ pub struct EngineRequest {
     pub output: Vec<u32>,
     /// Output length cap.
     pub max_tokens: usize,
-    /// Prompt tokens whose KV arrives from elsewhere (P/D decode): treated as cached.
-    pub external_tokens: usize,
-    /// Keep the blocks after finishing (P/D prefill lease): released by [`Engine::release`].
+    /// `max_tokens` as the request set it (`vllm:request_params_max_tokens`).
+    pub max_tokens_param: Option<usize>,
+    /// The prompt's KV arrived over the KV connector (P/D decode after a pull): the tokens not
+    /// in the local prefix cache count as external hits and are not computed.
+    pub remote_kv: bool,
+    /// Keep the blocks after finishing (P/D prefill lease): handed out in [`Emit::Finished`].
     pub hold_blocks: bool,
+    /// The LoRA adapter serving it.
+    pub lora: Option<Arc<Adapter>>,
+    /// `cache_salt` (keyed into block 0's hash).
+    pub cache_salt: Option<String>,
+    /// When the request arrived at the server (its latencies count from here).
+    pub arrival: Instant,
+    /// When it was handed to the engine (vLLM's `queued_ts`; for a P/D decode, before its KV
+    /// pull).
+    pub queued: Instant,
     /// Where emits go; a closed channel aborts the request.
     pub tx: mpsc::UnboundedSender<Emit>,
 }
 
+impl EngineRequest {
+    /// The extra keys vLLM hashes for this request (LoRA on every block, salt on block 0).
+    pub fn extras(&self) -> RequestExtras {
+        extras(self.lora.as_deref(), self.cache_salt.clone())
+    }
+}
+
+/// The extra keys vLLM (>= 0.31) hashes for a request served by `lora` with `cache_salt`.
+pub fn extras(lora: Option<&Adapter>, cache_salt: Option<String>) -> RequestExtras {
+    RequestExtras {
+        lora: lora.map(Adapter::hash_key),
+        cache_salt,
+        ..RequestExtras::default()
+    }
+}
+
 struct Running {
     req: EngineRequest,
+    extras: RequestExtras,
     blocks: Vec<BlockId>,
     /// Digests of the request's full blocks so far (prompt and output).
     digests: Vec<BlockDigest>,
@@ -77,10 +157,24 @@ struct Running {
     /// All tokens so far (prompt + output).
     tokens: Vec<u32>,
     generated: usize,
-    arrival: Instant,
-    first_token: Option<Instant>,
+    /// Preempted at least once (its next admission is not counted in the cache stats).
+    preempted: bool,
     scheduled: Option<Instant>,
+    first_token: Option<Instant>,
     last_token: Option<Instant>,
+}
+
+/// A point-in-time view of the engine, for tests and diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineSnapshot {
+    /// Requests waiting.
+    pub waiting: usize,
+    /// Requests running.
+    pub running: usize,
+    /// Blocks in the free queue (cached or not).
+    pub free_blocks: usize,
+    /// All blocks.
+    pub total_blocks: usize,
 }
 
 /// Handle to submit requests to the engine task.
@@ -90,9 +184,13 @@ pub struct Engine {
 }
 
 enum Command {
-    Submit(EngineRequest, Instant),
+    Submit(EngineRequest),
     Release(Vec<BlockId>),
-    CachedBlocks(Vec<u32>, tokio::sync::oneshot::Sender<usize>),
+    CachedBlocks(Vec<u32>, RequestExtras, oneshot::Sender<usize>),
+    Snapshot(oneshot::Sender<EngineSnapshot>),
+    /// Counts a request that failed before reaching the engine's queue (e.g. its KV pull) as
+    /// vLLM counts a request its engine finishes with an error.
+    Failed(RequestCounts, Instant, Instant),
 }
 
 /// A batch of KV events produced by one step.
@@ -106,33 +204,53 @@ impl Engine {
         events: Option<EventSink>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(args, metrics, events, rx));
+        let weak = tx.downgrade();
+        tokio::spawn(run(args, metrics, events, rx, weak));
         Self { tx }
     }
 
     /// Queues a request. False when the engine stopped.
     pub fn submit(&self, req: EngineRequest) -> bool {
-        self.submit_at(req, Instant::now())
+        self.tx.send(Command::Submit(req)).is_ok()
     }
 
-    /// Queues a request that arrived at `arrival` (its latency metrics count from then).
-    pub fn submit_at(&self, req: EngineRequest, arrival: Instant) -> bool {
-        self.tx.send(Command::Submit(req, arrival)).is_ok()
-    }
-
-    /// How many of `prompt`'s leading blocks are in the prefix cache now.
-    pub async fn cached_blocks(&self, prompt: Vec<u32>) -> usize {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Command::CachedBlocks(prompt, tx)).is_err() {
+    /// How many of `prompt`'s leading blocks (hashed with `extras`) are in the prefix cache.
+    pub async fn cached_blocks(&self, prompt: Vec<u32>, extras: RequestExtras) -> usize {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::CachedBlocks(prompt, extras, tx))
+            .is_err()
+        {
             return 0;
         }
         rx.await.unwrap_or(0)
     }
 
-    /// Releases blocks held for a P/D lease.
-    pub fn release(&self, blocks: Vec<BlockId>) {
-        let _ = self.tx.send(Command::Release(blocks));
+    /// Queue lengths and free blocks now.
+    pub async fn snapshot(&self) -> EngineSnapshot {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Snapshot(tx)).is_err() {
+            return EngineSnapshot::default();
+        }
+        rx.await.unwrap_or_default()
     }
+
+    /// Records a request that failed on its way into the engine (`finished_reason="error"`).
+    pub fn failed(&self, counts: RequestCounts, arrival: Instant, queued: Instant) {
+        let _ = self.tx.send(Command::Failed(counts, arrival, queued));
+    }
+}
+
+struct State {
+    args: Arc<EngineArgs>,
+    metrics: Arc<EngineMetrics>,
+    hasher: VllmHasher,
+    pool: BlockPool,
+    waiting: VecDeque<Running>,
+    running: Vec<Running>,
+    weak: mpsc::WeakUnboundedSender<Command>,
+    scratch: Vec<u8>,
 }
 
 async fn run(
@@ -140,6 +258,7 @@ async fn run(
     metrics: Arc<EngineMetrics>,
     events: Option<EventSink>,
     mut rx: mpsc::UnboundedReceiver<Command>,
+    weak: mpsc::WeakUnboundedSender<Command>,
 ) {
     let hasher = match VllmHasher::new(args.hash_seed.as_deref(), args.block_size.max(1)) {
         Ok(h) => h,
@@ -148,193 +267,361 @@ async fn run(
             return;
         }
     };
-    let bs = args.block_size.max(1);
-    let mut pool = BlockPool::new(args.num_gpu_blocks, bs);
-    let mut waiting: VecDeque<Running> = VecDeque::new();
-    let mut running: Vec<Running> = Vec::new();
+    let mut st = State {
+        pool: BlockPool::new(args.num_gpu_blocks, args.block_size.max(1)),
+        args,
+        metrics,
+        hasher,
+        waiting: VecDeque::new(),
+        running: Vec::new(),
+        weak,
+        scratch: Vec::new(),
+    };
     loop {
         // Take what arrived; sleep when there is nothing to do.
-        if waiting.is_empty() && running.is_empty() {
+        if st.waiting.is_empty() && st.running.is_empty() {
             match rx.recv().await {
-                Some(cmd) => handle_command(cmd, &mut waiting, &mut pool, &hasher),
+                Some(cmd) => st.handle(cmd),
                 None => break,
             }
         }
         while let Ok(cmd) = rx.try_recv() {
-            handle_command(cmd, &mut waiting, &mut pool, &hasher);
+            st.handle(cmd);
         }
-        // Aborts: the client went away.
-        waiting.retain(|r| !r.req.tx.is_closed());
+        st.abort_gone();
+        let work = st.schedule();
+        st.publish_state();
+        if st.running.is_empty() {
+            // Nothing could be scheduled (e.g. no free blocks): wait for the next command.
+            match rx.recv().await {
+                Some(cmd) => st.handle(cmd),
+                None => break,
+            }
+            continue;
+        }
+        let step_ms = st.step_ms(work);
+        if st.args.time_scale > 0.0 {
+            tokio::time::sleep(st.args.scaled(step_ms)).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+        st.outputs();
+        st.publish_state();
+        let step_events = st.pool.take_events();
+        if let Some(sink) = &events
+            && !step_events.is_empty()
+        {
+            let _ = sink.send(step_events);
+        }
+    }
+    tracing::debug!("engine stopped");
+}
+
+/// Tokens a step works on.
+#[derive(Debug, Clone, Copy, Default)]
+struct Work {
+    decode_seqs: usize,
+    prefill_tokens: usize,
+}
+
+impl State {
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit(req) => {
+                let extras = req.extras();
+                let mut digests = Vec::with_capacity(req.prompt.len() / self.hasher.block_size());
+                extend_digests(
+                    &self.hasher,
+                    &extras,
+                    &req.prompt,
+                    &mut digests,
+                    &mut self.scratch,
+                );
+                let tokens = req.prompt.clone();
+                self.waiting.push_back(Running {
+                    req,
+                    extras,
+                    blocks: Vec::new(),
+                    digests,
+                    cached_blocks: 0,
+                    computed: 0,
+                    tokens,
+                    generated: 0,
+                    preempted: false,
+                    scheduled: None,
+                    first_token: None,
+                    last_token: None,
+                });
+            }
+            Command::Release(blocks) => self.pool.free(&blocks),
+            Command::CachedBlocks(prompt, extras, reply) => {
+                let mut digests = Vec::with_capacity(prompt.len() / self.hasher.block_size());
+                extend_digests(
+                    &self.hasher,
+                    &extras,
+                    &prompt,
+                    &mut digests,
+                    &mut self.scratch,
+                );
+                let _ = reply.send(self.pool.cached_prefix(&digests, prompt.len()));
+            }
+            Command::Snapshot(reply) => {
+                let _ = reply.send(EngineSnapshot {
+                    waiting: self.waiting.len(),
+                    running: self.running.len(),
+                    free_blocks: self.pool.num_free(),
+                    total_blocks: self.pool.num_blocks(),
+                });
+            }
+            Command::Failed(counts, arrival, queued) => {
+                let now = Instant::now();
+                let times = RequestTimes {
+                    e2e: now.duration_since(arrival).as_secs_f64(),
+                    queue: now.duration_since(queued).as_secs_f64(),
+                    ..RequestTimes::default()
+                };
+                self.metrics.finished(&times, counts, "error");
+            }
+        }
+    }
+
+    /// Drops requests whose client went away (`abort`).
+    fn abort_gone(&mut self) {
+        let now = Instant::now();
+        let metrics = &self.metrics;
+        self.waiting.retain(|r| {
+            let gone = r.req.tx.is_closed();
+            if gone {
+                metrics.finished(&r.times(now), r.counts(), "abort");
+            }
+            !gone
+        });
         let mut i = 0;
-        while i < running.len() {
-            if running[i].req.tx.is_closed() {
-                let r = running.swap_remove(i);
-                pool.free(&r.blocks);
-                metrics.finished(&r.arrival, "abort");
+        while i < self.running.len() {
+            if self.running[i].req.tx.is_closed() {
+                let r = self.running.swap_remove(i);
+                self.pool.free(&r.blocks);
+                self.metrics.finished(&r.times(now), r.counts(), "abort");
             } else {
                 i += 1;
             }
         }
+    }
 
-        // Schedule.
-        let mut budget = args.max_num_batched_tokens.max(1);
-        let mut decode_seqs = 0usize;
-        let mut prefill_tokens = 0usize;
+    /// Picks this step's work: decodes, chunked prefills, admissions.
+    fn schedule(&mut self) -> Work {
+        let bs = self.args.block_size.max(1);
+        let mut budget = self.args.max_num_batched_tokens.max(1);
+        let mut work = Work::default();
         // Decodes first: one token each, a block when crossing a boundary.
         let mut idx = 0;
-        while idx < running.len() {
-            let r = &running[idx];
+        while idx < self.running.len() {
+            let r = &self.running[idx];
             if r.computed < r.req.prompt.len() {
                 idx += 1;
                 continue;
             }
             let needed = (r.tokens.len() + 1).div_ceil(bs);
-            if needed > running[idx].blocks.len() {
-                match pool.allocate(1) {
-                    Some(b) => running[idx].blocks.extend(b),
+            if needed > self.running[idx].blocks.len() {
+                let missing = needed - self.running[idx].blocks.len();
+                match self.pool.allocate(missing) {
+                    Some(b) => self.running[idx].blocks.extend(b),
                     None => {
                         // Preempt the newest request to free blocks (recompute later).
-                        let Some(mut victim) = running.pop() else {
+                        let Some(mut victim) = self.running.pop() else {
                             break;
                         };
-                        pool.free(&victim.blocks);
+                        self.pool.free(&victim.blocks);
                         victim.blocks.clear();
                         victim.computed = 0;
                         victim.cached_blocks = 0;
-                        metrics.preempted();
-                        waiting.push_front(victim);
+                        victim.preempted = true;
+                        // Its KV is gone; what arrived over the connector is recomputed.
+                        victim.req.remote_kv = false;
+                        self.metrics.preempted();
+                        self.waiting.push_front(victim);
                         continue;
                     }
                 }
             }
-            decode_seqs += 1;
+            work.decode_seqs += 1;
             budget = budget.saturating_sub(1);
             idx += 1;
         }
         // Continue chunked prefills.
-        for r in running
+        for r in self
+            .running
             .iter_mut()
             .filter(|r| r.computed < r.req.prompt.len())
         {
             let chunk = (r.req.prompt.len() - r.computed).min(budget);
             r.computed += chunk;
-            prefill_tokens += chunk;
+            work.prefill_tokens += chunk;
             budget -= chunk;
         }
-        // Admit.
-        while running.len() < args.max_num_seqs && budget > 0 {
-            let Some(mut r) = waiting.pop_front() else {
+        // Admit, skipping requests whose adapter does not fit this step (as vLLM does).
+        let mut loras: Vec<u32> = Vec::new();
+        for r in &self.running {
+            if let Some(a) = &r.req.lora
+                && !loras.contains(&a.id)
+            {
+                loras.push(a.id);
+            }
+        }
+        let max_loras = self.args.lora.max_loras.max(1);
+        let mut skipped: VecDeque<Running> = VecDeque::new();
+        while self.running.len() < self.args.max_num_seqs && budget > 0 {
+            let Some(mut r) = self.waiting.pop_front() else {
                 break;
             };
+            if let Some(a) = &r.req.lora
+                && !loras.contains(&a.id)
+                && loras.len() >= max_loras
+            {
+                skipped.push_back(r);
+                continue;
+            }
             let prompt_len = r.req.prompt.len();
-            let hits = pool.cached_prefix(&r.digests, prompt_len);
-            let cached_tokens =
-                (hits * bs).max(r.req.external_tokens.min(prompt_len.saturating_sub(1)));
-            let touched = pool.touch(&r.digests[..hits]);
-            let total_blocks = (prompt_len + 1).div_ceil(bs);
-            match pool.allocate(total_blocks - touched.len()) {
+            let hits = self.pool.cached_prefix(&r.digests, prompt_len);
+            let local = hits * bs;
+            // vLLM: the connector brings the rest of the prompt; the last prompt token is
+            // recomputed for its logits.
+            let external = if r.req.remote_kv {
+                prompt_len.saturating_sub(local)
+            } else {
+                0
+            };
+            let touched = self.pool.touch(&r.digests[..hits]);
+            let total_blocks = (r.tokens.len() + 1).div_ceil(bs);
+            match self
+                .pool
+                .allocate(total_blocks.saturating_sub(touched.len()))
+            {
                 Some(new) => {
                     r.blocks = touched;
                     r.blocks.extend(new);
                 }
                 None => {
-                    pool.free(&touched);
-                    waiting.push_front(r);
+                    self.pool.free(&touched);
+                    self.waiting.push_front(r);
                     break;
                 }
             }
+            let cached_tokens = (local + external)
+                .min(prompt_len.saturating_sub(1))
+                .max(local);
+            self.metrics
+                .admitted(prompt_len, local, external, r.preempted);
             r.cached_blocks = hits;
             r.computed = cached_tokens;
-            r.scheduled = Some(Instant::now());
-            metrics.scheduled(&r.arrival, prompt_len, cached_tokens);
+            r.scheduled.get_or_insert_with(Instant::now);
+            if let Some(a) = &r.req.lora
+                && !loras.contains(&a.id)
+            {
+                loras.push(a.id);
+            }
             let _ = r.req.tx.send(Emit::Scheduled { cached_tokens });
             let chunk = (prompt_len - r.computed).min(budget);
             r.computed += chunk;
-            prefill_tokens += chunk;
+            work.prefill_tokens += chunk;
             budget -= chunk;
-            running.push(r);
+            self.running.push(r);
         }
-        metrics.set_queue(running.len(), waiting.len(), pool.usage());
+        while let Some(r) = skipped.pop_back() {
+            self.waiting.push_front(r);
+        }
+        work
+    }
 
-        // The step's duration.
-        let mut step_ms = 0.0;
-        if prefill_tokens > 0 {
-            step_ms +=
-                args.prefill_overhead_ms + prefill_tokens as f64 * args.prefill_us_per_token / 1e3;
+    fn step_ms(&self, work: Work) -> f64 {
+        let mut ms = 0.0;
+        if work.prefill_tokens > 0 {
+            ms += self.args.prefill_overhead_ms
+                + work.prefill_tokens as f64 * self.args.prefill_us_per_token / 1e3;
         }
-        if decode_seqs > 0 {
-            step_ms += args.decode_itl_ms + decode_seqs as f64 * args.decode_itl_per_seq_us / 1e3;
+        if work.decode_seqs > 0 {
+            ms += self.args.decode_itl_ms
+                + work.decode_seqs as f64 * self.args.decode_itl_per_seq_us / 1e3;
         }
-        if running.is_empty() {
-            // Nothing could be scheduled (e.g. no free blocks): wait for the next command.
-            if let Some(cmd) = rx.recv().await {
-                handle_command(cmd, &mut waiting, &mut pool, &hasher);
-            } else {
-                break;
-            }
-            continue;
-        }
-        if args.time_scale > 0.0 {
-            tokio::time::sleep(args.scaled(step_ms)).await;
-        } else {
-            tokio::task::yield_now().await;
-        }
+        ms
+    }
 
-        // Outputs.
+    /// After the step: tokens, newly full blocks cached, finished requests.
+    fn outputs(&mut self) {
+        let bs = self.args.block_size.max(1);
         let now = Instant::now();
         let mut finished = Vec::new();
-        for (i, r) in running.iter_mut().enumerate() {
+        let mut step_tokens = 0usize;
+        for (i, r) in self.running.iter_mut().enumerate() {
             if r.computed < r.req.prompt.len() {
                 continue;
             }
             // Prompt done (this step or earlier): one token.
-            let next = r.req.output.get(r.generated).copied();
-            match next {
-                Some(tok) if r.generated < r.req.max_tokens => {
-                    r.tokens.push(tok);
-                    r.generated += 1;
-                    r.computed = r.tokens.len();
-                    let finish = if r.generated >= r.req.max_tokens {
-                        Some("length")
-                    } else if r.generated >= r.req.output.len() {
-                        Some("stop")
-                    } else {
-                        None
-                    };
-                    let _ = r.req.tx.send(Emit::Token { id: tok, finish });
-                    match r.first_token {
-                        None => {
-                            r.first_token = Some(now);
-                            metrics.first_token(&r.arrival, r.scheduled.unwrap_or(now));
-                        }
-                        Some(_) => metrics.inter_token(r.last_token.unwrap_or(now)),
+            if let Some(tok) = r.req.output.get(r.generated).copied()
+                && r.generated < r.req.max_tokens
+            {
+                r.tokens.push(tok);
+                r.generated += 1;
+                r.computed = r.tokens.len();
+                let finish = if r.generated >= r.req.max_tokens {
+                    Some("length")
+                } else if r.generated >= r.req.output.len() {
+                    Some("stop")
+                } else {
+                    None
+                };
+                let _ = r.req.tx.send(Emit::Token { id: tok, finish });
+                step_tokens += 1;
+                match (r.first_token, r.last_token) {
+                    (None, _) => {
+                        r.first_token = Some(now);
+                        step_tokens += r.req.prompt.len();
+                        self.metrics.first_token(
+                            now.duration_since(r.req.arrival).as_secs_f64(),
+                            r.req.prompt.len(),
+                        );
                     }
-                    r.last_token = Some(now);
+                    (Some(_), Some(last)) => self
+                        .metrics
+                        .inter_token(now.duration_since(last).as_secs_f64()),
+                    (Some(_), None) => {}
                 }
-                _ => {}
+                r.last_token = Some(now);
             }
             // Cache blocks that became full.
-            let full = r.tokens.len() / bs;
-            if full > r.digests.len() {
-                let parent = r.digests.last().copied();
-                let start = r.digests.len() * bs;
-                hasher.digests_into(
-                    parent.as_ref(),
-                    &r.tokens[start..full * bs],
-                    &RequestExtras::default(),
-                    &mut r.digests,
-                );
-            }
+            extend_digests(
+                &self.hasher,
+                &r.extras,
+                &r.tokens,
+                &mut r.digests,
+                &mut self.scratch,
+            );
             if r.digests.len() > r.cached_blocks && r.computed >= r.digests.len() * bs {
                 let from = r.cached_blocks;
                 let to = r.digests.len().min(r.blocks.len());
                 if to > from {
                     let parent = from.checked_sub(1).map(|p| r.digests[p]);
-                    pool.cache_full_blocks(
+                    let extra: Vec<WireValue> = if r.extras.is_empty() {
+                        Vec::new()
+                    } else {
+                        (from..to)
+                            .map(|b| published_extra_keys(&r.extras, b * bs))
+                            .collect()
+                    };
+                    let meta = StoredMeta {
+                        lora: r
+                            .req
+                            .lora
+                            .as_ref()
+                            .map(|a| (i64::from(a.id), a.name.as_str())),
+                        extra_keys: &extra,
+                    };
+                    self.pool.cache_full_blocks(
                         &r.blocks[from..to],
                         &r.digests[from..to],
                         parent.as_ref(),
                         &r.tokens[from * bs..to * bs],
+                        meta,
                     );
                     r.cached_blocks = to;
                 }
@@ -345,77 +632,180 @@ async fn run(
                 finished.push((i, if done_len { "length" } else { "stop" }));
             }
         }
+        if step_tokens > 0 {
+            self.metrics.step(step_tokens);
+        }
         for (i, reason) in finished.into_iter().rev() {
-            let r = running.swap_remove(i);
-            metrics.completed(r.e2e(), r.phases(), reason);
-            if !r.req.hold_blocks {
-                pool.free(&r.blocks);
-            }
+            let r = self.running.swap_remove(i);
+            let times = r.times(now);
+            self.metrics.finished(&times, r.counts(), reason);
+            let held = if r.req.hold_blocks {
+                Some(HeldBlocks {
+                    blocks: r.blocks.clone(),
+                    engine: self.weak.clone(),
+                })
+            } else {
+                self.pool.free(&r.blocks);
+                None
+            };
+            // A handler that is gone drops `held` with the message: the blocks come back.
             let _ = r.req.tx.send(Emit::Finished {
                 reason,
-                blocks: r.blocks.clone(),
+                held,
+                times,
             });
-        }
-        metrics.set_queue(running.len(), waiting.len(), pool.usage());
-        let step_events = pool.take_events();
-        if let Some(sink) = &events
-            && !step_events.is_empty()
-        {
-            let _ = sink.send(step_events);
         }
     }
-    tracing::debug!("engine stopped");
-}
 
-fn handle_command(
-    cmd: Command,
-    waiting: &mut VecDeque<Running>,
-    pool: &mut BlockPool,
-    hasher: &VllmHasher,
-) {
-    match cmd {
-        Command::Submit(req, arrival) => {
-            let mut digests = Vec::with_capacity(req.prompt.len() / hasher.block_size());
-            hasher.digests_into(None, &req.prompt, &RequestExtras::default(), &mut digests);
-            let tokens = req.prompt.clone();
-            waiting.push_back(Running {
-                req,
-                blocks: Vec::new(),
-                digests,
-                cached_blocks: 0,
-                computed: 0,
-                tokens,
-                generated: 0,
-                arrival,
-                first_token: None,
-                scheduled: None,
-                last_token: None,
-            });
-        }
-        Command::Release(blocks) => pool.free(&blocks),
-        Command::CachedBlocks(prompt, reply) => {
-            let mut digests = Vec::with_capacity(prompt.len() / hasher.block_size());
-            hasher.digests_into(None, &prompt, &RequestExtras::default(), &mut digests);
-            let _ = reply.send(pool.cached_prefix(&digests, prompt.len()));
+    fn publish_state(&self) {
+        self.metrics
+            .set_queue(self.running.len(), self.waiting.len(), self.pool.usage());
+        if self.args.lora.enable_lora {
+            fn names<'a>(it: impl Iterator<Item = &'a Running>) -> Vec<&'a str> {
+                it.filter_map(|r| r.req.lora.as_deref().map(|a| a.name.as_str()))
+                    .collect()
+            }
+            let running = names(self.running.iter());
+            let waiting = names(self.waiting.iter());
+            self.metrics.set_lora_info(&running, &waiting);
         }
     }
 }
 
 impl Running {
-    /// Seconds from arrival to now.
-    fn e2e(&self) -> f64 {
-        self.arrival.elapsed().as_secs_f64()
-    }
-
-    /// Queue time, prefill time, decode time (seconds).
-    fn phases(&self) -> (f64, f64, f64) {
-        let sched = self.scheduled.unwrap_or(self.arrival);
+    /// vLLM's phases at `now` (the finishing step): e2e from arrival, queue from queued to
+    /// first scheduled, prefill to the first token, decode to the last.
+    fn times(&self, now: Instant) -> RequestTimes {
+        let secs = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
+        let arrival = self.req.arrival;
+        let sched = self.scheduled.unwrap_or(now);
         let first = self.first_token.unwrap_or(sched);
         let last = self.last_token.unwrap_or(first);
-        (
-            sched.duration_since(self.arrival).as_secs_f64(),
-            first.duration_since(sched).as_secs_f64(),
-            last.duration_since(first).as_secs_f64(),
-        )
+        let decode = secs(first, last);
+        RequestTimes {
+            e2e: secs(arrival, now),
+            queue: secs(self.req.queued, sched),
+            ttft: self.first_token.map(|t| secs(arrival, t)),
+            prefill: secs(sched, first),
+            decode,
+            inference: secs(sched, last),
+            mean_time_per_output_token: if self.generated > 1 {
+                decode / (self.generated - 1) as f64
+            } else {
+                0.0
+            },
+        }
+    }
+
+    fn counts(&self) -> RequestCounts {
+        RequestCounts {
+            prompt: self.req.prompt.len(),
+            generated: self.generated,
+            max_tokens_param: self.req.max_tokens_param,
+            n: 1,
+        }
+    }
+}
+
+/// Appends the digests of `tokens`' full blocks not yet in `digests`, with each block's extra
+/// keys at its absolute position (the salt only on block 0).
+fn extend_digests(
+    hasher: &VllmHasher,
+    extras: &RequestExtras,
+    tokens: &[u32],
+    digests: &mut Vec<BlockDigest>,
+    scratch: &mut Vec<u8>,
+) {
+    let bs = hasher.block_size();
+    let full = tokens.len() / bs;
+    let plain = extras.is_empty();
+    for i in digests.len()..full {
+        let extra = if plain {
+            None
+        } else {
+            extras.block_extra_keys(i * bs, (i + 1) * bs)
+        };
+        let d = hasher.hash_block(
+            digests.last(),
+            &tokens[i * bs..(i + 1) * bs],
+            extra.as_deref(),
+            scratch,
+        );
+        digests.push(d);
+    }
+}
+
+/// A block's extra keys as vLLM >= 0.31 publishes them in `BlockStored.extra_keys`
+/// (`to_event_extra_keys`: the tags stripped, the LoRA path left out): `[lora_name, salt]`,
+/// nil when the block has none.
+fn published_extra_keys(extras: &RequestExtras, start: usize) -> WireValue {
+    let mut keys = Vec::new();
+    if let Some(l) = &extras.lora {
+        keys.push(WireValue::Str(l.name.clone()));
+    }
+    if start == 0
+        && let Some(salt) = extras.cache_salt.as_deref().filter(|s| !s.is_empty())
+    {
+        keys.push(WireValue::Str(salt.to_owned()));
+    }
+    if keys.is_empty() {
+        WireValue::Nil
+    } else {
+        WireValue::Array(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmd_kv_index::hashing::LoraKey;
+
+    #[test]
+    fn continued_digests_equal_hashing_in_one_go_with_salt_and_lora() {
+        let hasher = VllmHasher::new(Some("7"), 4).unwrap();
+        let extras = RequestExtras {
+            lora: Some(LoraKey {
+                name: "a".into(),
+                path: "/p".into(),
+            }),
+            cache_salt: Some("s".into()),
+            ..RequestExtras::default()
+        };
+        let tokens: Vec<u32> = (0..22).collect();
+        let mut scratch = Vec::new();
+        let mut incremental = Vec::new();
+        for end in [3, 9, 13, 22] {
+            extend_digests(
+                &hasher,
+                &extras,
+                &tokens[..end],
+                &mut incremental,
+                &mut scratch,
+            );
+        }
+        let mut once = Vec::new();
+        hasher.digests_into(None, &tokens, &extras, &mut once);
+        assert_eq!(incremental, once);
+        assert_eq!(incremental.len(), 5);
+        // And the salt changes only block 0's input (later blocks through the chain).
+        let unsalted = RequestExtras {
+            cache_salt: None,
+            ..extras.clone()
+        };
+        let mut other = Vec::new();
+        hasher.digests_into(None, &tokens, &unsalted, &mut other);
+        assert_ne!(other[0], once[0]);
+        assert_eq!(
+            published_extra_keys(&extras, 0),
+            WireValue::Array(vec![WireValue::Str("a".into()), WireValue::Str("s".into())])
+        );
+        assert_eq!(
+            published_extra_keys(&extras, 4),
+            WireValue::Array(vec![WireValue::Str("a".into())])
+        );
+        assert_eq!(
+            published_extra_keys(&RequestExtras::default(), 0),
+            WireValue::Nil
+        );
     }
 }
