@@ -218,6 +218,11 @@ pub struct EngineArgs {
     /// Tokenizer: local dir, tokenizer.json, or HF-cache model name (default: --model).
     #[arg(long, env = "LLMD_TOKENIZER")]
     pub tokenizer: Option<String>,
+    /// Prompt tokens kept to resume tokenizing prompts that share a prefix (0: off). Memory is
+    /// bounded by it: about 12 bytes per cached token (ids, resume points, index), so the
+    /// default holds ~12 MB once full; a process fed new prompts grows until it is full.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub prompt_cache_tokens: usize,
     /// Use a byte-level stand-in tokenizer instead of the model's (ids are UTF-8 bytes); for
     /// runs without tokenizer files. KV events then match only EPPs configured the same way.
     #[arg(long)]

@@ -132,6 +132,7 @@ pub async fn start(
         &args.model,
         args.tokenizer.as_deref(),
         args.dummy_tokenizer,
+        args.prompt_cache_tokens,
     )?);
     let engine_metrics = Arc::new(metrics::EngineMetrics::for_engine(&args));
     let advertised = std::env::var("POD_IP").unwrap_or_else(|_| match addr.ip() {
