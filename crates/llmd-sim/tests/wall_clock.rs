@@ -253,7 +253,11 @@ async fn scenario(
     );
     // The report covers the window, not a fraction of it (a report in model time scaled twice
     // would be far below the client's).
-    assert!(e2e >= 0.25 * d.e2e, "reported e2e {e2e} vs client {}", d.e2e);
+    assert!(
+        e2e >= 0.25 * d.e2e,
+        "reported e2e {e2e} vs client {}",
+        d.e2e
+    );
     // Prefill engine, non-streamed: inside its window.
     let p_e2e = single(&m, "vllm:e2e_request_latency_seconds", prefill_rank);
     assert!(p_e2e <= p.e2e);
