@@ -163,6 +163,7 @@ pub struct EngineSnapshot {
 #[derive(Clone, Debug)]
 pub struct Engine {
     tx: mpsc::UnboundedSender<Command>,
+    metrics: Arc<EngineMetrics>,
 }
 
 enum Command {
@@ -170,9 +171,6 @@ enum Command {
     Release(Vec<BlockId>),
     CachedBlocks(Vec<u32>, RequestExtras, oneshot::Sender<usize>),
     Snapshot(oneshot::Sender<EngineSnapshot>),
-    /// Counts a request that failed before reaching the engine's queue (e.g. its KV pull) as
-    /// vLLM counts a request its engine finishes with an error.
-    Failed(RequestCounts, Instant, Instant),
 }
 
 /// A batch of KV events produced by one step.
@@ -187,8 +185,8 @@ impl Engine {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let weak = tx.downgrade();
-        tokio::spawn(scheduler::run(args, metrics, events, rx, weak));
-        Self { tx }
+        tokio::spawn(scheduler::run(args, metrics.clone(), events, rx, weak));
+        Self { tx, metrics }
     }
 
     /// Queues a request. False when the engine stopped.
@@ -218,8 +216,16 @@ impl Engine {
         rx.await.unwrap_or_default()
     }
 
-    /// Records a request that failed on its way into the engine (`finished_reason="error"`).
+    /// Records a request that failed on its way into the engine (e.g. its KV pull) as vLLM
+    /// counts a request its engine finishes with an error (`finished_reason="error"`), before
+    /// the caller answers.
     pub fn failed(&self, counts: RequestCounts, arrival: Instant, queued: Instant) {
-        let _ = self.tx.send(Command::Failed(counts, arrival, queued));
+        let now = Instant::now();
+        let times = RequestTimes {
+            e2e: now.duration_since(arrival).as_secs_f64(),
+            queue: now.duration_since(queued).as_secs_f64(),
+            ..RequestTimes::default()
+        };
+        self.metrics.finished(&times, counts, "error");
     }
 }

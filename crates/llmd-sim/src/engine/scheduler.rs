@@ -166,15 +166,6 @@ impl State {
                     total_blocks: self.pool.num_blocks(),
                 });
             }
-            Command::Failed(counts, arrival, queued) => {
-                let now = Instant::now();
-                let times = RequestTimes {
-                    e2e: now.duration_since(arrival).as_secs_f64(),
-                    queue: now.duration_since(queued).as_secs_f64(),
-                    ..RequestTimes::default()
-                };
-                self.metrics.finished(&times, counts, "error");
-            }
         }
     }
 
