@@ -36,9 +36,10 @@ struct Window {
 }
 
 async fn post(url: &str, id: &str, body: Value) -> Window {
+    let client = reqwest::Client::new();
     let sent = SystemTime::now();
     let t0 = Instant::now();
-    let resp = reqwest::Client::new()
+    let resp = client
         .post(url)
         .header("x-request-id", id)
         .json(&body)
