@@ -19,6 +19,15 @@ use llmd_kv_index::hashing::{BlockDigest, BlockKey};
 /// A block id.
 pub type BlockId = u32;
 
+/// What a `BlockStored` event says about the request besides hashes and tokens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoredMeta<'a> {
+    /// The request's LoRA adapter: `lora_id` (`lora_int_id`) and `lora_name`.
+    pub lora: Option<(i64, &'a str)>,
+    /// Published extra keys per block of the `cache_full_blocks` call (empty: nil for all).
+    pub extra_keys: &'a [WireValue],
+}
+
 #[derive(Debug, Clone, Default)]
 struct Block {
     ref_cnt: u32,
@@ -26,6 +35,15 @@ struct Block {
     hash: Option<BlockDigest>,
     /// Key in `free` while the block is in the free queue.
     free_seq: Option<u64>,
+}
+
+/// A run of newly cached blocks, becoming one `BlockStored`.
+#[derive(Debug, Default)]
+struct Stored {
+    keys: Vec<BlockKey>,
+    tokens: Vec<u32>,
+    extra: Vec<WireValue>,
+    parent: Option<BlockKey>,
 }
 
 /// The pool.
@@ -142,59 +160,54 @@ impl BlockPool {
 
     /// Marks `blocks[i]` as holding the full block with `digests[i]` (whose tokens are
     /// `tokens[i * block_size..]`), caching it. Blocks whose hash is already cached elsewhere are
-    /// left uncached, as vLLM does. Emits one `BlockStored` for the newly cached run.
+    /// left uncached, as vLLM does. Emits one `BlockStored` for each newly cached run.
     pub fn cache_full_blocks(
         &mut self,
         blocks: &[BlockId],
         digests: &[BlockDigest],
         parent: Option<&BlockDigest>,
         tokens: &[u32],
+        meta: StoredMeta<'_>,
     ) {
-        let mut stored_keys: Vec<BlockKey> = Vec::new();
-        let mut stored_tokens: Vec<u32> = Vec::new();
-        let mut first_parent: Option<BlockKey> = None;
+        let mut run = Stored::default();
         let mut prev = parent.copied();
         for (i, (&id, d)) in blocks.iter().zip(digests).enumerate() {
             let b = &mut self.blocks[id as usize];
             if b.hash.is_none() && !self.cached.contains_key(d) {
                 b.hash = Some(*d);
                 self.cached.insert(*d, id);
-                if stored_keys.is_empty() {
-                    first_parent = prev.map(|p| p.key());
+                if run.keys.is_empty() {
+                    run.parent = prev.map(|p| p.key());
                 }
-                stored_keys.push(d.key());
+                run.keys.push(d.key());
+                run.extra
+                    .push(meta.extra_keys.get(i).cloned().unwrap_or(WireValue::Nil));
                 let start = i * self.block_size;
-                stored_tokens.extend_from_slice(
+                run.tokens.extend_from_slice(
                     tokens
                         .get(start..start + self.block_size)
                         .unwrap_or_default(),
                 );
-            } else if !stored_keys.is_empty() {
-                self.flush_stored(&mut stored_keys, &mut stored_tokens, first_parent);
+            } else if !run.keys.is_empty() {
+                self.flush_stored(std::mem::take(&mut run), meta);
             }
             prev = Some(*d);
         }
-        if !stored_keys.is_empty() {
-            self.flush_stored(&mut stored_keys, &mut stored_tokens, first_parent);
+        if !run.keys.is_empty() {
+            self.flush_stored(run, meta);
         }
     }
 
-    fn flush_stored(
-        &mut self,
-        keys: &mut Vec<BlockKey>,
-        tokens: &mut Vec<u32>,
-        parent: Option<BlockKey>,
-    ) {
-        let n = keys.len();
+    fn flush_stored(&mut self, run: Stored, meta: StoredMeta<'_>) {
         self.events.push(KvEvent::BlockStored(BlockStored {
-            block_hashes: std::mem::take(keys),
-            parent_block_hash: parent,
-            token_ids: std::mem::take(tokens),
+            block_hashes: run.keys,
+            parent_block_hash: run.parent,
+            token_ids: run.tokens,
             block_size: self.block_size as u32,
-            lora_id: None,
+            lora_id: meta.lora.map(|(id, _)| id),
             medium: Some("GPU".into()),
-            lora_name: None,
-            extra_keys: Some(vec![WireValue::Nil; n]),
+            lora_name: meta.lora.map(|(_, name)| name.to_owned()),
+            extra_keys: Some(run.extra),
             group_idx: Some(0),
             kv_cache_spec_kind: None,
             kv_cache_spec_sliding_window: None,
@@ -250,7 +263,7 @@ mod tests {
         let d = digests(&prompt);
         assert_eq!(pool.cached_prefix(&d, prompt.len()), 0);
         let blocks = pool.allocate(3).unwrap();
-        pool.cache_full_blocks(&blocks[..2], &d, None, &prompt);
+        pool.cache_full_blocks(&blocks[..2], &d, None, &prompt, StoredMeta::default());
         let events = pool.take_events();
         assert_eq!(events.len(), 1);
         let KvEvent::BlockStored(s) = &events[0] else {
@@ -292,7 +305,7 @@ mod tests {
         let prompt: Vec<u32> = (100..116).collect();
         let d = digests(&prompt);
         let a = pool.allocate(4).unwrap();
-        pool.cache_full_blocks(&a, &d, None, &prompt);
+        pool.cache_full_blocks(&a, &d, None, &prompt, StoredMeta::default());
         pool.take_events();
         let b = pool.touch(&d[..3]);
         assert_eq!(b, a[..3].to_vec());
@@ -306,7 +319,7 @@ mod tests {
         assert_eq!(pool.num_free(), 8);
         // A duplicate computation of a cached block is not re-cached (no event).
         let c = pool.allocate(1).unwrap();
-        pool.cache_full_blocks(&c, &d[..1], None, &prompt);
+        pool.cache_full_blocks(&c, &d[..1], None, &prompt, StoredMeta::default());
         assert!(pool.take_events().is_empty());
     }
 
@@ -316,8 +329,20 @@ mod tests {
         let tokens: Vec<u32> = (0..12).collect();
         let d = digests(&tokens);
         let blocks = pool.allocate(3).unwrap();
-        pool.cache_full_blocks(&blocks[..1], &d[..1], None, &tokens[..4]);
-        pool.cache_full_blocks(&blocks[1..], &d[1..], Some(&d[0]), &tokens[4..]);
+        pool.cache_full_blocks(
+            &blocks[..1],
+            &d[..1],
+            None,
+            &tokens[..4],
+            StoredMeta::default(),
+        );
+        pool.cache_full_blocks(
+            &blocks[1..],
+            &d[1..],
+            Some(&d[0]),
+            &tokens[4..],
+            StoredMeta::default(),
+        );
         let events = pool.take_events();
         let KvEvent::BlockStored(s) = &events[1] else {
             panic!()

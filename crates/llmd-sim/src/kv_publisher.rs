@@ -86,9 +86,13 @@ pub async fn start(
         }
         None
     };
-    let buffer: Buffer = Arc::new(Mutex::new(VecDeque::new()));
-    let replay = match &config.replay_endpoint {
-        Some(ep) => {
+    // Batches are kept only for a replay socket (a PUB-only publisher keeps nothing).
+    let buffer: Option<Buffer> = config
+        .replay_endpoint
+        .as_ref()
+        .map(|_| Arc::new(Mutex::new(VecDeque::new())));
+    let replay = match (&config.replay_endpoint, &buffer) {
+        (Some(ep), Some(buffer)) => {
             let mut router = RouterSocket::new();
             let bound = router
                 .bind(&ep.replace("tcp://*:", "tcp://0.0.0.0:"))
@@ -103,7 +107,7 @@ pub async fn start(
             ));
             Some(bound)
         }
-        None => None,
+        _ => None,
     };
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(publish(socket, config, rx, buffer, cancel));
@@ -114,7 +118,7 @@ async fn publish(
     mut socket: PubSocket,
     config: PublisherConfig,
     mut rx: mpsc::UnboundedReceiver<Vec<KvEvent>>,
-    buffer: Buffer,
+    buffer: Option<Buffer>,
     cancel: CancellationToken,
 ) {
     let mut seq = 0u64;
@@ -135,7 +139,7 @@ async fn publish(
         };
         let [topic, seq_frame, payload] = encode_message(&config.topic, seq, &batch, config.layout);
         let payload = Bytes::from(payload);
-        {
+        if let Some(buffer) = &buffer {
             let mut b = buffer.lock();
             b.push_back((seq, payload.clone()));
             while b.len() > config.buffer_steps {

@@ -1,28 +1,30 @@
 //! `llmd-sim`: a vLLM simulator that stands in for one vLLM pod when there is no GPU.
 //!
 //! It serves vLLM's OpenAI API (completions and chat, plain and SSE streaming, usage with
-//! cached tokens, vLLM-style errors), runs an engine model shaped like vLLM V1's scheduler
-//! (waiting queue, running batch, chunked prefill, a KV block pool with prefix caching and LRU
-//! eviction, preemption) with a timing model instead of a model, publishes vLLM's KV events
-//! over ZMQ (either encoding, optional replay), and exposes vLLM's `vllm:*` metrics.
+//! cached tokens, vLLM-style errors, LoRA adapters), runs an engine model shaped like vLLM V1's
+//! scheduler (waiting queue, running batch, chunked prefill, a KV block pool with prefix caching
+//! and LRU eviction, preemption) with a timing model instead of a model, publishes vLLM's KV
+//! events over ZMQ (either encoding, optional replay), and exposes vLLM's `vllm:*` metrics.
+//! Every duration it reports is the wall time the request spent, whatever `--time-scale`.
+//!
+//! Modules, bottom up (each uses only those above it):
 //!
 //! | module | what it does |
 //! |---|---|
-//! | `config` | flags and the timing defaults (Llama-3.1-8B on one H100, see its docs) |
-//! | `block_pool` | vLLM's block pool: prefix-cache hits, LRU free queue, `BlockStored`/`BlockRemoved` |
-//! | `engine` | the scheduler loop and timing |
-//! | `api` | the HTTP handlers |
-//! | `tokens` | the model's tokenizer and chat template (or a byte stand-in), output text |
-//! | `kv_publisher` | ZMQ PUB of KV events, replay ROUTER |
-//! | `metrics` | vLLM's metric names, labels and buckets |
-//! | `nixl` | P/D: prefill leases, decode pulls, NIXL metrics |
+//! | `config` | every flag; the timing defaults (Llama-3.1-8B on one H100, see its docs) |
 //! | `faults` | error, latency, stall and dropped-transfer injection |
+//! | `block_pool` | vLLM's block pool: prefix-cache hits, LRU free queue, `BlockStored`/`BlockRemoved` |
+//! | `metrics` | vLLM's metric names, labels and buckets; how cache hits are counted |
+//! | `lora` | the adapters served (static and runtime-loaded) |
+//! | `engine` | the scheduler loop and timing, on one task |
+//! | `kv_publisher` | ZMQ PUB of KV events, replay ROUTER |
+//! | `nixl` | P/D: prefill leases, decode pulls, NIXL metrics |
+//! | `tokens` | the model's tokenizer and chat template (or a byte stand-in), output text |
+//! | `api` | the HTTP handlers (parse, generate, respond, span, models, error) |
+//! | `testing` | (feature `testing`) starting simulators from other crates' tests |
 //!
-//! P/D: see `nixl` (the prefill leg leases its blocks; the decode leg pulls them over HTTP and
-//! records vLLM's NIXL metrics).
-//!
-//! Tracing: one `llm_request` span per request (vLLM's name and `gen_ai.*` attributes), parented
-//! by the caller's `traceparent`. Faults: see `faults` (off by default).
+//! Tracing: one `llm_request` span per request (vLLM's name and `gen_ai.*` attributes), from
+//! the request's arrival, parented by the caller's `traceparent`.
 
 pub mod api;
 pub mod block_pool;
@@ -30,8 +32,11 @@ pub mod config;
 pub mod engine;
 pub mod faults;
 pub mod kv_publisher;
+pub mod lora;
 pub mod metrics;
 pub mod nixl;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -86,6 +91,12 @@ pub enum Error {
     /// Metrics could not be installed.
     #[error(transparent)]
     Telemetry(#[from] llmd_telemetry::TelemetryError),
+    /// A flag value that parses but cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    /// Flags that do not parse (in-process starts from flag lists).
+    #[error("invalid flags: {0}")]
+    Flags(String),
 }
 
 /// A running simulator.
@@ -99,6 +110,8 @@ pub struct Sim {
     pub kv_replay_bound: Option<String>,
     /// Finishes when the server stops.
     pub served: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The handlers' shared state (engine, NIXL leases, adapters), for tests and diagnostics.
+    pub state: Arc<api::AppState>,
 }
 
 /// Starts a simulator on `listener` (metrics: served at `/metrics` when `metrics` is given;
@@ -113,25 +126,25 @@ pub async fn start(
         addr: "listener".into(),
         source,
     })?;
+    args.validate()?;
     let args = Arc::new(args);
     let tokenizer = Arc::new(tokens::SimTokenizer::load(
         &args.model,
         args.tokenizer.as_deref(),
         args.dummy_tokenizer,
+        args.prompt_cache_tokens,
     )?);
-    let engine_metrics = Arc::new(metrics::EngineMetrics::new(
-        &args.model,
-        args.data_parallel_rank,
-    ));
+    let engine_metrics = Arc::new(metrics::EngineMetrics::for_engine(&args));
+    let advertised = std::env::var("POD_IP").unwrap_or_else(|_| match addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        ip => ip.to_string(),
+    });
     let (sink, kv_events_bound, kv_replay_bound) = match &args.kv_events_endpoint {
         Some(endpoint) => {
-            let topic = args.kv_events_topic.clone().unwrap_or_else(|| {
-                let host = std::env::var("POD_IP").unwrap_or_else(|_| match addr.ip() {
-                    ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
-                    ip => ip.to_string(),
-                });
-                format!("kv@{host}:{}@{}", addr.port(), args.model)
-            });
+            let topic = args
+                .kv_events_topic
+                .clone()
+                .unwrap_or_else(|| format!("kv@{advertised}:{}@{}", addr.port(), args.model));
             let config = kv_publisher::PublisherConfig {
                 endpoint: endpoint.clone(),
                 topic,
@@ -145,20 +158,18 @@ pub async fn start(
         None => (None, None, None),
     };
     let engine = engine::Engine::start(args.clone(), engine_metrics.clone(), sink);
-    let advertised = std::env::var("POD_IP").unwrap_or_else(|_| match addr.ip() {
-        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
-        ip => ip.to_string(),
-    });
     let faults = Arc::new(faults::Faults::new(args.faults.clone()));
     let nixl = nixl::Nixl::new(
         args.nixl.clone(),
         advertised,
         addr.port(),
-        engine.clone(),
         engine_metrics,
         args.time_scale,
         faults.clone(),
     );
+    let loras = Arc::new(lora::Loras::new(&args.lora, &args.model, |n| {
+        args.serves(n)
+    }));
     let filler = tokenizer.filler();
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -171,10 +182,11 @@ pub async fn start(
         filler,
         started,
         nixl,
+        loras,
         faults,
         recorded: parking_lot::Mutex::new(std::collections::VecDeque::new()),
     });
-    let mut app = api::router(state);
+    let mut app = api::router(state.clone());
     if let Some(m) = metrics {
         app = app.merge(m.router());
     }
@@ -197,15 +209,28 @@ pub async fn start(
         kv_events_bound,
         kv_replay_bound,
         served,
+        state,
     })
+}
+
+/// The histogram buckets that follow the flags: vLLM's per-request token histograms use
+/// `build_1_2_5_buckets(max_model_len)`.
+pub fn bucket_overrides(args: &EngineArgs) -> Vec<(&'static str, Vec<f64>)> {
+    let buckets = llmd_telemetry::names::vllm::buckets_1_2_5(args.max_model_len as u64);
+    llmd_telemetry::names::vllm::MAX_MODEL_LEN_BUCKETED
+        .iter()
+        .map(|d| (d.name, buckets.clone()))
+        .collect()
 }
 
 /// Runs the simulator until `shutdown` is cancelled: installs the metrics recorder, binds
 /// `--host:--port`, serves.
 pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
-    let overrides = vec![];
-    let metrics =
-        llmd_telemetry::install_prometheus(&[llmd_telemetry::names::vllm::ALL], &overrides)?;
+    args.engine.validate()?;
+    let metrics = llmd_telemetry::install_prometheus(
+        &[llmd_telemetry::names::vllm::ALL],
+        &bucket_overrides(&args.engine),
+    )?;
     let addr = format!("{}:{}", args.host, args.port);
     let listener = TcpListener::bind(&addr)
         .await

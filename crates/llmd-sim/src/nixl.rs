@@ -27,74 +27,13 @@ use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use crate::block_pool::BlockId;
-use crate::engine::Engine;
+use crate::config::NixlArgs;
+use crate::engine::HeldBlocks;
 use crate::metrics::EngineMetrics;
 
-/// What a failed KV pull does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum TransferFailure {
-    /// Fail the request with 502 (makes dead or wrong prefill pods visible).
-    #[default]
-    Error,
-    /// Compute the prompt locally, as vLLM does.
-    Recompute,
-}
-
-/// NIXL and model-shape flags.
-#[derive(Debug, Clone, clap::Args)]
-pub struct NixlArgs {
-    /// Engine id (`remote_engine_id`); default: random.
-    #[arg(long)]
-    pub engine_id: Option<String>,
-    /// Host decode pods pull from (vLLM's VLLM_NIXL_SIDE_CHANNEL_HOST); default POD_IP or the
-    /// listen address.
-    #[arg(long)]
-    pub nixl_side_channel_host: Option<String>,
-    /// Port decode pods pull from; default the API port (the pull endpoint lives there).
-    #[arg(long)]
-    pub nixl_side_channel_port: Option<u16>,
-    /// Model layers.
-    #[arg(long, default_value_t = 32)]
-    pub num_layers: u64,
-    /// KV heads.
-    #[arg(long, default_value_t = 8)]
-    pub num_kv_heads: u64,
-    /// Head dimension.
-    #[arg(long, default_value_t = 128)]
-    pub head_dim: u64,
-    /// Bytes per KV element (2 for bf16, 1 for fp8).
-    #[arg(long, default_value_t = 2)]
-    pub kv_dtype_bytes: u64,
-    /// Tensor-parallel size (KV heads split across ranks; one observation per rank).
-    #[arg(long, default_value_t = 1)]
-    pub tensor_parallel_size: u64,
-    /// Fixed cost of one KV transfer, ms.
-    #[arg(long, default_value_t = 1.0)]
-    pub kv_transfer_latency_ms: f64,
-    /// KV transfer bandwidth, GB/s (RDMA over a 200-400 Gb/s NIC: ~25 GB/s).
-    #[arg(long, default_value_t = 25.0)]
-    pub kv_transfer_bandwidth_gbps: f64,
-    /// How long a prefill keeps leased blocks for the decode side, seconds (vLLM: 480).
-    #[arg(long, default_value_t = 480.0)]
-    pub kv_lease_seconds: f64,
-    /// What a failed pull does.
-    #[arg(long, value_enum, default_value_t = TransferFailure::Error)]
-    pub kv_transfer_failure: TransferFailure,
-    /// Timeout of the pull call, ms.
-    #[arg(long, default_value_t = 5000)]
-    pub kv_transfer_timeout_ms: u64,
-}
-
-impl NixlArgs {
-    /// KV bytes per token over all TP ranks.
-    pub fn bytes_per_token(&self) -> u64 {
-        2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_dtype_bytes
-    }
-}
-
+/// Blocks leased to a decode pod; dropping the lease gives them back to the pool.
 struct Lease {
-    blocks: Vec<BlockId>,
+    blocks: HeldBlocks,
     engine_id: String,
     expires: Instant,
 }
@@ -111,7 +50,6 @@ pub struct Nixl {
     pub port: u16,
     leases: Mutex<HashMap<String, Lease>>,
     client: reqwest::Client,
-    engine: Engine,
     metrics: Arc<EngineMetrics>,
     time_scale: f64,
     /// Fault injection (dropped transfers).
@@ -194,7 +132,6 @@ impl Nixl {
         args: NixlArgs,
         host: String,
         port: u16,
-        engine: Engine,
         metrics: Arc<EngineMetrics>,
         time_scale: f64,
         faults: Arc<crate::faults::Faults>,
@@ -216,7 +153,6 @@ impl Nixl {
             port,
             leases: Mutex::new(HashMap::new()),
             client,
-            engine,
             metrics,
             time_scale,
             faults,
@@ -226,10 +162,11 @@ impl Nixl {
     }
 
     /// Leases a finished prefill's blocks; returns the `kv_transfer_params` for the response.
-    pub fn lease(&self, request_id: &str, blocks: Vec<BlockId>, tp_size: u64) -> Value {
-        let ids: Vec<u64> = blocks.iter().map(|b| u64::from(*b)).collect();
+    /// A lease under the same request id replaces the older one, whose blocks go back.
+    pub fn lease(&self, request_id: &str, blocks: HeldBlocks, tp_size: u64) -> Value {
+        let ids: Vec<u64> = blocks.ids().iter().map(|b| u64::from(*b)).collect();
         let expires = Instant::now() + Duration::from_secs_f64(self.args.kv_lease_seconds.max(0.0));
-        self.leases.lock().insert(
+        let replaced = self.leases.lock().insert(
             request_id.to_owned(),
             Lease {
                 blocks,
@@ -237,6 +174,12 @@ impl Nixl {
                 expires,
             },
         );
+        if replaced.is_some() {
+            tracing::warn!(
+                request = request_id,
+                "a second prefill with the same request id: the first one's KV lease is dropped"
+            );
+        }
         json!({
             "do_remote_prefill": true, "do_remote_decode": false, "remote_block_ids": ids,
             "remote_engine_id": self.engine_id, "remote_host": self.host, "remote_port": self.port,
@@ -244,14 +187,29 @@ impl Nixl {
         })
     }
 
-    /// Decode side: pulls `needed` blocks of a remote prefill. Returns after the simulated
-    /// transfer time; records the NIXL metrics.
+    /// Leases held now (prefill side).
+    pub fn leases(&self) -> usize {
+        self.leases.lock().len()
+    }
+
+    /// Decode side: pulls `needed_blocks` blocks of a remote prefill (0: a full local prefix
+    /// hit, only the notification). Returns after the transfer, whose model time
+    /// (`latency + bytes / bandwidth`) is slept scaled by `--time-scale`; records the NIXL
+    /// metrics with the wall time measured: post time = the pull request's round trip, transfer
+    /// time = from posting to the end of the transfer.
     pub async fn pull(
         &self,
         remote: &RemotePrefill,
         needed_blocks: u64,
         block_size: u64,
     ) -> Result<(), PullError> {
+        let failed = || {
+            if needed_blocks > 0 {
+                self.metrics.nixl_failed.increment(1);
+            } else {
+                self.metrics.nixl_failed_notifications.increment(1);
+            }
+        };
         let target = format!("{}:{}", remote.host, remote.port);
         let started = Instant::now();
         let resp = self
@@ -263,12 +221,12 @@ impl Nixl {
         let resp = match resp {
             Ok(r) => r,
             Err(source) => {
-                self.metrics.nixl_failed.increment(1);
+                failed();
                 return Err(PullError::Unreachable { target, source });
             }
         };
         if !resp.status().is_success() {
-            self.metrics.nixl_failed.increment(1);
+            failed();
             let status = resp.status().as_u16();
             let message = resp.text().await.unwrap_or_default();
             return Err(PullError::Refused {
@@ -278,22 +236,23 @@ impl Nixl {
             });
         }
         let post = started.elapsed().as_secs_f64();
+        if needed_blocks == 0 {
+            return Ok(());
+        }
         let tp = self.args.tensor_parallel_size.max(1);
         let bytes = needed_blocks * block_size * self.args.bytes_per_token();
-        let secs = self.args.kv_transfer_latency_ms / 1e3
-            + bytes as f64 / (self.args.kv_transfer_bandwidth_gbps.max(1e-6) * 1e9);
-        if self.time_scale > 0.0 && needed_blocks > 0 {
-            tokio::time::sleep(Duration::from_secs_f64(secs * self.time_scale)).await;
+        let model_secs = self.args.transfer_seconds(bytes);
+        if self.time_scale > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(model_secs * self.time_scale)).await;
         }
-        if needed_blocks > 0 {
-            for _ in 0..tp {
-                self.metrics.nixl_xfer_time.record(secs);
-                self.metrics.nixl_post_time.record(post);
-                self.metrics.nixl_bytes.record((bytes / tp) as f64);
-                self.metrics
-                    .nixl_descriptors
-                    .record((needed_blocks * self.args.num_layers * 2) as f64);
-            }
+        let xfer = started.elapsed().as_secs_f64();
+        for _ in 0..tp {
+            self.metrics.nixl_xfer_time.record(xfer);
+            self.metrics.nixl_post_time.record(post);
+            self.metrics.nixl_bytes.record((bytes / tp) as f64);
+            self.metrics
+                .nixl_descriptors
+                .record((needed_blocks * self.args.num_layers * 2) as f64);
         }
         Ok(())
     }
@@ -305,19 +264,14 @@ async fn expire_leases(nixl: std::sync::Weak<Nixl>) {
         tick.tick().await;
         let Some(nixl) = nixl.upgrade() else { break };
         let now = Instant::now();
-        let expired: Vec<Lease> = {
+        let expired = {
             let mut leases = nixl.leases.lock();
-            let ids: Vec<String> = leases
-                .iter()
-                .filter(|(_, l)| l.expires <= now)
-                .map(|(k, _)| k.clone())
-                .collect();
-            ids.iter().filter_map(|id| leases.remove(id)).collect()
+            let before = leases.len();
+            leases.retain(|_, l| l.expires > now);
+            before - leases.len()
         };
-        for lease in expired {
-            nixl.metrics.nixl_expired.increment(1);
-            nixl.engine.release(lease.blocks);
-        }
+        // The dropped leases gave their blocks back.
+        nixl.metrics.nixl_expired.increment(expired as u64);
     }
 }
 
@@ -354,9 +308,8 @@ pub async fn pull_endpoint(State(nixl): State<Arc<Nixl>>, body: axum::body::Byte
         Some(_) => {
             let lease = leases.remove(id);
             drop(leases);
-            let blocks = lease.map(|l| l.blocks).unwrap_or_default();
-            let n = blocks.len();
-            nixl.engine.release(blocks);
+            // Dropping the lease gives its blocks back.
+            let n = lease.map(|l| l.blocks.ids().len()).unwrap_or_default();
             axum::Json(json!({"blocks": n})).into_response()
         }
     }

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use llmd_kv_index::tokenizer::{ChatRequest, ModelTokenizer, PromptCache, TokenizerError};
+use llmd_kv_index::tokenizer::{
+    ChatRequest, ModelTokenizer, PromptCache, PromptCacheStats, TokenizerError,
+};
 
 /// Filler the random mode generates from.
 const FILLER: &str = "The quick brown fox jumps over the lazy dog. Serving large language models \
@@ -29,16 +31,30 @@ impl std::fmt::Debug for SimTokenizer {
 }
 
 impl SimTokenizer {
-    /// Loads the model's tokenizer, or the byte stand-in when asked for.
-    pub fn load(model: &str, tokenizer: Option<&str>, dummy: bool) -> Result<Self, TokenizerError> {
+    /// Loads the model's tokenizer (with a prompt cache of at most `cache_tokens` tokens), or
+    /// the byte stand-in when asked for.
+    pub fn load(
+        model: &str,
+        tokenizer: Option<&str>,
+        dummy: bool,
+        cache_tokens: usize,
+    ) -> Result<Self, TokenizerError> {
         if dummy {
             return Ok(SimTokenizer::Bytes);
         }
         let tok = ModelTokenizer::load(tokenizer.unwrap_or(model))?;
         Ok(SimTokenizer::Hf(
             Arc::new(tok),
-            PromptCache::new(4_000_000, 1024),
+            PromptCache::new(cache_tokens, 1024),
         ))
+    }
+
+    /// The prompt cache's counters (the byte stand-in has none).
+    pub fn prompt_cache_stats(&self) -> Option<PromptCacheStats> {
+        match self {
+            SimTokenizer::Hf(_, cache) => Some(cache.stats()),
+            SimTokenizer::Bytes => None,
+        }
     }
 
     /// Token ids of a completions prompt (special tokens added, as vLLM does).

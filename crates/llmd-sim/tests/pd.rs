@@ -4,54 +4,23 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
 
 use llmd_telemetry::exposition;
 use serde_json::{Value, json};
 
-struct SimProc {
-    child: Child,
-    base: String,
-    port: u16,
-}
-
-impl Drop for SimProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::SimProc;
 
 fn spawn(flags: &[&str]) -> SimProc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmd-sim"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--dummy-tokenizer",
-            "--block-size",
-            "16",
-            "--time-scale",
-            "0.1",
-        ])
-        .args(flags)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("llmd-sim listening on ")
-        .unwrap_or_else(|| panic!("unexpected: {line:?}"))
-        .to_owned();
-    let port = base.rsplit(':').next().unwrap().parse().unwrap();
-    SimProc { child, base, port }
+    let mut all = vec![
+        "--dummy-tokenizer",
+        "--block-size",
+        "16",
+        "--time-scale",
+        "0.1",
+    ];
+    all.extend_from_slice(flags);
+    common::spawn_process(&all)
 }
 
 async fn post(base: &str, body: Value) -> (u16, Value) {
@@ -194,6 +163,14 @@ async fn prefill_then_decode_pulls_kv_and_records_nixl_metrics() {
         metrics(&decode.base)
             .await
             .value("vllm:nixl_num_failed_transfers_total", &labels),
+        Some(2.0)
+    );
+    // vLLM's engine finishes a request whose KV load failed with `error`.
+    assert_eq!(
+        metrics(&decode.base).await.value(
+            "vllm:request_success_total",
+            &[("engine", "1"), ("finished_reason", "error")]
+        ),
         Some(2.0)
     );
 

@@ -681,6 +681,125 @@ pub mod vllm {
         ME,
     );
 
+    /// `build_1_2_5_buckets(131072)`: the per-request token-count buckets at the default
+    /// `--max-model-len`; a simulator with another context length overrides them with
+    /// [`buckets_1_2_5`].
+    pub const TOKENS_1_2_5_BUCKETS: &[f64] = &[
+        1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+        20000.0, 50000.0, 100000.0,
+    ];
+    /// `vllm:iteration_tokens_total` buckets.
+    pub const ITERATION_TOKENS_BUCKETS: &[f64] = &[
+        1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+    ];
+    /// `vllm:request_params_n` buckets.
+    pub const PARAMS_N_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0];
+    /// Labels of `vllm:cache_config_info`: the `CacheConfig` fields the simulator reports
+    /// (vLLM reports every field, as text) and `engine`; no `model_name`.
+    pub const CACHE_CONFIG_LABELS: &[&str] = &[
+        "block_size",
+        "cache_dtype",
+        "enable_prefix_caching",
+        "gpu_memory_utilization",
+        "num_cpu_blocks",
+        "num_gpu_blocks",
+        "prefix_caching_hash_algo",
+        ENGINE,
+    ];
+    /// Labels of `vllm:lora_requests_info` (no `model_name` or `engine`, as in vLLM).
+    pub const LORA_INFO_LABELS: &[&str] =
+        &["max_lora", "waiting_lora_adapters", "running_lora_adapters"];
+
+    /// Prompt tokens per finished request.
+    pub const REQUEST_PROMPT_TOKENS: MetricDef = histogram(
+        "vllm:request_prompt_tokens",
+        "Number of prefill tokens processed.",
+        ME,
+        TOKENS_1_2_5_BUCKETS,
+    );
+    /// Generated tokens per finished request.
+    pub const REQUEST_GENERATION_TOKENS: MetricDef = histogram(
+        "vllm:request_generation_tokens",
+        "Number of generation tokens processed.",
+        ME,
+        TOKENS_1_2_5_BUCKETS,
+    );
+    /// Most generated tokens among a request's sequences (its generated tokens when `n` = 1).
+    pub const REQUEST_MAX_NUM_GENERATION_TOKENS: MetricDef = histogram(
+        "vllm:request_max_num_generation_tokens",
+        "Histogram of maximum number of requested generation tokens.",
+        ME,
+        TOKENS_1_2_5_BUCKETS,
+    );
+    /// The `max_tokens` request parameter (when the request set it).
+    pub const REQUEST_PARAMS_MAX_TOKENS: MetricDef = histogram(
+        "vllm:request_params_max_tokens",
+        "Histogram of the max_tokens request parameter.",
+        ME,
+        TOKENS_1_2_5_BUCKETS,
+    );
+    /// The `n` request parameter.
+    pub const REQUEST_PARAMS_N: MetricDef = histogram(
+        "vllm:request_params_n",
+        "Histogram of the n request parameter.",
+        ME,
+        PARAMS_N_BUCKETS,
+    );
+    /// Tokens per engine step (prompt tokens of requests whose prefill finished, plus generated
+    /// tokens).
+    pub const ITERATION_TOKENS: MetricDef = histogram(
+        "vllm:iteration_tokens_total",
+        "Histogram of number of tokens per engine_step.",
+        ME,
+        ITERATION_TOKENS_BUCKETS,
+    );
+    /// Time from scheduled to last token.
+    pub const REQUEST_INFERENCE_TIME: MetricDef = histogram(
+        "vllm:request_inference_time_seconds",
+        "Histogram of time spent in RUNNING phase for request.",
+        ME,
+        REQUEST_LATENCY_BUCKETS,
+    );
+    /// Mean time per output token of a request (decode time / (generated - 1)).
+    pub const REQUEST_TIME_PER_OUTPUT_TOKEN: MetricDef = histogram(
+        "vllm:request_time_per_output_token_seconds",
+        "Histogram of time_per_output_token_seconds per request.",
+        ME,
+        ITL_BUCKETS,
+    );
+    /// The KV-cache configuration as labels, value 1 (GIE and llm-d EPPs read `block_size`
+    /// and `num_gpu_blocks` from it).
+    pub const CACHE_CONFIG_INFO: MetricDef = gauge(
+        "vllm:cache_config_info",
+        "Information of the LLMEngine CacheConfig",
+        CACHE_CONFIG_LABELS,
+    );
+    /// Running and waiting LoRA adapters (comma-separated names) and `--max-loras`, as labels;
+    /// the value is the Unix time of the update (only with `--enable-lora`).
+    pub const LORA_REQUESTS_INFO: MetricDef = gauge(
+        "vllm:lora_requests_info",
+        "Running stats on lora requests.",
+        LORA_INFO_LABELS,
+    );
+    /// KV-connector prefix-cache queries, in tokens (the tokens not found locally).
+    pub const EXTERNAL_PREFIX_CACHE_QUERIES: MetricDef = counter(
+        "vllm:external_prefix_cache_queries_total",
+        "External prefix cache queries from KV connector cross-instance cache sharing, in terms of number of queried tokens.",
+        ME,
+    );
+    /// KV-connector prefix-cache hits, in tokens (tokens received over the connector).
+    pub const EXTERNAL_PREFIX_CACHE_HITS: MetricDef = counter(
+        "vllm:external_prefix_cache_hits_total",
+        "External prefix cache hits from KV connector cross-instance cache sharing, in terms of number of cached tokens.",
+        ME,
+    );
+    /// Failed NIXL notifications (decode side: the notification of a full local prefix hit).
+    pub const NIXL_NUM_FAILED_NOTIFICATIONS: MetricDef = counter(
+        "vllm:nixl_num_failed_notifications_total",
+        "Number of failed NIXL KV Cache notifications.",
+        ME,
+    );
+
     /// Every vLLM metric the simulator exposes.
     pub const ALL: &[&MetricDef] = &[
         &NUM_REQUESTS_RUNNING,
@@ -704,6 +823,27 @@ pub mod vllm {
         &NIXL_NUM_DESCRIPTORS,
         &NIXL_NUM_FAILED_TRANSFERS,
         &NIXL_NUM_KV_EXPIRED_REQS,
+        &REQUEST_PROMPT_TOKENS,
+        &REQUEST_GENERATION_TOKENS,
+        &REQUEST_MAX_NUM_GENERATION_TOKENS,
+        &REQUEST_PARAMS_MAX_TOKENS,
+        &REQUEST_PARAMS_N,
+        &ITERATION_TOKENS,
+        &REQUEST_INFERENCE_TIME,
+        &REQUEST_TIME_PER_OUTPUT_TOKEN,
+        &CACHE_CONFIG_INFO,
+        &LORA_REQUESTS_INFO,
+        &EXTERNAL_PREFIX_CACHE_QUERIES,
+        &EXTERNAL_PREFIX_CACHE_HITS,
+        &NIXL_NUM_FAILED_NOTIFICATIONS,
+    ];
+
+    /// Histograms whose buckets follow `--max-model-len` (vLLM's `build_1_2_5_buckets`).
+    pub const MAX_MODEL_LEN_BUCKETED: &[&MetricDef] = &[
+        &REQUEST_PROMPT_TOKENS,
+        &REQUEST_GENERATION_TOKENS,
+        &REQUEST_MAX_NUM_GENERATION_TOKENS,
+        &REQUEST_PARAMS_MAX_TOKENS,
     ];
 }
 
@@ -810,6 +950,20 @@ pub mod attrs {
     pub const GEN_AI_LATENCY_TIME_IN_QUEUE: &str = "gen_ai.latency.time_in_queue";
     /// End-to-end (s).
     pub const GEN_AI_LATENCY_E2E: &str = "gen_ai.latency.e2e";
+    /// Scheduled to first token (s).
+    pub const GEN_AI_LATENCY_PREFILL: &str = "gen_ai.latency.time_in_model_prefill";
+    /// First to last token (s).
+    pub const GEN_AI_LATENCY_DECODE: &str = "gen_ai.latency.time_in_model_decode";
+    /// Scheduled to last token (s).
+    pub const GEN_AI_LATENCY_INFERENCE: &str = "gen_ai.latency.time_in_model_inference";
+    /// Requested temperature.
+    pub const GEN_AI_REQUEST_TEMPERATURE: &str = "gen_ai.request.temperature";
+    /// Requested top_p.
+    pub const GEN_AI_REQUEST_TOP_P: &str = "gen_ai.request.top_p";
+    /// Requested n.
+    pub const GEN_AI_REQUEST_N: &str = "gen_ai.request.n";
+    /// Finish reason(s) of the request.
+    pub const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
 }
 
 /// Every metric of the contract, for tests and documentation.
@@ -870,5 +1024,6 @@ mod tests {
         assert_eq!(vllm::buckets_1_2_5(4), vec![1.0, 2.0]);
         assert_eq!(vllm::buckets_1_2_5(0), Vec::<f64>::new());
         assert_eq!(vllm::buckets_1_2_5(u64::MAX).len(), 58);
+        assert_eq!(vllm::buckets_1_2_5(131_072), vllm::TOKENS_1_2_5_BUCKETS);
     }
 }

@@ -1,4 +1,6 @@
-//! Starting simulators in-process for tests, with the real tokenizer when fetched.
+//! Starting simulators for tests: in-process (the `testing` feature) or as `llmd-sim`
+//! processes (for what is per process: the metrics recorder's buckets, RSS), with the real
+//! tokenizer when fetched.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::OnceLock;
@@ -73,4 +75,74 @@ pub fn python() -> Option<std::path::PathBuf> {
         eprintln!("SKIPPED: no Python test venv");
     }
     found
+}
+
+/// A simulator process (killed when dropped).
+pub struct SimProc {
+    pub child: std::process::Child,
+    pub base: String,
+    pub port: u16,
+}
+
+impl Drop for SimProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `llmd-sim --host 127.0.0.1 --port 0 <flags>` and waits for its address.
+pub fn spawn_process(flags: &[&str]) -> SimProc {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_llmd-sim"))
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .args(flags)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("llmd-sim listening on ")
+        .unwrap_or_else(|| panic!("unexpected: {line:?}"))
+        .to_owned();
+    let port = base.rsplit(':').next().unwrap().parse().unwrap();
+    SimProc { child, base, port }
+}
+
+/// The parsed `/metrics` of a simulator at `base`.
+pub async fn scrape(base: &str) -> llmd_telemetry::exposition::Exposition {
+    llmd_telemetry::exposition::parse(
+        &reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// POSTs JSON to `base` + `path`; returns the status and the JSON body.
+pub async fn post_json(
+    base: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
