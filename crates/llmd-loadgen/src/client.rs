@@ -90,6 +90,9 @@ pub struct ServerTiming {
     pub coordinator_ms: Option<f64>,
     /// `decode_ttft;dur=`.
     pub decode_ttft_ms: Option<f64>,
+    /// `true_ttft;dur=`: the proxy's own measure of the time to the first token.
+    #[serde(default)]
+    pub true_ttft_ms: Option<f64>,
 }
 
 impl ServerTiming {
@@ -108,6 +111,7 @@ impl ServerTiming {
                 "prefill" => t.prefill_ms = dur,
                 "coordinator" => t.coordinator_ms = dur,
                 "decode_ttft" => t.decode_ttft_ms = dur,
+                "true_ttft" => t.true_ttft_ms = dur,
                 _ => {}
             }
         }
@@ -195,6 +199,7 @@ pub struct Client {
     api: Api,
     timeout: Duration,
     extra: serde_json::Map<String, Value>,
+    service_name: Option<String>,
 }
 
 /// Settings of [`Client::new`].
@@ -210,6 +215,8 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Extra body fields (`temperature`, `ignore_eos`, ...).
     pub extra: serde_json::Map<String, Value>,
+    /// The `service.name` of the client spans when sharing a process with other components.
+    pub service_name: Option<String>,
 }
 
 impl Client {
@@ -275,6 +282,7 @@ impl Client {
             api: opts.api,
             timeout: opts.timeout,
             extra: opts.extra,
+            service_name: opts.service_name,
         })
     }
 
@@ -328,12 +336,16 @@ impl Client {
         let span = tracing::info_span!(
             llmd_telemetry::names::spans::LOADGEN_REQUEST,
             otel.kind = "client",
+            service.name = tracing::field::Empty,
             gen_ai.request.id = %spec.id,
             llmd.loadgen.pattern = %spec.pattern,
-            gen_ai.request.max_tokens = spec.max_tokens,
+            gen_ai.request.max_tokens = i64::from(spec.max_tokens),
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
+        if let Some(name) = &self.service_name {
+            span.record(llmd_telemetry::names::services::SPAN_ATTR, name.as_str());
+        }
         let mut pairs = Vec::new();
         llmd_telemetry::propagation::inject_span_into_pairs(&span, &mut pairs);
         let tp = pairs
@@ -341,7 +353,7 @@ impl Client {
             .find(|(k, _)| k == "traceparent")
             .map_or_else(traceparent, |(_, v)| v);
         let out = self.send_traced(spec, t0, &tp).await;
-        span.record("http.response.status_code", out.status);
+        span.record("http.response.status_code", i64::from(out.status));
         if let Some(e) = &out.error {
             span.record("error.type", e.to_string());
         }
@@ -688,6 +700,8 @@ mod tests {
         assert_eq!(t.prefill_ms, Some(12.5));
         assert_eq!(t.coordinator_ms, Some(0.031));
         assert_eq!(t.decode_ttft_ms, Some(4.0));
+        let t = ServerTiming::parse("prefill;dur=1, true_ttft;dur=7.5").unwrap();
+        assert_eq!(t.true_ttft_ms, Some(7.5));
         assert_eq!(ServerTiming::parse("cache;desc=hit"), None);
         assert_eq!(ServerTiming::parse("prefill;dur=NaN"), None);
     }

@@ -116,6 +116,10 @@ pub struct Target {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The `service.name` of the client spans when the load generator shares a process with
+    /// other components (`llmd demo`); alone, the process's own names them.
+    #[arg(long)]
+    pub span_service_name: Option<String>,
 }
 
 /// Rate modes.
@@ -300,6 +304,7 @@ impl Target {
             api,
             timeout: Duration::from_secs_f64(self.timeout_s),
             extra,
+            service_name: self.span_service_name.clone(),
         })?)
     }
 

@@ -180,8 +180,11 @@ pub struct Breakdown {
     pub prefill_ms: Dist,
     /// The proxy's own time.
     pub coordinator_ms: Dist,
-    /// Decode engine's time to its first byte.
+    /// Decode leg start to its first token.
     pub decode_ttft_ms: Dist,
+    /// The proxy's true TTFT (request received to first token).
+    #[serde(default)]
+    pub true_ttft_ms: Dist,
 }
 
 impl Group {
@@ -226,6 +229,7 @@ impl Group {
                 prefill_ms: Dist::of(timed.iter().filter_map(|t| t.prefill_ms)),
                 coordinator_ms: Dist::of(timed.iter().filter_map(|t| t.coordinator_ms)),
                 decode_ttft_ms: Dist::of(timed.iter().filter_map(|t| t.decode_ttft_ms)),
+                true_ttft_ms: Dist::of(timed.iter().filter_map(|t| t.true_ttft_ms)),
             });
         }
         let secs = secs.max(1e-9);

@@ -312,6 +312,11 @@ pub struct EngineArgs {
     /// legs; it labels the pod for routers and dashboards).
     #[arg(long, value_enum, default_value_t = Role::Both)]
     pub role: Role,
+    /// The `service.name` of this engine's spans when it shares a process with other
+    /// components (`llmd demo`: `vllm-prefill`, `vllm-decode`). Alone, the process's own
+    /// (`OTEL_SERVICE_NAME`) names them.
+    #[arg(long)]
+    pub span_service_name: Option<String>,
     /// LoRA adapters.
     #[command(flatten)]
     pub lora: LoraArgs,

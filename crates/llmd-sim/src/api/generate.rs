@@ -34,7 +34,7 @@ pub(super) async fn chat_completions(State(state): State<Arc<AppState>>, req: Re
 
 async fn handle(state: Arc<AppState>, req: Request, api: Api) -> Response {
     let arrival = Instant::now();
-    let span = RequestSpan::arrive(req.headers());
+    let span = RequestSpan::arrive(req.headers(), state.args.span_service_name.as_deref());
     match run(state, req, api, arrival, span.clone()).await {
         Ok(r) => r,
         Err(e) => {

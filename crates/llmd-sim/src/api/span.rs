@@ -22,10 +22,11 @@ fn int(n: usize) -> i64 {
 
 impl RequestSpan {
     /// Opens the span now (the request's arrival), as a child of the caller's trace context.
-    pub fn arrive(headers: &HeaderMap) -> Self {
+    pub fn arrive(headers: &HeaderMap, service_name: Option<&str>) -> Self {
         let span = tracing::info_span!(
             llmd_telemetry::names::spans::LLM_REQUEST,
             otel.kind = "server",
+            service.name = Empty,
             otel.status_code = Empty,
             otel.status_description = Empty,
             gen_ai.request.id = Empty,
@@ -44,6 +45,9 @@ impl RequestSpan {
             gen_ai.latency.time_in_model_inference = Empty,
             gen_ai.response.finish_reasons = Empty,
         );
+        if let Some(name) = service_name {
+            span.record(llmd_telemetry::names::services::SPAN_ATTR, name);
+        }
         llmd_telemetry::propagation::set_parent(
             &span,
             llmd_telemetry::propagation::extract_from_headers(headers),

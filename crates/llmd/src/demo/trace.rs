@@ -1,0 +1,176 @@
+//! Traces: the in-process OTLP receiver (teed to `--otlp-endpoint`) and one request's
+//! waterfall.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use llmd_telemetry::names;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+/// One trace as a waterfall: each span indented under its parent, its start and duration, and
+/// a bar on the trace's time line.
+pub(super) fn waterfall(spans: &[llmd_telemetry::testing::Received]) -> String {
+    use std::collections::HashMap;
+    use std::fmt::Write as _;
+    let hex = llmd_telemetry::testing::hex;
+    let t0 = spans
+        .iter()
+        .map(|s| s.span.start_time_unix_nano)
+        .min()
+        .unwrap_or(0);
+    let t1 = spans
+        .iter()
+        .map(|s| s.span.end_time_unix_nano)
+        .max()
+        .unwrap_or(t0);
+    let total = (t1.saturating_sub(t0)).max(1) as f64;
+    let ids: std::collections::HashSet<String> =
+        spans.iter().map(|s| hex(&s.span.span_id)).collect();
+    let mut children: HashMap<String, Vec<&llmd_telemetry::testing::Received>> = HashMap::new();
+    let mut roots = Vec::new();
+    for s in spans {
+        let parent = hex(&s.span.parent_span_id);
+        if ids.contains(&parent) {
+            children.entry(parent).or_default().push(s);
+        } else {
+            roots.push(s);
+        }
+    }
+    let mut out = String::new();
+    let mut stack: Vec<(&llmd_telemetry::testing::Received, usize)> = Vec::new();
+    roots.sort_by_key(|s| std::cmp::Reverse(s.span.start_time_unix_nano));
+    stack.extend(roots.into_iter().map(|s| (s, 0)));
+    const WIDTH: f64 = 40.0;
+    while let Some((s, depth)) = stack.pop() {
+        let start = s.span.start_time_unix_nano.saturating_sub(t0) as f64;
+        let dur = s
+            .span
+            .end_time_unix_nano
+            .saturating_sub(s.span.start_time_unix_nano) as f64;
+        let a = (start / total * WIDTH).round() as usize;
+        let b = (((start + dur) / total * WIDTH).round() as usize)
+            .max(a + 1)
+            .min(WIDTH as usize);
+        let bar: String = (0..WIDTH as usize)
+            .map(|i| if i >= a && i < b { '#' } else { '.' })
+            .collect();
+        let name = format!("{}{}", "  ".repeat(depth), s.span.name);
+        let _ = writeln!(
+            out,
+            "  {name:<40} {:>9.2} ms {:>9.2} ms  {bar}",
+            start / 1e6,
+            dur / 1e6
+        );
+        let mut kids = children.remove(&hex(&s.span.span_id)).unwrap_or_default();
+        kids.sort_by_key(|k| std::cmp::Reverse(k.span.start_time_unix_nano));
+        stack.extend(kids.into_iter().map(|k| (k, depth + 1)));
+    }
+    out
+}
+
+/// Prints the trace of one P/D request from the in-process span receiver.
+pub(super) async fn print_trace(
+    spans: &llmd_telemetry::testing::Spans,
+    guard: &llmd_telemetry::TelemetryGuard,
+) {
+    tokio::task::block_in_place(|| guard.flush());
+    let all = spans.snapshot();
+    let Some(trace) = all
+        .iter()
+        .rev()
+        .find(|s| s.span.name == names::spans::PD_PROXY_REQUEST)
+        .map(|s| s.trace_id_hex())
+    else {
+        println!(
+            "
+(no P/D request trace was recorded)"
+        );
+        return;
+    };
+    let one: Vec<_> = all
+        .into_iter()
+        .filter(|s| s.trace_id_hex() == trace)
+        .collect();
+    println!(
+        "
+== the trace of one P/D request ({trace}), collected in this process"
+    );
+    println!("  {:<40} {:>12} {:>12}", "span", "start", "duration");
+    print!("{}", waterfall(&one));
+}
+
+/// The in-process span receiver, also forwarding every export to `--otlp-endpoint`.
+#[derive(Clone)]
+struct Tee {
+    spans: llmd_telemetry::testing::Spans,
+    forward: Option<TraceServiceClient<tonic::transport::Channel>>,
+    warned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Tee {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        if let Some(client) = &self.forward {
+            let mut client = client.clone();
+            let sent =
+                tokio::time::timeout(Duration::from_secs(10), client.export(request.clone())).await;
+            let error = match sent {
+                Ok(Ok(_)) => None,
+                Ok(Err(status)) => Some(status.to_string()),
+                Err(_) => Some("no answer within 10 s".to_owned()),
+            };
+            if let Some(error) = error
+                && !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(%error, "--otlp-endpoint refused spans (logged once)");
+            }
+        }
+        self.spans.add(request);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// Serves an OTLP/gRPC receiver on `listener` that keeps the spans (for the waterfall) and
+/// forwards them to `forward` (an OTLP/gRPC collector URL), if given.
+pub async fn span_receiver(
+    listener: tokio::net::TcpListener,
+    forward: Option<&str>,
+) -> anyhow::Result<llmd_telemetry::testing::Spans> {
+    let spans = llmd_telemetry::testing::Spans::default();
+    let forward = match forward {
+        Some(url) => Some(TraceServiceClient::new(
+            tonic::transport::Endpoint::from_shared(url.to_owned())
+                .with_context(|| format!("--otlp-endpoint {url}"))?
+                .connect_timeout(Duration::from_secs(5))
+                .connect_lazy(),
+        )),
+        None => None,
+    };
+    let tee = Tee {
+        spans: spans.clone(),
+        forward,
+        warned: Default::default(),
+    };
+    tokio::spawn(async move {
+        if let Err(error) = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(tee))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+        {
+            tracing::warn!(%error, "in-process OTLP receiver stopped");
+        }
+    });
+    Ok(spans)
+}
