@@ -102,29 +102,32 @@ impl KvService {
         self.params.hash_algorithm.algo()
     }
 
-    /// Loads the tokenizers of these models now (blocking: call it off the async runtime).
-    pub fn preload<'a>(&self, models: impl IntoIterator<Item = &'a str>) {
-        for m in models {
-            let _ = self.tokenizer(m);
+    /// Loads the configured tokenizer (the `tokenizer` parameter) now, when there is one
+    /// (blocking: call it off the async runtime), so that the first request does not wait for
+    /// it.
+    pub fn preload(&self) {
+        if let Some(name) = &self.params.tokenizer {
+            let _ = self.tokenizer(name);
         }
     }
 
+    /// The tokenizer for requests to `model`: the configured one, else the model's own.
     fn tokenizer(&self, model: &str) -> Option<Arc<TokenizerEntry>> {
+        let name = self.params.tokenizer.as_deref().unwrap_or(model);
         let slot = {
             let read = self.tokenizers.read();
-            read.get(model).cloned()
+            read.get(name).cloned()
         };
         let slot = match slot {
             Some(s) => s,
             None => self
                 .tokenizers
                 .write()
-                .entry(model.to_owned())
+                .entry(name.to_owned())
                 .or_default()
                 .clone(),
         };
         slot.get_or_init(|| {
-            let name = self.params.tokenizer.as_deref().unwrap_or(model);
             match ModelTokenizer::load(name) {
                 Ok(t) => Some(Arc::new(TokenizerEntry {
                     tokenizer: t,

@@ -294,6 +294,11 @@ pub async fn start(
             .with_limits(limits)
             .with_service_name(service_name.clone()),
     );
+    if let Some(kv) = &kv {
+        // Load the configured tokenizer now, off the async workers, not on the first request.
+        let kv = kv.clone();
+        tokio::task::spawn_blocking(move || kv.preload());
+    }
     let mut kv_events_bound = None;
     // Who hears about endpoint changes: the KV-event subscriptions follow the pod set.
     let on_change: Arc<dyn Fn(endpoints::Change) + Send + Sync> = match &kv {

@@ -17,9 +17,16 @@ fn fast_pd(seconds: &str) -> [&str; 9] {
     ]
 }
 
+/// The clone's tokenizer cache (scripts/fetch-tokenizers.sh), so part 2 uses the real tokenizer
+/// without a download.
+fn hub() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub")
+}
+
 #[test]
 fn the_pd_demo_runs_and_passes_its_own_checks() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .env("HF_HUB_CACHE", hub())
         .args(fast_pd("4"))
         .output()
         .unwrap();
@@ -41,7 +48,11 @@ fn the_pd_demo_runs_and_passes_its_own_checks() {
         .parse()
         .unwrap();
     assert!(pd > 0, "{decisions}");
-    assert!(stdout.contains("true TTFT (client-side)"), "{stdout}");
+    assert!(stdout.contains("true TTFT (the proxy's)"), "{stdout}");
+    assert!(
+        stdout.contains("== the true-TTFT breakdown of"),
+        "the per-request breakdown from the traces: {stdout}"
+    );
     assert!(
         stdout.contains("TTFT the decode engine reports"),
         "{stdout}"
@@ -86,6 +97,7 @@ fn the_pd_demo_runs_and_passes_its_own_checks() {
 fn a_failing_check_is_a_non_zero_exit() {
     // A threshold no prompt reaches: no prefill/decode decision, so the demo must fail.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .env("HF_HUB_CACHE", hub())
         .args(fast_pd("2"))
         .args(["--pd-threshold", "100000000"])
         .output()
@@ -174,6 +186,7 @@ async fn otlp_endpoint_receives_every_span_and_the_waterfall_stays() {
     let (endpoint, spans) = llmd_telemetry::testing::start_grpc_receiver().await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("HF_HUB_CACHE", hub())
         .args(fast_pd("2"))
         .args(["--otlp-endpoint", &endpoint])
         .output()

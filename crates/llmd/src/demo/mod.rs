@@ -186,8 +186,10 @@ pub async fn run(
     }
     if args.runs(Part::Pd) {
         let stack = pd_part(&args, &metrics, &stop, &mut failed).await?;
-        background.push(pd_background(stack.gateway)?);
+        background.push(pd_background(&stack)?);
         if let Some((spans, guard)) = &spans {
+            tokio::task::block_in_place(|| guard.flush());
+            trace::print_breakdown(&spans.snapshot());
             print_trace(spans, guard).await;
         }
     }

@@ -1,6 +1,7 @@
 //! Part 2: prefill/decode through the proxy, and the true-TTFT breakdown.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::Parser;
@@ -8,14 +9,28 @@ use llmd_epp::endpoints::Role;
 use llmd_telemetry::{MetricsHandle, names};
 use tokio_util::sync::CancellationToken;
 
-use super::stack::{bind, delta, engine_metrics, epp, gateway, sim, snapshot, spec};
-use super::{DemoArgs, ok_share};
+use super::stack::{bind, delta, engine_metrics, epp, gateway, sim, sim_on, snapshot, spec};
+use super::{DemoArgs, HASH_SEED, ok_share};
 
-pub(super) fn pd_config(threshold: u32) -> String {
+/// The P/D EPP: the precise prefix-cache scorer in both profiles (so `cache_hit_ratio` is the
+/// chosen decode pod's, and the decision counts its uncached tokens), as llm-d's P/D guide does.
+/// Without the real tokenizer (offline, nothing cached) it decides on an estimate of the prompt
+/// instead.
+pub(super) fn pd_config(threshold: u32, tokenizer: Option<&Path>) -> String {
+    let (prefix_plugin, prefix_ref) = match tokenizer {
+        Some(tok) => (
+            format!(
+                "  - type: precise-prefix-cache-scorer\n    parameters: {{hashSeed: \"{HASH_SEED}\", tokenizer: \"{}\"}}\n",
+                tok.display()
+            ),
+            "{pluginRef: precise-prefix-cache-scorer, weight: 2}, ",
+        ),
+        None => (String::new(), ""),
+    };
     format!(
         r#"
 plugins:
-  - type: decode-filter
+{prefix_plugin}  - type: decode-filter
   - type: prefill-filter
   - type: queue-scorer
   - type: max-score-picker
@@ -23,9 +38,9 @@ plugins:
     parameters: {{threshold: {threshold}}}
 schedulingProfiles:
   - name: decode
-    plugins: [{{pluginRef: decode-filter}}, {{pluginRef: queue-scorer}}, {{pluginRef: max-score-picker}}]
+    plugins: [{{pluginRef: decode-filter}}, {prefix_ref}{{pluginRef: queue-scorer}}, {{pluginRef: max-score-picker}}]
   - name: prefill
-    plugins: [{{pluginRef: prefill-filter}}, {{pluginRef: queue-scorer}}, {{pluginRef: max-score-picker}}]
+    plugins: [{{pluginRef: prefill-filter}}, {prefix_ref}{{pluginRef: queue-scorer}}, {{pluginRef: max-score-picker}}]
 "#
     )
 }
@@ -34,6 +49,8 @@ schedulingProfiles:
 pub(super) struct PdStack {
     pub(super) gateway: SocketAddr,
     decode_rank: u32,
+    /// The tokenizer the engines, the EPP and the load use (`None`: bytes).
+    tokenizer: Option<PathBuf>,
 }
 
 pub(super) async fn pd_stack(
@@ -41,20 +58,71 @@ pub(super) async fn pd_stack(
     metrics: &MetricsHandle,
     stop: &CancellationToken,
 ) -> anyhow::Result<PdStack> {
+    // The real tokenizer when it is there (or can be fetched), as in part 1: prompts, prefill
+    // times and KV bytes are then what Llama-3.1 would give.
+    let tokenizer = match crate::fetch::tokenizer_dir(args.tokenizer.as_deref()).await {
+        Ok(dir) => Some(dir),
+        Err(error) => {
+            println!(
+                "tokenizer       unavailable ({error:#}); part 2 runs with a byte tokenizer and \
+                 the EPP estimates prompts at 4 bytes a token"
+            );
+            None
+        }
+    };
+    let tok = tokenizer.as_ref().map(|t| t.display().to_string());
     let scale = args.time_scale.to_string();
-    let common = [
-        "--dummy-tokenizer",
+    let mut common = vec![
+        "--model",
+        crate::fetch::MODEL,
+        "--hash-seed",
+        HASH_SEED,
         "--time-scale",
         scale.as_str(),
         "--max-model-len",
         "16384",
     ];
+    match &tok {
+        Some(t) => common.extend(["--tokenizer", t.as_str()]),
+        None => common.push("--dummy-tokenizer"),
+    }
+    // The EPP first: the engines publish their KV events to its bound socket. The decode pod
+    // is known to the EPP by its proxy's address, so the proxy's listener is bound first and
+    // the decode engine's topic names it.
+    let proxy_listener = bind().await?;
+    let proxy = proxy_listener.local_addr()?;
+    let mut prefill_listeners = Vec::new();
+    let mut endpoints = Vec::new();
     // Engines 8.. (part 1 used 0-7).
-    let mut prefills = Vec::new();
+    let decode_rank = 10;
+    let decode_view = engine_metrics(metrics, decode_rank, stop).await?;
+    endpoints.push(spec(proxy, Role::Decode, Some(decode_view.port())));
     for i in 0..2u32 {
+        let listener = bind().await?;
+        let view = engine_metrics(metrics, 8 + i, stop).await?;
+        endpoints.push(spec(
+            listener.local_addr()?,
+            Role::Prefill,
+            Some(view.port()),
+        ));
+        prefill_listeners.push((listener, view));
+    }
+    let epp = epp(
+        &pd_config(args.pd_threshold, tokenizer.as_deref()),
+        endpoints,
+        tokenizer.is_some().then(|| "tcp://127.0.0.1:0".to_owned()),
+        "demo-pd",
+        metrics,
+        stop,
+    )
+    .await?;
+    let kv_events = epp.kv_events_bound.clone();
+    let mut prefills = Vec::new();
+    for (i, (listener, view)) in prefill_listeners.into_iter().enumerate() {
         let id = format!("prefill-{i}");
         let rank = (8 + i).to_string();
-        let flags = [
+        let addr = listener.local_addr()?;
+        let mut flags = [
             &common[..],
             &[
                 "--role",
@@ -63,16 +131,20 @@ pub(super) async fn pd_stack(
                 id.as_str(),
                 "--data-parallel-rank",
                 rank.as_str(),
+                "--span-service-name",
+                names::services::VLLM_PREFILL,
             ],
         ]
         .concat();
-        let view = engine_metrics(metrics, 8 + i, stop).await?;
-        let addr = sim(&flags, stop).await?;
+        if let Some(kv) = &kv_events {
+            flags.extend(["--kv-events-endpoint", kv.as_str()]);
+        }
+        sim_on(&flags, listener, stop).await?;
         println!("metrics: prefill pod {addr} (engine {rank}) http://{view}/metrics");
-        prefills.push((addr, view));
+        prefills.push(addr);
     }
-    let decode_rank = 10;
-    let decode_flags = [
+    let topic = format!("kv@{proxy}@{}", crate::fetch::MODEL);
+    let mut decode_flags = [
         &common[..],
         &[
             "--role",
@@ -83,11 +155,20 @@ pub(super) async fn pd_stack(
             "2",
             "--data-parallel-rank",
             "10",
+            "--span-service-name",
+            names::services::VLLM_DECODE,
         ],
     ]
     .concat();
+    if let Some(kv) = &kv_events {
+        decode_flags.extend([
+            "--kv-events-endpoint",
+            kv.as_str(),
+            "--kv-events-topic",
+            topic.as_str(),
+        ]);
+    }
     let decode = sim(&decode_flags, stop).await?;
-    let decode_view = engine_metrics(metrics, decode_rank, stop).await?;
     println!("metrics: decode pod {decode} (engine {decode_rank}) http://{decode_view}/metrics");
     let proxy_args = <llmd_pd_proxy::Args as Parser>::try_parse_from([
         "llmd-pd-proxy",
@@ -96,41 +177,34 @@ pub(super) async fn pd_stack(
         "--allow-prefill",
         "127.0.0.1",
     ])?;
-    let proxy_listener = bind().await?;
     let proxy_metrics = bind().await?;
     let proxy_metrics_addr = proxy_metrics.local_addr()?;
-    let proxy = llmd_pd_proxy::start(
-        proxy_args.config()?,
+    let mut proxy_config = proxy_args.config()?;
+    proxy_config.service_name = Some(names::services::PD_PROXY.to_owned());
+    llmd_pd_proxy::start(
+        proxy_config,
         proxy_listener,
         Some((metrics.clone(), proxy_metrics)),
         stop.clone(),
     )
-    .await?
-    .addr;
-    println!("metrics: pd-proxy {proxy} http://{proxy_metrics_addr}/metrics");
-    let mut endpoints = vec![spec(proxy, Role::Decode, Some(decode_view.port()))];
-    endpoints.extend(
-        prefills
-            .iter()
-            .map(|(p, view)| spec(*p, Role::Prefill, Some(view.port()))),
-    );
-    let epp = epp(
-        &pd_config(args.pd_threshold),
-        endpoints,
-        None,
-        "demo-pd",
-        metrics,
-        stop,
-    )
     .await?;
-    println!("metrics: P/D EPP http://{}/metrics", epp.metrics);
+    println!("metrics: pd-proxy {proxy} http://{proxy_metrics_addr}/metrics");
+    println!(
+        "metrics: P/D EPP http://{}/metrics{}",
+        epp.metrics,
+        kv_events
+            .as_deref()
+            .map(|k| format!(" (KV events at {k})"))
+            .unwrap_or_default()
+    );
     let gateway = gateway(&epp, stop).await?;
-    println!("prefill pods    {}, {}", prefills[0].0, prefills[1].0);
+    println!("prefill pods    {}, {}", prefills[0], prefills[1]);
     println!("decode pod      {decode} (TP=2), behind llmd-pd-proxy at {proxy}");
     println!("gateway         http://{gateway}/v1");
     Ok(PdStack {
         gateway,
         decode_rank,
+        tokenizer,
     })
 }
 
@@ -151,6 +225,10 @@ pub(super) async fn pd_part(
     let minutes = (args.duration_s / 60.0).to_string();
     let workers = args.workers.to_string();
     let pace = args.pace.to_string();
+    let tok = stack
+        .tokenizer
+        .as_ref()
+        .map_or_else(|| "bytes".to_owned(), |t| t.display().to_string());
     let mut load = vec![
         "llmd-loadgen",
         "pd-concurrent",
@@ -158,10 +236,14 @@ pub(super) async fn pd_part(
         minutes.as_str(),
         "--endpoint",
         endpoint.as_str(),
+        "--model",
+        crate::fetch::MODEL,
         "--tokenizer",
-        "bytes",
+        tok.as_str(),
         "--pace",
         pace.as_str(),
+        "--span-service-name",
+        names::services::LOADGEN,
     ];
     if !args.lines {
         load.push("--no-lines");
@@ -205,15 +287,21 @@ pub(super) async fn pd_part(
     println!("P/D requests, means over the run (the proxy's and the decode engine's histograms):");
     println!("  prefill leg                     {}", ms(prefill));
     println!("  coordinator overhead            {}", ms(coordinator));
-    println!("  true TTFT (client-side)         {}", ms(true_ttft));
+    println!("  true TTFT (the proxy's)         {}", ms(true_ttft));
     println!(
         "  TTFT the decode engine reports  {}  (every request it served, from its own arrival)",
         ms(engine_ttft)
     );
     if let Some(b) = &g.server_timing {
         println!(
-            "  per request (server-timing p50): prefill {:.2} + coordinator {:.3} + decode TTFT {:.2} ms",
-            b.prefill_ms.p50, b.coordinator_ms.p50, b.decode_ttft_ms.p50
+            "  per request (server-timing p50): true TTFT {:.2} = prefill {:.2} + coordinator {:.3} + decode TTFT {:.2} ms",
+            b.true_ttft_ms.p50, b.prefill_ms.p50, b.coordinator_ms.p50, b.decode_ttft_ms.p50
+        );
+    }
+    if g.ttft_ms.p50 > 0.0 {
+        println!(
+            "  client-side TTFT p50 {:.2} ms (streamed requests): the proxy's true TTFT plus the gateway and the EPP's decision",
+            g.ttft_ms.p50
         );
     }
     let xfer = mean(names::vllm::NIXL_XFER_TIME.name, &on_decode).map(|s| s * 1e3);
@@ -250,15 +338,23 @@ pub(super) async fn pd_part(
 }
 
 /// A light P/D load for --keep-running: long prompts (P/D) and short ones (decode-only).
-pub(super) fn pd_background(gateway: SocketAddr) -> anyhow::Result<llmd_loadgen::RunArgs> {
-    let endpoint = format!("http://{gateway}/v1");
+pub(super) fn pd_background(stack: &PdStack) -> anyhow::Result<llmd_loadgen::RunArgs> {
+    let endpoint = format!("http://{}/v1", stack.gateway);
+    let tok = stack
+        .tokenizer
+        .as_ref()
+        .map_or_else(|| "bytes".to_owned(), |t| t.display().to_string());
     let flags = [
         "llmd-loadgen",
         "run",
         "--endpoint",
         endpoint.as_str(),
+        "--model",
+        crate::fetch::MODEL,
+        "--span-service-name",
+        names::services::LOADGEN,
         "--tokenizer",
-        "bytes",
+        tok.as_str(),
         "--input-tokens",
         "50-3000",
         "--output-tokens",

@@ -107,6 +107,8 @@ pub(super) async fn prefix_stack(
             rank.as_str(),
             "--kv-events-endpoint",
             kv_events.as_str(),
+            "--span-service-name",
+            names::services::VLLM,
         ];
         sim_on(&flags, listener, &stop).await?;
     }
@@ -167,6 +169,8 @@ pub(super) fn prefix_load(
         "--seed",
         "1",
         "--quiet",
+        "--span-service-name",
+        names::services::LOADGEN,
     ];
     match &rate {
         Some(r) => flags.extend(["--load", "poisson", "--rate", r.as_str()]),

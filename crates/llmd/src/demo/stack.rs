@@ -147,7 +147,7 @@ pub(super) async fn epp(
             kubernetes: None,
             limits: Default::default(),
             grace_period: std::time::Duration::from_secs(1),
-            service_name: None,
+            service_name: Some(llmd_telemetry::names::services::SCHEDULER.to_owned()),
         },
         llmd_epp::Listeners {
             grpc: bind().await?,
