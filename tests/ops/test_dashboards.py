@@ -195,23 +195,14 @@ def demo_env() -> dict[str, str]:
 class Demo:
     """`llmd demo` with its stdout read line by line on a thread."""
 
-    def __init__(self, llmd: Path, prom_config: Path, workdir: Path) -> None:
+    def __init__(self, llmd: Path, prom_config: Path, workdir: Path, extra: list[str] | None = None) -> None:
         self.err_path = workdir / "demo.stderr"
+        flags = extra if extra is not None else ["--duration-s", str(DEMO_DURATION_S), "--workers", "4", "--keep-running"]
         self._err = self.err_path.open("w")
         self.lines: list[str] = []
         self._q: queue.Queue[str | None] = queue.Queue()
         self.proc = subprocess.Popen(
-            [
-                str(llmd),
-                "demo",
-                "--duration-s",
-                str(DEMO_DURATION_S),
-                "--workers",
-                "4",
-                "--keep-running",
-                "--prometheus-config",
-                str(prom_config),
-            ],
+            [str(llmd), "demo", *flags, "--prometheus-config", str(prom_config)],
             stdout=subprocess.PIPE,
             stderr=self._err,
             stdin=subprocess.DEVNULL,

@@ -200,6 +200,7 @@ pub struct Client {
     timeout: Duration,
     extra: serde_json::Map<String, Value>,
     service_name: Option<String>,
+    headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 /// Settings of [`Client::new`].
@@ -217,6 +218,8 @@ pub struct ClientOptions {
     pub extra: serde_json::Map<String, Value>,
     /// The `service.name` of the client spans when sharing a process with other components.
     pub service_name: Option<String>,
+    /// Extra request headers (name, value), sent on every request.
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl Client {
@@ -283,6 +286,7 @@ impl Client {
             timeout: opts.timeout,
             extra: opts.extra,
             service_name: opts.service_name,
+            headers: opts.headers,
         })
     }
 
@@ -414,6 +418,14 @@ impl Client {
                         extra.push_str("\r\n");
                     }
                 }
+                for (name, value) in &self.headers {
+                    if let Ok(value) = value.to_str() {
+                        extra.push_str(name.as_str());
+                        extra.push_str(": ");
+                        extra.push_str(value);
+                        extra.push_str("\r\n");
+                    }
+                }
                 let path = format!("{}{}", self.prefix, self.api.path());
                 let (head, body) = pool.post(&path, &extra, &body).await.map_err(h1_error)?;
                 (
@@ -444,6 +456,9 @@ impl Client {
                 }
                 if let Ok(v) = HeaderValue::from_str(tp) {
                     headers.insert("traceparent", v);
+                }
+                for (name, value) in &self.headers {
+                    headers.append(name.clone(), value.clone());
                 }
                 let resp = self.http.request(req).await.map_err(|e| {
                     let kind = if e.is_connect() {

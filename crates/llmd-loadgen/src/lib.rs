@@ -120,6 +120,22 @@ pub struct Target {
     /// other components (`llmd demo`); alone, the process's own names them.
     #[arg(long)]
     pub span_service_name: Option<String>,
+    /// An extra request header, `NAME: VALUE` (repeatable), e.g. `x-prefiller-host-port:
+    /// 10.0.0.5:8000` to drive a P/D sidecar directly.
+    #[arg(long = "header", value_parser = parse_header)]
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// `NAME: VALUE`.
+fn parse_header(raw: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
+    let (name, value) = raw
+        .split_once(':')
+        .ok_or_else(|| format!("{raw:?} is not NAME: VALUE"))?;
+    let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|e| format!("header name {name:?}: {e}"))?;
+    let value = http::HeaderValue::from_str(value.trim())
+        .map_err(|e| format!("header value {value:?}: {e}"))?;
+    Ok((name, value))
 }
 
 /// Rate modes.
@@ -305,6 +321,7 @@ impl Target {
             timeout: Duration::from_secs_f64(self.timeout_s),
             extra,
             service_name: self.span_service_name.clone(),
+            headers: self.headers.clone(),
         })?)
     }
 

@@ -41,6 +41,8 @@ pub struct Answer {
     /// `llm_d.pd_proxy.decode`: ends when the engine's answer does.
     span: tracing::Span,
     ended: bool,
+    /// When the first event with output was read.
+    first_token_at: Option<Instant>,
 }
 
 /// Sends the decode request; error statuses come back as [`ProxyError::DecodeStatus`].
@@ -130,6 +132,7 @@ pub async fn send(
         lines: Lines::default(),
         span,
         ended: false,
+        first_token_at: None,
     })
 }
 
@@ -173,9 +176,10 @@ impl Answer {
     }
 }
 
-/// Reads the event stream up to the first event with generated output and records it as the
-/// first token. The lines read are kept for the relay. A stream that ends first has no first
-/// token (true TTFT is then not recorded).
+/// Reads the event stream up to the first event with generated output. The lines read are
+/// kept for the relay, which records the first token when it hands them to the client (a
+/// stream), or now (an answer assembled for a client that did not stream). A stream that ends
+/// first has no first token (true TTFT is then not recorded).
 pub async fn first_token(
     inner: &Inner,
     cx: &mut Exchange,
@@ -187,7 +191,7 @@ pub async fn first_token(
             let found = sse::has_output(&lines);
             answer.head.extend_from_slice(&lines);
             if found {
-                cx.on_first_token(Instant::now());
+                answer.first_token_at = Some(Instant::now());
                 return Ok(());
             }
         }
@@ -227,7 +231,6 @@ pub fn relay_stream(
     let idle = inner.config.decode_idle_timeout;
     let headers = std::mem::take(&mut answer.headers);
     let status = answer.status;
-    let out = head(status, headers, &cx);
     struct Relay {
         answer: Answer,
         cx: Exchange,
@@ -263,6 +266,12 @@ pub fn relay_stream(
         finished: false,
     };
     let first = (!head_lines.is_empty()).then(|| state.emit(&head_lines));
+    // The first token is handed to the client now, with the response head: true TTFT is the
+    // time to this moment, the proxy's relay work included.
+    if state.answer.first_token_at.is_some() {
+        state.cx.on_first_token(Instant::now());
+    }
+    let out = head(status, headers, &state.cx);
     let rest = futures::stream::unfold(state, |mut s| async move {
         if s.finished {
             return None;
@@ -313,6 +322,9 @@ pub async fn assemble_rest(
     api: Api,
     cached: u64,
 ) -> Result<Response, ProxyError> {
+    if let Some(at) = answer.first_token_at {
+        cx.on_first_token(at);
+    }
     let idle = inner.config.decode_idle_timeout;
     let mut assembler = Assembler::new(api);
     let mut total = answer.head.len();

@@ -85,13 +85,24 @@ pub fn find_done(bytes: &[u8]) -> Option<usize> {
         .filter(|at| *at == 0 || bytes[at - 1] == b'\n')
 }
 
+/// True when the text has a `"usage"` key whose value is an object.
+fn has_usage_object(text: &str) -> bool {
+    text.match_indices("\"usage\"").any(|(at, key)| {
+        text[at + key.len()..]
+            .trim_start()
+            .strip_prefix(':')
+            .is_some_and(|rest| rest.trim_start().starts_with('{'))
+    })
+}
+
 /// The lines with `usage.prompt_tokens_details.cached_tokens` set to `cached` in every usage
 /// event (the nixlv2 convention: the client sees the prefill's cache hits).
 pub fn rewrite_cached(bytes: &[u8], cached: u64) -> Bytes {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Bytes::copy_from_slice(bytes);
     };
-    if !text.contains("\"usage\"") {
+    if !has_usage_object(text) {
+        // Most events carry `"usage": null` (or nothing): nothing to parse.
         return Bytes::copy_from_slice(bytes);
     }
     let mut out = String::with_capacity(text.len() + 16);
@@ -161,6 +172,14 @@ mod tests {
             b": comment\ndata: {\"choices\":[{\"text\":\"a\"}]}\n\n"
         ));
         assert!(!has_output(b"data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn only_usage_objects_are_parsed() {
+        assert!(has_usage_object(r#"{"usage" : {"a":1}}"#));
+        assert!(!has_usage_object(r#"{"usage":null,"text":"usage"}"#));
+        let line = b"data: {\"choices\":[{\"text\":\"a\"}],\"usage\":null}\n\n";
+        assert_eq!(&rewrite_cached(line, 5)[..], &line[..]);
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub struct DemoArgs {
     /// (Ctrl-C stops it).
     #[arg(long)]
     pub keep_running: bool,
+    /// Requests per second of the light load per part with --keep-running (0: none, the
+    /// stacks wait for your own load).
+    #[arg(long, default_value_t = 2.0)]
+    pub background_rate: f64,
     /// Print a line per part 2 request.
     #[arg(long)]
     pub lines: bool,
@@ -181,12 +185,12 @@ pub async fn run(
             &tokenizer,
             &args,
             31_536_000.0,
-            Some(2.0),
+            Some(args.background_rate),
         )?);
     }
     if args.runs(Part::Pd) {
         let stack = pd_part(&args, &metrics, &stop, &mut failed).await?;
-        background.push(pd_background(&stack)?);
+        background.push(pd_background(&stack, args.background_rate)?);
         if let Some((spans, guard)) = &spans {
             tokio::task::block_in_place(|| guard.flush());
             trace::print_breakdown(&spans.snapshot());
@@ -194,7 +198,10 @@ pub async fn run(
         }
     }
     if args.keep_running && !stop.is_cancelled() {
-        for load in background {
+        for load in background
+            .into_iter()
+            .filter(|_| args.background_rate > 0.0)
+        {
             let stop = stop.clone();
             tokio::spawn(async move {
                 if let Err(error) = llmd_loadgen::run_load(&load, stop).await {
@@ -203,8 +210,9 @@ pub async fn run(
             });
         }
         println!(
-            "\nstack running, with a light load (2 req/s per part); Ctrl-C stops it. \
+            "\nstack running, with a light load ({} req/s per part); Ctrl-C stops it. \
              Prometheus: prometheus --config.file={}",
+            args.background_rate,
             config_path.display()
         );
         stop.cancelled().await;

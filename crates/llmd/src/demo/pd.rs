@@ -338,7 +338,8 @@ pub(super) async fn pd_part(
 }
 
 /// A light P/D load for --keep-running: long prompts (P/D) and short ones (decode-only).
-pub(super) fn pd_background(stack: &PdStack) -> anyhow::Result<llmd_loadgen::RunArgs> {
+pub(super) fn pd_background(stack: &PdStack, rate: f64) -> anyhow::Result<llmd_loadgen::RunArgs> {
+    let rate = rate.to_string();
     let endpoint = format!("http://{}/v1", stack.gateway);
     let tok = stack
         .tokenizer
@@ -363,7 +364,7 @@ pub(super) fn pd_background(stack: &PdStack) -> anyhow::Result<llmd_loadgen::Run
         "--load",
         "poisson",
         "--rate",
-        "2",
+        rate.as_str(),
         "--duration-s",
         "31536000",
         "--quiet",
