@@ -12,7 +12,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::stream::{self, Stream, StreamExt};
-use llmd_kv_index::tokenizer::ChatRequest;
+use llmd_tokenizer::ChatRequest;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 

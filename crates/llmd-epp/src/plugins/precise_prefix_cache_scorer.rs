@@ -17,9 +17,9 @@ use std::time::Instant;
 
 use llmd_kv_index::hashing::{BlockKey, HashAlgo, RequestExtras};
 use llmd_kv_index::index::IndexConfig;
-use llmd_kv_index::tokenizer::{ChatRequest, ModelTokenizer, PromptCache};
 use llmd_kv_index::{KvIndex, KvIndexConfig};
 use llmd_telemetry::names;
+use llmd_tokenizer::{ChatRequest, ModelTokenizer, PromptCache};
 use parking_lot::Mutex;
 use serde_json::Value;
 

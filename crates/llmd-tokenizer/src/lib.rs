@@ -1,4 +1,6 @@
-//! Tokenization exactly as vLLM does it, so request keys match the engine's blocks.
+//! `llmd-tokenizer`: tokenization exactly as vLLM does it, so request keys match the engine's
+//! blocks. At the bottom of the crate graph: the KV index, the EPP, the simulator and the load
+//! generator use it; it uses none of them.
 //!
 //! - **Completions**: `tokenizer(prompt, add_special_tokens=True)` (vLLM's default), so
 //!   Llama-3's `<|begin_of_text|>` is prepended by the tokenizer's post-processor.
@@ -12,6 +14,19 @@
 //! `/models--org--name/snapshots/<rev>/` (revision from `refs/main`), never downloaded.
 //!
 //! [`PromptCache`] keeps recent prompts' token ids so a long shared prefix is not re-tokenized.
+//!
+//! ```no_run
+//! use llmd_tokenizer::{ChatRequest, ModelTokenizer, PromptCache};
+//!
+//! let tok = ModelTokenizer::load("meta-llama/Llama-3.1-8B-Instruct")?;
+//! let ids = tok.encode_completion("The capital of France is")?; // BOS first
+//! let chat = ChatRequest::new(vec![serde_json::json!({"role": "user", "content": "Hi"})]);
+//! let chat_ids = tok.encode_chat(&chat)?;
+//! let cache = PromptCache::new(1_000_000, 256);
+//! assert_eq!(cache.encode(&tok, "The capital of France is", true)?, ids);
+//! # let _ = chat_ids;
+//! # Ok::<(), llmd_tokenizer::TokenizerError>(())
+//! ```
 
 pub mod chat;
 mod locate;
@@ -64,7 +79,7 @@ pub enum TokenizerError {
 }
 
 /// Token ids and their byte offsets in the text.
-pub(crate) type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
+type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
 
 /// A model's tokenizer and chat template.
 pub struct ModelTokenizer {
@@ -146,7 +161,7 @@ impl ModelTokenizer {
     }
 
     /// Token ids and byte offsets of `text`.
-    pub(crate) fn encode_with_offsets(
+    fn encode_with_offsets(
         &self,
         text: &str,
         add_special_tokens: bool,
