@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use llmd_epp::request::{Prompt, parse};
-use llmd_kv_index::tokenizer::ChatRequest;
+use llmd_tokenizer::ChatRequest;
 
 const PATHS: &[&str] = &[
     "/v1/completions",

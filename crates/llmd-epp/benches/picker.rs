@@ -32,7 +32,7 @@ use llmd_epp::scheduling::{PickContext, Picker, Scheduler};
 use llmd_kv_index::events::Tier;
 use llmd_kv_index::hashing::BlockKey;
 use llmd_kv_index::index::IndexOps;
-use llmd_kv_index::tokenizer::locate;
+use llmd_tokenizer::locate;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const PODS: usize = 64;

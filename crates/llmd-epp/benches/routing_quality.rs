@@ -264,7 +264,7 @@ async fn run_policy(
 
 fn main() {
     let hub = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub");
-    let Ok(files) = llmd_kv_index::tokenizer::locate(MODEL, Some(&hub)) else {
+    let Ok(files) = llmd_tokenizer::locate(MODEL, Some(&hub)) else {
         eprintln!("SKIPPED: run scripts/fetch-tokenizers.sh first");
         return;
     };

@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 
 use llmd_kv_index::hashing::{BlockKey, HashAlgo, RequestExtras};
 use llmd_kv_index::index::IndexConfig;
-use llmd_kv_index::tokenizer::{ChatRequest, ModelTokenizer, PromptCache};
 use llmd_kv_index::{KvIndex, KvIndexConfig};
+use llmd_tokenizer::{ChatRequest, ModelTokenizer, PromptCache};
 use parking_lot::RwLock;
 
 use crate::config::{ConfigError, EndpointPickerConfig};

@@ -17,8 +17,8 @@ use criterion::Criterion;
 use llmd_kv_index::events::Tier;
 use llmd_kv_index::hashing::{BlockKey, RequestExtras};
 use llmd_kv_index::index::{IndexConfig, IndexOps};
-use llmd_kv_index::tokenizer::{ModelTokenizer, PromptCache, locate};
 use llmd_kv_index::{KvIndex, KvIndexConfig};
+use llmd_tokenizer::{ModelTokenizer, PromptCache, locate};
 
 #[global_allocator]
 static ALLOC: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::events::{DecodeError, EventBatch, KvEvent, WireValue};
 use crate::hashing::{BlockDigest, HashAlgo, LoraKey, RequestExtras, TokensHasher, VllmHasher};
 use crate::subscriber::{EventHandler, PodEndpoint, Subscriber, SubscriberConfig};
-use crate::tokenizer::{ChatRequest, ModelTokenizer};
+use llmd_tokenizer::{ChatRequest, ModelTokenizer};
 
 /// `llmd-kv`: inspect block keys, tokenization and KV events.
 #[derive(Debug, Clone, clap::Parser)]
@@ -144,10 +144,10 @@ pub enum CliError {
     },
     /// Tokenizer problems.
     #[error(transparent)]
-    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    Tokenizer(#[from] llmd_tokenizer::TokenizerError),
     /// Chat problems.
     #[error(transparent)]
-    Chat(#[from] crate::tokenizer::ChatError),
+    Chat(#[from] llmd_tokenizer::ChatError),
     /// Hash configuration.
     #[error(transparent)]
     Hash(#[from] crate::hashing::HashError),

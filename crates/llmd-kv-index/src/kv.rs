@@ -16,7 +16,7 @@ use crate::hashing::{
     BlockDigest, BlockKey, HashAlgo, HashError, RequestExtras, TokensHasher, VllmHasher,
 };
 use crate::index::{IndexConfig, IndexOps, PodIdx, PodRegistry, PrefixIndex, TooManyPods};
-use crate::tokenizer::PromptTokens;
+use llmd_tokenizer::PromptTokens;
 
 /// KV-cache spec kinds whose blocks are prefix-cache blocks (others, like sliding-window
 /// groups, are skipped).
@@ -206,7 +206,7 @@ impl KvIndex {
         }
     }
 
-    /// The keys of a prompt tokenized through a [`crate::tokenizer::PromptCache`]: block digests
+    /// The keys of a prompt tokenized through a [`llmd_tokenizer::PromptCache`]: block digests
     /// of the cached prefix are reused (computed once per cache entry), so only the blocks after
     /// the resume point are hashed. Same result as [`Self::request_keys`] on all the tokens.
     pub fn prompt_keys(
@@ -224,14 +224,17 @@ impl KvIndex {
             self.vllm.keys_into(tokens.tail(), &mut out);
             return out;
         };
-        let digests = match entry.digests(self.fingerprint) {
+        let digests = match entry.annotation::<Vec<BlockDigest>>(self.fingerprint) {
             Some(d) => d,
             None => {
                 let mut d = Vec::with_capacity(entry.tokens().len() / bs);
                 self.vllm
                     .digests_into(None, entry.tokens(), &RequestExtras::default(), &mut d);
                 let d = std::sync::Arc::new(d);
-                entry.set_digests(self.fingerprint, d.clone());
+                // Keeps the longer of two lists, as below.
+                entry.set_annotation(self.fingerprint, d.clone(), |current| {
+                    d.len() > current.len()
+                });
                 d
             }
         };
@@ -254,7 +257,10 @@ impl KvIndex {
             let mut all = Vec::with_capacity(reused + fresh.len());
             all.extend_from_slice(&digests[..reused]);
             all.extend(fresh);
-            stored.set_digests(self.fingerprint, std::sync::Arc::new(all));
+            let longer = all.len();
+            stored.set_annotation(self.fingerprint, std::sync::Arc::new(all), |current| {
+                longer > current.len()
+            });
         }
         keys
     }

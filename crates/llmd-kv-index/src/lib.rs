@@ -5,8 +5,7 @@
 //! KV events vLLM publishes over ZMQ (both the positional-array and the tagged-map encodings);
 //! a ZMQ subscriber for many pods with per-pod sequence tracking, gap detection and replay; the
 //! concurrent, memory-bounded prefix index (block key → pods and tier) whose lookups never wait
-//! long on writers; and tokenization with HuggingFace `tokenizer.json` files and chat templates,
-//! exactly as vLLM computes token ids. Decisions: `shared/design.md` §2.
+//! long on writers. Token ids come from `llmd-tokenizer`. Decisions: `shared/design.md` §2.
 //!
 //! Status: not built yet (issue 3).
 
@@ -16,7 +15,6 @@ pub mod hashing;
 pub mod index;
 pub mod kv;
 pub mod subscriber;
-pub mod tokenizer;
 
 pub use hashing::{BlockDigest, BlockKey, HashAlgo, TokensHasher, VllmHasher};
 pub use kv::{KvIndex, KvIndexConfig};

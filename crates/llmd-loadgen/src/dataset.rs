@@ -1,11 +1,11 @@
 //! Where prompts come from: synthetic prompts of a length in *tokens* (the model's tokenizer via
-//! `llmd-kv-index`, or bytes for servers run with a byte tokenizer such as `llmd sim
+//! `llmd-tokenizer`, or bytes for servers run with a byte tokenizer such as `llmd sim
 //! --dummy-tokenizer`), shared-prefix groups, ShareGPT files, and Mooncake-format traces.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use llmd_kv_index::tokenizer::ModelTokenizer;
+use llmd_tokenizer::ModelTokenizer;
 use rand::Rng;
 use rand::rngs::SmallRng;
 use rand_distr::{Distribution, Normal};

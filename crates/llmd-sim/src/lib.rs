@@ -75,7 +75,7 @@ pub struct Args {
 pub enum Error {
     /// The tokenizer could not be loaded.
     #[error("tokenizer: {0} (use --dummy-tokenizer to run without tokenizer files)")]
-    Tokenizer(#[from] llmd_kv_index::tokenizer::TokenizerError),
+    Tokenizer(#[from] llmd_tokenizer::TokenizerError),
     /// Listening failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

@@ -1,11 +1,9 @@
-//! Prompt tokenization (the same tokenizer and chat template as vLLM, from `llmd-kv-index`, so
+//! Prompt tokenization (the same tokenizer and chat template as vLLM, from `llmd-tokenizer`, so
 //! the sim's KV events match what an EPP computes) and output text.
 
 use std::sync::Arc;
 
-use llmd_kv_index::tokenizer::{
-    ChatRequest, ModelTokenizer, PromptCache, PromptCacheStats, TokenizerError,
-};
+use llmd_tokenizer::{ChatRequest, ModelTokenizer, PromptCache, PromptCacheStats, TokenizerError};
 
 /// Filler the random mode generates from.
 const FILLER: &str = "The quick brown fox jumps over the lazy dog. Serving large language models \

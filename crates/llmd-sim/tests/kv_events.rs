@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use llmd_kv_index::hashing::RequestExtras;
 use llmd_kv_index::subscriber::{Subscriber, SubscriberConfig};
-use llmd_kv_index::tokenizer::ModelTokenizer;
 use llmd_kv_index::{KvIndex, KvIndexConfig};
+use llmd_tokenizer::ModelTokenizer;
 use serde_json::json;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";

@@ -48,8 +48,7 @@ async fn openai_client_gets_well_formed_answers() {
     assert_eq!(c["finish"], "length");
     assert_eq!(c["text"], "The quick brown fox jumps");
     let llama =
-        llmd_kv_index::tokenizer::ModelTokenizer::from_dir(MODEL, std::path::Path::new(&tok))
-            .unwrap();
+        llmd_tokenizer::ModelTokenizer::from_dir(MODEL, std::path::Path::new(&tok)).unwrap();
     let prompt_tokens = llama
         .encode_completion("The simulator answers")
         .unwrap()
@@ -79,7 +78,7 @@ async fn openai_client_gets_well_formed_answers() {
     assert_eq!(chat["usage"]["completion_tokens"], 6);
     let messages = serde_json::json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]});
     let chat_tokens = llama
-        .encode_chat(&llmd_kv_index::tokenizer::ChatRequest::from_openai_body(&messages).unwrap())
+        .encode_chat(&llmd_tokenizer::ChatRequest::from_openai_body(&messages).unwrap())
         .unwrap()
         .len();
     assert_eq!(chat["usage"]["prompt_tokens"], chat_tokens);

@@ -37,14 +37,14 @@ const FILES: [&str; 2] = ["tokenizer.json", "tokenizer_config.json"];
 /// cache's copy, else a fresh download into that cache (with a message saying so).
 pub async fn tokenizer_dir(explicit: Option<&str>) -> anyhow::Result<PathBuf> {
     if let Some(dir) = explicit {
-        let files = llmd_kv_index::tokenizer::locate(dir, None)
-            .with_context(|| format!("--tokenizer {dir}"))?;
+        let files =
+            llmd_tokenizer::locate(dir, None).with_context(|| format!("--tokenizer {dir}"))?;
         return Ok(parent(&files.tokenizer_json));
     }
-    if let Ok(files) = llmd_kv_index::tokenizer::locate(MODEL, None) {
+    if let Ok(files) = llmd_tokenizer::locate(MODEL, None) {
         return Ok(parent(&files.tokenizer_json));
     }
-    let hub = llmd_kv_index::tokenizer::hf_hub_cache()
+    let hub = llmd_tokenizer::hf_hub_cache()
         .context("no Hugging Face cache directory (set HF_HOME or HOME)")?;
     println!(
         "tokenizer       {MODEL} is not in the Hugging Face cache ({}); fetching its tokenizer \

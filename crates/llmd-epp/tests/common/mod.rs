@@ -39,7 +39,7 @@ pub fn metrics() -> MetricsHandle {
 /// The Llama-3.1 tokenizer dir, if fetched (in CI its absence is a failure).
 pub fn llama_tokenizer() -> Option<String> {
     let hub = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub");
-    match llmd_kv_index::tokenizer::locate(MODEL, Some(&hub)) {
+    match llmd_tokenizer::locate(MODEL, Some(&hub)) {
         Ok(files) => Some(files.tokenizer_json.parent().unwrap().display().to_string()),
         Err(e) => {
             assert!(

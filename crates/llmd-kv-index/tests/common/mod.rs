@@ -153,11 +153,9 @@ pub fn tokenizer_hub() -> std::path::PathBuf {
 
 /// The real tokenizer of `model` from `.cache/hf` (`None` outside CI when it was not fetched;
 /// in CI its absence is a failure).
-pub fn real_tokenizer(model: &str) -> Option<llmd_kv_index::tokenizer::ModelTokenizer> {
-    match llmd_kv_index::tokenizer::locate(model, Some(&tokenizer_hub())) {
-        Ok(files) => {
-            Some(llmd_kv_index::tokenizer::ModelTokenizer::from_files(model, &files).unwrap())
-        }
+pub fn real_tokenizer(model: &str) -> Option<llmd_tokenizer::ModelTokenizer> {
+    match llmd_tokenizer::locate(model, Some(&tokenizer_hub())) {
+        Ok(files) => Some(llmd_tokenizer::ModelTokenizer::from_files(model, &files).unwrap()),
         Err(e) => {
             assert!(
                 std::env::var_os("CI").is_none(),

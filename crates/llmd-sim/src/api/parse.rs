@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::http::HeaderMap;
-use llmd_kv_index::tokenizer::ChatRequest;
+use llmd_tokenizer::ChatRequest;
 use serde_json::{Map, Value};
 
 use super::AppState;

@@ -27,7 +27,7 @@ pub fn hub() -> std::path::PathBuf {
 
 /// The Llama-3.1 tokenizer dir, if fetched (in CI its absence is a failure).
 pub fn llama_tokenizer() -> Option<String> {
-    match llmd_kv_index::tokenizer::locate("meta-llama/Llama-3.1-8B-Instruct", Some(&hub())) {
+    match llmd_tokenizer::locate("meta-llama/Llama-3.1-8B-Instruct", Some(&hub())) {
         Ok(files) => Some(files.tokenizer_json.parent().unwrap().display().to_string()),
         Err(e) => {
             assert!(

@@ -1,6 +1,6 @@
-//! A cache of recent prompts' token ids (and, for the index, their block digests), so a long
-//! shared prefix (a system prompt, a document, a conversation so far) is neither re-tokenized
-//! nor re-hashed on every request.
+//! A cache of recent prompts' token ids (and, for a consumer such as the KV index, one
+//! annotation per entry: its block digests), so a long shared prefix (a system prompt, a
+//! document, a conversation so far) is neither re-tokenized nor re-hashed on every request.
 //!
 //! **Resume points.** A prompt can be resumed at byte `p` when `text[p-1]` is `\n` or `\r` and
 //! `text[p]` is an ASCII graphic character. For byte-level BPE tokenizers with a regex
@@ -17,21 +17,23 @@
 //! new part holds resume points of its own (so a short new question after a cached document
 //! does not add a near-copy of the document).
 //!
-//! **Digests.** Each entry can carry the block digests of its tokens for one hashing
-//! configuration ([`CacheEntry::digests`]); [`crate::KvIndex::prompt_keys`] fills and reuses
-//! them, so only the blocks after the resume point are hashed.
+//! **Annotations.** Each entry can carry one value computed from its tokens, of any type,
+//! tagged with a `u64` fingerprint of what computed it ([`CacheEntry::annotation`],
+//! [`CacheEntry::set_annotation`]). `llmd_kv_index::KvIndex::prompt_keys` stores the entry's
+//! block digests there under its hashing configuration's fingerprint, so only the blocks after
+//! the resume point are hashed. The cache never looks inside: it knows nothing of hashing.
 //!
 //! **Memory** is bounded by the total number of cached tokens; the least recently used prompts
 //! go first.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::{ModelTokenizer, TokenizerError};
-use crate::hashing::BlockDigest;
+use crate::{ModelTokenizer, TokenizerError};
 
 /// Counters of a [`PromptCache`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,11 +50,14 @@ pub struct PromptCacheStats {
     pub cached_tokens: u64,
 }
 
+/// A value computed from an entry's tokens, tagged with the fingerprint of what computed it.
+type Annotation = (u64, Arc<dyn Any + Send + Sync>);
+
 /// One cached prompt.
 pub struct CacheEntry {
     tokens: Vec<u32>,
-    /// Block digests of `tokens` for one hashing configuration (fingerprint, digests).
-    digests: Mutex<Option<(u64, Arc<Vec<BlockDigest>>)>>,
+    /// One annotation (for the index: block digests under one hashing configuration).
+    annotation: Mutex<Option<Annotation>>,
 }
 
 impl std::fmt::Debug for CacheEntry {
@@ -69,24 +74,34 @@ impl CacheEntry {
         &self.tokens
     }
 
-    /// Its block digests for the hashing configuration `fingerprint`, if computed.
-    pub fn digests(&self, fingerprint: u64) -> Option<Arc<Vec<BlockDigest>>> {
-        self.digests
-            .lock()
-            .as_ref()
-            .filter(|(f, _)| *f == fingerprint)
-            .map(|(_, d)| d.clone())
+    /// The annotation stored under `fingerprint` with type `T`, if any.
+    pub fn annotation<T: Any + Send + Sync>(&self, fingerprint: u64) -> Option<Arc<T>> {
+        let slot = self.annotation.lock();
+        let (f, value) = slot.as_ref()?;
+        if *f != fingerprint {
+            return None;
+        }
+        value.clone().downcast::<T>().ok()
     }
 
-    /// Records its block digests for `fingerprint` (keeps the longer of two).
-    pub fn set_digests(&self, fingerprint: u64, digests: Arc<Vec<BlockDigest>>) {
-        let mut slot = self.digests.lock();
-        let longer = match slot.as_ref() {
-            Some((f, d)) if *f == fingerprint => digests.len() > d.len(),
+    /// Stores `value` under `fingerprint`. An annotation of another fingerprint or type is
+    /// replaced; one of the same fingerprint and type only when `replaces(&current)` says so
+    /// (the index keeps the longer of two digest lists).
+    pub fn set_annotation<T: Any + Send + Sync>(
+        &self,
+        fingerprint: u64,
+        value: Arc<T>,
+        replaces: impl FnOnce(&T) -> bool,
+    ) {
+        let mut slot = self.annotation.lock();
+        let replace = match slot.as_ref() {
+            Some((f, current)) if *f == fingerprint => {
+                current.downcast_ref::<T>().is_none_or(replaces)
+            }
             _ => true,
         };
-        if longer {
-            *slot = Some((fingerprint, digests));
+        if replace {
+            *slot = Some((fingerprint, value));
         }
     }
 }
@@ -362,7 +377,7 @@ impl PromptCache {
         }
         let entry = Arc::new(CacheEntry {
             tokens,
-            digests: Mutex::new(None),
+            annotation: Mutex::new(None),
         });
         let mut inner = self.inner.lock();
         let id = inner.next_id;
@@ -418,4 +433,44 @@ fn token_starting_at(offsets: &[(usize, usize)], at: usize) -> Option<usize> {
     let starts_here = offsets.get(i).is_some_and(|(s, _)| *s == at);
     let clean_cut = i == 0 || offsets[i - 1].1 <= at;
     (starts_here && clean_cut).then_some(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> CacheEntry {
+        CacheEntry {
+            tokens: vec![1, 2, 3],
+            annotation: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn annotations_are_typed_and_keyed_by_fingerprint() {
+        let e = entry();
+        assert!(e.annotation::<Vec<u8>>(7).is_none());
+        e.set_annotation(7, Arc::new(vec![1u8, 2]), |_| {
+            unreachable!("nothing to replace")
+        });
+        assert_eq!(e.annotation::<Vec<u8>>(7).as_deref(), Some(&vec![1u8, 2]));
+        // Another fingerprint or another type sees nothing.
+        assert!(e.annotation::<Vec<u8>>(8).is_none());
+        assert!(e.annotation::<String>(7).is_none());
+        // Same fingerprint and type: the predicate decides.
+        e.set_annotation(7, Arc::new(vec![9u8]), |cur: &Vec<u8>| cur.is_empty());
+        assert_eq!(e.annotation::<Vec<u8>>(7).as_deref(), Some(&vec![1u8, 2]));
+        e.set_annotation(7, Arc::new(vec![1u8, 2, 3]), |cur: &Vec<u8>| cur.len() < 3);
+        assert_eq!(
+            e.annotation::<Vec<u8>>(7).as_deref(),
+            Some(&vec![1u8, 2, 3])
+        );
+        // Another fingerprint replaces it whatever the predicate.
+        e.set_annotation(8, Arc::new(String::from("x")), |_: &String| false);
+        assert!(e.annotation::<Vec<u8>>(7).is_none());
+        assert_eq!(
+            e.annotation::<String>(8).as_deref().map(String::as_str),
+            Some("x")
+        );
+    }
 }
