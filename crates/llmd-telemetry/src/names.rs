@@ -480,7 +480,7 @@ pub mod gateway {
     /// Failures by reason.
     pub const ERRORS_TOTAL: MetricDef = counter(
         "llmd_gateway_errors_total",
-        "Failures seen by the gateway, by reason: body_too_large, body_unreadable, epp_unavailable, epp_response_phase (the EPP failed while a response was relayed: passed through), epp_cut (the EPP ended a response it had started), no_destination, upstream_unreachable, upstream_timeout, upstream_error, upstream_cut (the upstream failed mid-response), header_read_timeout.",
+        "Failures seen by the gateway, by reason: body_too_large, body_unreadable, epp_unavailable, epp_response_phase (the EPP failed while a response was relayed: passed through), epp_cut (the EPP ended a response it had started), no_destination, upstream_unreachable, upstream_timeout, upstream_error, upstream_cut (the upstream failed mid-response).",
         &[REASON],
     );
     /// Client connections closed by the gateway, by reason.

@@ -540,9 +540,7 @@ impl BodyAnswers {
                         BodyAnswer::Replaced(Bytes::from(all))
                     }
                     Some(body_mutation::Mutation::ClearBody(true)) => BodyAnswer::Cleared,
-                    Some(body_mutation::Mutation::ClearBody(false)) | None => {
-                        BodyAnswer::Unchanged
-                    }
+                    Some(body_mutation::Mutation::ClearBody(false)) | None => BodyAnswer::Unchanged,
                 }
             }
             Some(processing_response::Response::ResponseTrailers(_)) => BodyAnswer::Trailers,

@@ -60,7 +60,11 @@ mod tests {
             header: Some(PbValue {
                 key: key.into(),
                 value: if raw { String::new() } else { value.into() },
-                raw_value: if raw { value.as_bytes().to_vec() } else { Vec::new() },
+                raw_value: if raw {
+                    value.as_bytes().to_vec()
+                } else {
+                    Vec::new()
+                },
             }),
             append_action: action,
             ..Default::default()
@@ -88,7 +92,10 @@ mod tests {
             },
         );
         let all = |k: &str| -> Vec<&str> {
-            h.get_all(k).iter().filter_map(|v| v.to_str().ok()).collect()
+            h.get_all(k)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
         };
         assert_eq!(all("x-append"), ["a", "b"]);
         assert_eq!(all("x-keep"), ["client"]);
