@@ -116,6 +116,9 @@ async fn connection(
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(conn);
     let mut closing = false;
+    // After an idle close began: an HTTP/2 client must answer the GOAWAY's PING before the
+    // connection closes gracefully; one that does not is dropped at this deadline.
+    let mut drop_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -138,6 +141,15 @@ async fn connection(
                 closed(peer, reason);
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+                drop_at = Some(tokio::time::Instant::now() + header_timeout);
+            }
+            () = tokio::time::sleep_until(drop_at.unwrap_or_else(tokio::time::Instant::now)),
+                if drop_at.is_some() => {
+                if *requests.borrow() == 0 {
+                    break;
+                }
+                // A request came in before the GOAWAY reached the client: let it finish.
+                drop_at = None;
             }
         }
     }

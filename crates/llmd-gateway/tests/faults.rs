@@ -10,10 +10,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{MODEL, cut_upstream, epp, gateway, silent_upstream};
+use common::{MODEL, cut_upstream, epp, gateway, metric, silent_upstream};
 use futures::StreamExt;
 use llmd_epp::config::ROUND_ROBIN_CONFIG;
 use llmd_epp::endpoints::Role;
+use llmd_telemetry::names::gateway as m;
 use serde_json::{Value, json};
 
 fn stream_body() -> Value {
@@ -31,6 +32,7 @@ async fn front(pod: SocketAddr, extra: &[&str]) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_silent_for_longer_than_the_epp_timeout_completes() {
+    common::metrics();
     // The upstream pauses 1.5 s mid-stream; the EPP answers every chunk it is sent within
     // 500 ms, so the stream must complete.
     let pod = silent_upstream(Duration::from_millis(1500)).await;
@@ -51,10 +53,31 @@ async fn a_stream_silent_for_longer_than_the_epp_timeout_completes() {
             "{extra:?}: {text}"
         );
     }
+    // Nothing was taken for an EPP failure, and both requests were counted whole.
+    assert_eq!(metric(m::ERRORS_TOTAL.name, &[]), 0.0);
+    wait_for(|| {
+        metric(
+            m::REQUESTS_TOTAL.name,
+            &[("code", "200"), ("outcome", "ok")],
+        ) == 2.0
+    })
+    .await;
+}
+
+/// Waits up to 10 s for `done` (a response's end is recorded just after its last byte).
+async fn wait_for(done: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not reached in 10 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_cut_mid_stream_is_an_error_the_client_sees() {
+    common::metrics();
     let pod = cut_upstream(3).await;
     for extra in [&[][..], &["--no-response-processing"][..]] {
         let gw = front(pod, extra).await;
@@ -86,6 +109,19 @@ async fn an_upstream_cut_mid_stream_is_an_error_the_client_sees() {
         assert_eq!(got.matches("data: ").count(), 3, "{extra:?}: {got}");
         assert!(!got.contains("[DONE]"), "{extra:?}");
     }
+    // Counted once each, by reason and as requests cut.
+    wait_for(|| {
+        metric(
+            m::REQUESTS_TOTAL.name,
+            &[("code", "200"), ("outcome", "cut")],
+        ) == 2.0
+    })
+    .await;
+    assert_eq!(
+        metric(m::ERRORS_TOTAL.name, &[("reason", "upstream_cut")]),
+        2.0
+    );
+    assert_eq!(metric(m::ERRORS_TOTAL.name, &[]), 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,6 +156,7 @@ async fn the_openai_client_raises_on_a_cut_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absurd_content_length_is_413_without_reading_the_body() {
+    common::metrics();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pod = silent_upstream(Duration::ZERO).await;
     let gw = front(pod, &[]).await;
@@ -138,4 +175,8 @@ async fn an_absurd_content_length_is_413_without_reading_the_body() {
         .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_eq!(
+        metric(m::ERRORS_TOTAL.name, &[("reason", "body_too_large")]),
+        1.0
+    );
 }

@@ -335,3 +335,27 @@ pub fn python() -> Option<PathBuf> {
     }
     found
 }
+
+/// The test process's Prometheus recorder (the gateway records into it).
+pub fn metrics() -> &'static llmd_telemetry::MetricsHandle {
+    static METRICS: std::sync::OnceLock<llmd_telemetry::MetricsHandle> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| {
+        llmd_telemetry::install_prometheus(
+            &[
+                llmd_telemetry::names::gateway::ALL,
+                llmd_telemetry::names::epp::ALL,
+                llmd_telemetry::names::kv_cache::ALL,
+                llmd_telemetry::names::vllm::ALL,
+            ],
+            &[],
+        )
+        .unwrap()
+    })
+}
+
+/// The sum of a metric's series with these labels, now.
+pub fn metric(name: &str, labels: &[(&str, &str)]) -> f64 {
+    llmd_telemetry::exposition::parse(&metrics().render())
+        .unwrap()
+        .sum(name, labels)
+}
