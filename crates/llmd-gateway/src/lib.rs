@@ -67,11 +67,32 @@ pub async fn start(
     Ok(addr)
 }
 
+/// Connections waiting to be accepted (tokio's `bind` allows 1,024; a burst of thousands of
+/// clients connecting at once overflows that).
+const BACKLOG: u32 = 4096;
+
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to nothing"))))
+}
+
 /// Runs the gateway and its `/metrics` endpoint until `shutdown` is cancelled.
 pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
     let metrics = llmd_telemetry::install_prometheus(&[llmd_telemetry::names::gateway::ALL], &[])?;
     let addr = format!("{}:{}", args.host, args.port);
-    let listener = TcpListener::bind(&addr)
+    let listener = listen(&addr)
         .await
         .map_err(|source| Error::Listen { addr, source })?;
     let metrics_addr = format!("{}:{}", args.host, args.metrics_port);
