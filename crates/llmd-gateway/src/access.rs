@@ -85,6 +85,9 @@ impl Finish {
         let Some(span) = self.span.take() else {
             return;
         };
+        // tracing-opentelemetry (0.34) ends the OpenTelemetry span at its last exit, not when it
+        // closes: entering it here is what makes it end with the response.
+        let entered = span.enter();
         let status = self.status.map_or(0, |s| s.as_u16());
         let destination = self.destination.as_deref().unwrap_or("-");
         // Span attributes as i64: tracing-opentelemetry exports unsigned integers as strings.
@@ -114,6 +117,7 @@ impl Finish {
             "outcome" => outcome.label(),
         )
         .increment(1);
+        drop(entered);
         drop(span);
     }
 }
