@@ -3,7 +3,6 @@
 //!
 //! | module | what it does |
 //! |---|---|
-//! | `client` | the data-plane side: ask an EPP where a request goes (for gateways and tests) |
 //! | `extproc` | the ext_proc stream state machine (full-duplex and buffered bodies, destination header and `envoy.lb` metadata, `ImmediateResponse` errors, response pass-through) |
 //! | `request` | OpenAI completions / chat request parsing |
 //! | `endpoints` | the endpoint set (static file, reloaded), `/metrics` scraping with staleness |
@@ -16,7 +15,6 @@
 //! `POST /debug/route` to explain a decision without routing anything).
 //!
 
-pub mod client;
 pub mod config;
 pub mod discovery;
 pub mod endpoints;
