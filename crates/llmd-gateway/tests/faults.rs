@@ -180,3 +180,64 @@ async fn an_absurd_content_length_is_413_without_reading_the_body() {
         1.0
     );
 }
+
+/// A TCP relay in front of `to` whose connections can all be dropped at once (a process dying).
+async fn killable_relay(to: SocketAddr) -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let kill = tokio_util::sync::CancellationToken::new();
+    let k = kill.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut a, _) = tokio::select! {
+                () = k.cancelled() => return,
+                r = l.accept() => r.unwrap(),
+            };
+            let k = k.clone();
+            tokio::spawn(async move {
+                let mut b = tokio::net::TcpStream::connect(to).await.unwrap();
+                tokio::select! {
+                    () = k.cancelled() => {}
+                    _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                }
+            });
+        }
+    });
+    (addr, kill)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outlives_an_epp_that_dies_mid_response() {
+    common::metrics();
+    let pod = silent_upstream(Duration::from_millis(800)).await;
+    let epp = epp(ROUND_ROBIN_CONFIG, &[(pod, Role::Both)]).await;
+    let (relay, kill) = killable_relay(epp).await;
+    let gw = gateway(&["--epp", &format!("http://{relay}")]).await;
+    let r = reqwest::Client::new()
+        .post(format!("http://{gw}/v1/completions"))
+        .json(&stream_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("before the pause") {
+        text.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
+    }
+    // The EPP goes away while the upstream is silent: the rest passes through untouched.
+    kill.cancel();
+    while let Some(chunk) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(
+            &chunk.expect("the stream was cut"),
+        ));
+    }
+    assert!(text.contains("after the pause"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert_eq!(
+        metric(m::ERRORS_TOTAL.name, &[("reason", "epp_response_phase")]),
+        1.0
+    );
+}
