@@ -126,7 +126,10 @@ async fn connection(
                     let timed_out = llmd_wire::error_chain::find::<hyper::Error>(&*error)
                         .is_some_and(hyper::Error::is_timeout);
                     if timed_out {
-                        closed(peer, "header_read_timeout");
+                        // Counted once: the idle watcher may have closed it for this already.
+                        if !closing {
+                            closed(peer, "header_read_timeout");
+                        }
                     } else {
                         tracing::debug!(%peer, error = %llmd_wire::error_chain::chain(&*error), "client connection failed");
                     }

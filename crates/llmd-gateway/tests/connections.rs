@@ -139,7 +139,12 @@ async fn slow_and_idle_connections_are_closed_and_normal_traffic_is_not() {
         m::CONNECTIONS_CLOSED_TOTAL.name,
         &[("reason", "header_read_timeout")],
     );
-    assert!(closed >= SLOW as f64, "{closed}");
+    // Each counted once; the test client's two idle keep-alive connections may be closed by
+    // now too (an idle HTTP/1.1 connection waits under the header-read timeout).
+    assert!(
+        (SLOW as f64..=SLOW as f64 + 2.0).contains(&closed),
+        "{closed}"
+    );
 
     // A keep-alive connection that goes idle after its request is closed too.
     let mut s = TcpStream::connect(gw).await.unwrap();
