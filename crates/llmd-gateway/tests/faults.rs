@@ -79,15 +79,34 @@ async fn wait_for(done: impl Fn() -> bool) {
 async fn an_upstream_cut_mid_stream_is_an_error_the_client_sees() {
     common::metrics();
     let pod = cut_upstream(3).await;
-    for extra in [&[][..], &["--no-response-processing"][..]] {
+    // Through the EPP and passed through, to an HTTP/1.1 client (a chunked body without its last
+    // chunk) and to an HTTP/2 one (RST_STREAM).
+    let cases = [
+        (&[][..], false),
+        (&["--no-response-processing"][..], false),
+        (&[][..], true),
+    ];
+    for (extra, h2) in cases {
         let gw = front(pod, extra).await;
-        let r = reqwest::Client::new()
+        let http = if h2 {
+            reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .unwrap()
+        } else {
+            reqwest::Client::new()
+        };
+        let r = http
             .post(format!("http://{gw}/v1/completions"))
             .json(&stream_body())
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "{extra:?}: the headers were already out");
+        assert_eq!(
+            r.status(),
+            200,
+            "{extra:?} h2 {h2}: the headers were already out"
+        );
         // Every event the pod sent reaches the client, then the body fails: never a clean
         // end of a short answer.
         let mut got = String::new();
@@ -104,24 +123,24 @@ async fn an_upstream_cut_mid_stream_is_an_error_the_client_sees() {
         }
         assert!(
             failed.is_some(),
-            "{extra:?}: the cut stream ended cleanly: {got}"
+            "{extra:?} h2 {h2}: the cut stream ended cleanly: {got}"
         );
-        assert_eq!(got.matches("data: ").count(), 3, "{extra:?}: {got}");
-        assert!(!got.contains("[DONE]"), "{extra:?}");
+        assert_eq!(got.matches("data: ").count(), 3, "{extra:?} h2 {h2}: {got}");
+        assert!(!got.contains("[DONE]"), "{extra:?} h2 {h2}");
     }
     // Counted once each, by reason and as requests cut.
     wait_for(|| {
         metric(
             m::REQUESTS_TOTAL.name,
             &[("code", "200"), ("outcome", "cut")],
-        ) == 2.0
+        ) == 3.0
     })
     .await;
     assert_eq!(
         metric(m::ERRORS_TOTAL.name, &[("reason", "upstream_cut")]),
-        2.0
+        3.0
     );
-    assert_eq!(metric(m::ERRORS_TOTAL.name, &[]), 2.0);
+    assert_eq!(metric(m::ERRORS_TOTAL.name, &[]), 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
