@@ -73,7 +73,7 @@ async fn route(
     body: &[u8],
 ) -> String {
     let headers = [(":method", "POST"), (":path", "/v1/completions")];
-    let answer = llmd_epp::client::decide(client, &headers, body, Duration::from_secs(10))
+    let answer = llmd_wire::ext_proc::decide(client, &headers, body, Duration::from_secs(10))
         .await
         .unwrap();
     answer.destinations()[0].to_owned()

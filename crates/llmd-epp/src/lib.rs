@@ -13,7 +13,6 @@
 //! | `endpoints` | the endpoint set (static file, reloaded), `/metrics` scraping, health |
 //! | `discovery` | Kubernetes: an `InferencePool`'s ready pods as the endpoint set |
 //! | `config` | the llm-d-shaped `EndpointPickerConfig` |
-//! | `client` | the data-plane side: ask an EPP where a request goes (for gateways and tests) |
 //! | `debug` | `/debug/route`: a decision explained, nothing routed |
 //! | `labels` | label values from requests, bounded |
 //!
@@ -21,7 +20,6 @@
 //! `POST /debug/route` to explain a decision without routing anything).
 //!
 
-pub mod client;
 pub mod config;
 mod debug;
 pub mod discovery;

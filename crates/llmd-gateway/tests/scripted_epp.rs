@@ -1,7 +1,8 @@
 //! The gateway against a scripted ext_proc server: fallback down the destination list when the
 //! first refuses connections, header removal and add-if-absent, an EPP that answers without
-//! body mutations (the original chunks are forwarded), and the EPP's messages as Envoy 1.40
-//! sends them (pseudo-headers, protocol_config, the end of the body as an empty chunk).
+//! body mutations (the original chunks are forwarded), the EPP's messages as Envoy 1.40
+//! sends them (pseudo-headers, protocol_config, the end of the body as an empty chunk), and an
+//! EPP that stops answering mid-response (its timer fires; the response passes through).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -28,6 +29,8 @@ use tonic::{Request, Response, Status, Streaming};
 struct Scripted {
     destinations: String,
     seen: Arc<Mutex<Vec<ProcessingRequest>>>,
+    /// Never answer response-body chunks (an EPP stuck mid-response).
+    mute_response_body: bool,
 }
 
 type Out = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
@@ -100,6 +103,9 @@ impl ExternalProcessor for Scripted {
                     Some(processing_request::Request::ResponseHeaders(_)) => vec![reply(
                         processing_response::Response::ResponseHeaders(HeadersResponse::default()),
                     )],
+                    Some(processing_request::Request::ResponseBody(_)) if me.mute_response_body => {
+                        Vec::new()
+                    }
                     Some(processing_request::Request::ResponseBody(_)) => vec![reply(
                         processing_response::Response::ResponseBody(BodyResponse::default()),
                     )],
@@ -112,10 +118,18 @@ impl ExternalProcessor for Scripted {
 }
 
 async fn scripted(destinations: String) -> (SocketAddr, Arc<Mutex<Vec<ProcessingRequest>>>) {
+    scripted_with(destinations, false).await
+}
+
+async fn scripted_with(
+    destinations: String,
+    mute_response_body: bool,
+) -> (SocketAddr, Arc<Mutex<Vec<ProcessingRequest>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let svc = Scripted {
         destinations,
         seen: seen.clone(),
+        mute_response_body,
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -274,4 +288,72 @@ async fn header_mutations_are_applied_as_envoy_does() {
     assert_eq!(got["x-added"], "epp", "added when absent");
     assert_eq!(got["x-keep"], "client", "add-if-absent keeps the client's");
     assert_eq!(got["x-gateway-destination-endpoint"], up.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epp_silent_mid_response_times_out_and_the_response_passes_through() {
+    let metrics =
+        llmd_telemetry::install_prometheus(&[llmd_telemetry::names::gateway::ALL], &[]).unwrap();
+    let args = llmd_sim::EngineArgs::from_flags([
+        "--dummy-tokenizer",
+        "--time-scale",
+        "0",
+        "--mode",
+        "echo",
+    ])
+    .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pod = llmd_sim::start(args, l, None, CancellationToken::new())
+        .await
+        .unwrap()
+        .addr;
+    let (epp, _) = scripted_with(pod.to_string(), true).await;
+    let gw_args = llmd_gateway::Args::parse_from([
+        "g",
+        "--epp",
+        &format!("http://{epp}"),
+        "--epp-timeout-ms",
+        "300",
+    ]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = llmd_gateway::start(gw_args, l, CancellationToken::new())
+        .await
+        .unwrap();
+    let body =
+        serde_json::json!({"prompt": "the EPP stops answering", "max_tokens": 4, "stream": true});
+    let direct = reqwest::Client::new()
+        .post(format!("http://{pod}/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://{gw}/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let via = r.text().await.unwrap();
+    let texts = |sse: &str| -> Vec<String> {
+        sse.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"].to_string())
+            .collect()
+    };
+    // Every chunk the EPP left unanswered, then the rest, untouched and complete.
+    assert_eq!(texts(&via), texts(&direct));
+    assert!(via.trim_end().ends_with("data: [DONE]"), "{via}");
+    let m = llmd_telemetry::exposition::parse(&metrics.render()).unwrap();
+    assert_eq!(
+        m.sum(
+            "llmd_gateway_errors_total",
+            &[("reason", "epp_response_phase")]
+        ),
+        1.0
+    );
 }

@@ -105,6 +105,8 @@ pub mod labels {
     pub const ENGINE: &str = "engine";
     /// vLLM finish reason (`stop`, `length`, `abort`, `error`).
     pub const FINISHED_REASON: &str = "finished_reason";
+    /// HTTP status code of a response, as text (`200`, `503`).
+    pub const CODE: &str = "code";
 }
 
 use labels::*;
@@ -470,6 +472,52 @@ pub mod pd_proxy {
         &REQUESTS_TOTAL,
         &ERRORS_TOTAL,
         &PASSTHROUGH_REQUESTS_TOTAL,
+    ];
+}
+
+/// Metrics of the development gateway (`llmd-gateway`, llmd-rs's own names; Envoy keeps its own
+/// stats). Exposed on its `--metrics-port`.
+pub mod gateway {
+    use super::*;
+
+    /// Requests by the status sent and how the response really ended.
+    pub const REQUESTS_TOTAL: MetricDef = counter(
+        "llmd_gateway_requests_total",
+        "Requests answered by the gateway, counted when the response ends, by status code and outcome (ok: the whole response was sent; cut: the upstream or the EPP failed mid-response and the client was sent an error; client_gone: the client left first).",
+        &[CODE, OUTCOME],
+    );
+    /// Failures by reason.
+    pub const ERRORS_TOTAL: MetricDef = counter(
+        "llmd_gateway_errors_total",
+        "Failures seen by the gateway, by reason: body_too_large, body_unreadable, epp_unavailable, epp_response_phase (the EPP failed while a response was relayed: passed through), epp_cut (the EPP ended a response it had started), no_destination, upstream_unreachable, upstream_timeout, upstream_error, upstream_cut (the upstream failed mid-response).",
+        &[REASON],
+    );
+    /// Client connections closed by the gateway, by reason.
+    pub const CONNECTIONS_CLOSED_TOTAL: MetricDef = counter(
+        "llmd_gateway_connections_closed_total",
+        "Client connections the gateway closed on its own, by reason: header_read_timeout (no complete request headers in time), idle_timeout (no request in flight for the idle timeout).",
+        &[REASON],
+    );
+    /// Client connections open now.
+    pub const OPEN_CONNECTIONS: MetricDef = gauge(
+        "llmd_gateway_open_connections",
+        "Client connections open at the gateway.",
+        &[],
+    );
+    /// Requests in flight now (until their response ends).
+    pub const IN_FLIGHT_REQUESTS: MetricDef = gauge(
+        "llmd_gateway_in_flight_requests",
+        "Requests in flight at the gateway, from their headers to the end of their response.",
+        &[],
+    );
+
+    /// Every gateway metric.
+    pub const ALL: &[&MetricDef] = &[
+        &REQUESTS_TOTAL,
+        &ERRORS_TOTAL,
+        &CONNECTIONS_CLOSED_TOTAL,
+        &OPEN_CONNECTIONS,
+        &IN_FLIGHT_REQUESTS,
     ];
 }
 
@@ -934,6 +982,17 @@ pub mod attrs {
     /// Decode leg start to its first token (ms).
     pub const PD_DECODE_TTFT_MS: &str = "llm_d.pd_proxy.decode_ttft_ms";
 
+    /// HTTP status of the response (an int, OpenTelemetry's semantic-convention name).
+    pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+    /// The endpoint the gateway forwarded to (`host:port`).
+    pub const GATEWAY_DESTINATION: &str = "llmd.gateway.destination";
+    /// How the response ended: `ok`, `cut` or `client_gone`.
+    pub const GATEWAY_OUTCOME: &str = "llmd.gateway.outcome";
+    /// Response body bytes sent to the client (an int).
+    pub const GATEWAY_RESPONSE_BYTES: &str = "llmd.gateway.response_bytes";
+    /// The request id (`x-request-id`).
+    pub const GATEWAY_REQUEST_ID: &str = "llmd.gateway.request_id";
+
     /// vLLM `gen_ai.*` attributes on `llm_request` (latencies in seconds).
     pub const GEN_AI_REQUEST_ID: &str = "gen_ai.request.id";
     /// Model served.
@@ -972,6 +1031,7 @@ pub fn all_metrics() -> impl Iterator<Item = &'static MetricDef> {
         .iter()
         .chain(kv_cache::ALL)
         .chain(pd_proxy::ALL)
+        .chain(gateway::ALL)
         .chain(vllm::ALL)
         .copied()
 }

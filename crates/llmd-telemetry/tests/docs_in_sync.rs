@@ -68,6 +68,12 @@ fn render() -> String {
     );
     table(
         &mut out,
+        "Gateway",
+        "Exposed by `llmd-gateway` on `--metrics-port` (llmd-rs's own names).",
+        names::gateway::ALL,
+    );
+    table(
+        &mut out,
         "Simulator (vLLM names)",
         "Exposed by `llmd-sim` on its API port, as vLLM does.",
         names::vllm::ALL,

@@ -12,6 +12,7 @@ async fn metrics_endpoint_serves_every_catalog_name_with_its_buckets() {
         names::epp::ALL,
         names::kv_cache::ALL,
         names::pd_proxy::ALL,
+        names::gateway::ALL,
         names::vllm::ALL,
     ];
     // An override, as the simulator sets token-count buckets from --max-model-len.

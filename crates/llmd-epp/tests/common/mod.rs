@@ -7,12 +7,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
-use llmd_epp::client::Answer;
 use llmd_epp::config::EndpointPickerConfig;
 use llmd_epp::endpoints::{EndpointSpec, EndpointsFile};
 use llmd_epp::{Epp, Listeners, Options};
 use llmd_sim::Sim;
 use llmd_telemetry::MetricsHandle;
+use llmd_wire::ext_proc::Answer;
 use tokio_util::sync::CancellationToken;
 
 pub const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
@@ -188,7 +188,7 @@ pub async fn route_with(
         ("content-type", "application/json"),
     ];
     pairs.extend_from_slice(extra);
-    match llmd_epp::client::decide(client, &pairs, body, Duration::from_secs(10))
+    match llmd_wire::ext_proc::decide(client, &pairs, body, Duration::from_secs(10))
         .await
         .unwrap()
     {

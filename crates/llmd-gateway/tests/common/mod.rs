@@ -233,3 +233,133 @@ pub async fn envoy(bin: &std::path::Path, epp: SocketAddr) -> Envoy {
     }
     panic!("Envoy did not get ready");
 }
+
+/// One SSE event of a completions stream.
+pub fn sse_event(text: &str) -> String {
+    format!(
+        "data: {}\n\n",
+        serde_json::json!({"object": "text_completion", "model": MODEL, "choices": [{"index": 0, "text": text, "finish_reason": null}]})
+    )
+}
+
+/// An upstream that streams one event, is silent for `pause`, then streams a second event and
+/// `data: [DONE]` (a queued request or a long prefill looks like this to the gateway).
+pub async fn silent_upstream(pause: Duration) -> SocketAddr {
+    use axum::body::{Body, Bytes};
+    let app = axum::Router::new().fallback(move || async move {
+        let events = futures::stream::unfold(0u8, move |step| async move {
+            let chunk = match step {
+                0 => sse_event("before the pause"),
+                1 => {
+                    tokio::time::sleep(pause).await;
+                    sse_event("after the pause")
+                }
+                2 => "data: [DONE]\n\n".to_owned(),
+                _ => return None,
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(chunk)),
+                step + 1,
+            ))
+        });
+        axum::http::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(events))
+            .unwrap()
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
+/// An upstream that answers every request with a chunked SSE stream of `events` events and
+/// then closes the connection without the terminating chunk: a pod dying mid-stream.
+pub async fn cut_upstream(events: usize) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                // Read the whole request (headers, then Content-Length bytes of body).
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + length {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                for i in 0..events {
+                    let e = sse_event(&format!("token {i} "));
+                    out.extend_from_slice(format!("{:x}\r\n{e}\r\n", e.len()).as_bytes());
+                }
+                let _ = s.write_all(&out).await;
+                let _ = s.flush().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Dropped here: the connection closes with the body unfinished.
+            });
+        }
+    });
+    addr
+}
+
+/// The test venv's Python (None outside CI when missing).
+pub fn python() -> Option<PathBuf> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let found = std::env::var_os("LLMD_TEST_PYTHON")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .or_else(|| venv.exists().then_some(venv));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide the Python test venv"
+        );
+        eprintln!("SKIPPED: no Python test venv");
+    }
+    found
+}
+
+/// The test process's Prometheus recorder (the gateway records into it).
+pub fn metrics() -> &'static llmd_telemetry::MetricsHandle {
+    static METRICS: std::sync::OnceLock<llmd_telemetry::MetricsHandle> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| {
+        llmd_telemetry::install_prometheus(
+            &[
+                llmd_telemetry::names::gateway::ALL,
+                llmd_telemetry::names::epp::ALL,
+                llmd_telemetry::names::kv_cache::ALL,
+                llmd_telemetry::names::vllm::ALL,
+            ],
+            &[],
+        )
+        .unwrap()
+    })
+}
+
+/// The sum of a metric's series with these labels, now.
+pub fn metric(name: &str, labels: &[(&str, &str)]) -> f64 {
+    llmd_telemetry::exposition::parse(&metrics().render())
+        .unwrap()
+        .sum(name, labels)
+}

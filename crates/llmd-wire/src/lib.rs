@@ -1,0 +1,16 @@
+//! The wire pieces shared by llmd-rs's gateway, endpoint picker (EPP) and P/D proxy: what
+//! crosses a process boundary on the request path, written down once.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`headers`] | header names (`x-gateway-destination-endpoint`, `x-prefiller-host-port`, `x-llm-d-*`, the timing and request-id headers) and the hop-by-hop list |
+//! | [`error_body`] | the two JSON error bodies, vLLM's and OpenAI/GIE's, with who sends which |
+//! | [`error_chain`] | walking an error's causes: one message for the whole chain, or the first cause of a type |
+//! | [`ext_proc`] | the data-plane side of Envoy's ext_proc protocol: the one ext_proc client |
+//!
+//! This crate sits at the bottom of the crate graph: it depends on no other llmd-rs crate.
+
+pub mod error_body;
+pub mod error_chain;
+pub mod ext_proc;
+pub mod headers;
