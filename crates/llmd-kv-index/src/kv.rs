@@ -344,7 +344,8 @@ impl KvIndex {
                 if e.block_size as usize != self.config.block_size {
                     return Err(SkipReason::BlockSize);
                 }
-                self.index.store(pod, tier, &e.block_hashes);
+                self.index
+                    .store_after(pod, tier, e.parent_block_hash, &e.block_hashes);
                 Ok(e.block_hashes.len() as u64)
             }
             HashAlgo::CborFnv => {
@@ -376,7 +377,7 @@ impl KvIndex {
                     }
                 }
                 drop(map);
-                self.index.store(pod, tier, &keys);
+                self.index.store_after(pod, tier, parent, &keys);
                 Ok(keys.len() as u64)
             }
         }
