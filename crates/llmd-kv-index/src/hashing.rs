@@ -380,8 +380,8 @@ impl VllmHasher {
                     let count = parts.len();
                     let mut pos = tok_at;
                     for (c, part) in this[..n].iter().zip(parts) {
-                        compress256(&mut state, std::slice::from_ref(c));
                         pos = encode(other, pos, part);
+                        compress256(&mut state, std::slice::from_ref(c));
                     }
                     compress256(&mut state, &this[count.min(n)..n]);
                     lens[cur ^ 1] = finish(other, pos);
