@@ -490,29 +490,30 @@ impl Inner {
                 let k = keys[i + n as usize];
                 let h = self.hasher.hash_one(k);
                 let s = self.shard_of(h);
-                if n > 0 && self.shards[s].find(h, |e| e.key == k).is_some() {
-                    break;
-                }
                 let before = self.shards[s].allocation_size();
                 self.make_room(s, r, &mut evicted);
                 let hasher = self.hasher.clone();
-                self.shards[s].insert_unique(
-                    h,
-                    Slot {
-                        key: k,
-                        run: r,
-                        off: start + n,
-                    },
-                    |x| hasher.hash_one(x.key),
-                );
+                // One probe: the key is either found (a later key of this store that is already
+                // indexed: continue from it) or inserted where the probe ended.
+                match self.shards[s].entry(h, |e| e.key == k, |x| hasher.hash_one(x.key)) {
+                    hashbrown::hash_table::Entry::Occupied(_) => break,
+                    hashbrown::hash_table::Entry::Vacant(v) => {
+                        v.insert(Slot {
+                            key: k,
+                            run: r,
+                            off: start + n,
+                        });
+                    }
+                }
                 self.account_shard(s, before);
-                let Some(run) = self.runs[r as usize].as_mut() else {
-                    break;
-                };
-                let before = run.bytes();
-                run.keys.push(k);
-                self.run_bytes = self.run_bytes + run.bytes() - before;
                 n += 1;
+            }
+            // The new keys go to the run in one copy (the map already points at their offsets;
+            // nothing reads the run in between: the write lock is held).
+            if let Some(run) = self.runs[r as usize].as_mut() {
+                let before = run.bytes();
+                run.keys.extend_from_slice(&keys[i..i + n as usize]);
+                self.run_bytes = self.run_bytes + run.bytes() - before;
             }
             if n == 0 {
                 // Only when a run's offsets are exhausted: start a fresh run next time.
