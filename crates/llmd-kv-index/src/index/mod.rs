@@ -467,6 +467,11 @@ impl Inner {
                     continue;
                 };
                 let j = run.match_len(e.off, &keys[i..]);
+                if j == 0 {
+                    // The map and the run disagree (never expected): skip the key.
+                    i += 1;
+                    continue;
+                }
                 let before = run.bytes();
                 admitted += run
                     .holders
@@ -558,6 +563,10 @@ impl Inner {
                 continue;
             };
             let j = run.match_len(e.off, &keys[i..]);
+            if j == 0 {
+                i += 1;
+                continue;
+            }
             let before = run.bytes();
             let gone = run
                 .holders
