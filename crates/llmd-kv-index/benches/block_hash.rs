@@ -1,6 +1,6 @@
 //! Block hashing throughput against its baseline, measured in the same run: raw SHA-256 over
 //! exactly the bytes vLLM hashes (the canonical CBOR of each block, encoded beforehand). The
-//! target is `vllm_sha256_cbor` within 1.5x of that baseline.
+//! target is `vllm_sha256_cbor` within 1.4x of that baseline.
 //!
 //! Run: `cargo bench -p llmd-kv-index --bench block_hash`
 

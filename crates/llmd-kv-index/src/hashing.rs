@@ -29,7 +29,20 @@
 use std::fmt;
 
 use fnv::FnvHasher;
+use sha2::block_api::compress256;
 use sha2::{Digest, Sha256};
+
+/// SHA-256's initial state (FIPS 180-4 §5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
 use std::hash::Hasher;
 
 /// vLLM's block size default for llm-d deployments (the guides run `--block-size 64`).
@@ -281,29 +294,111 @@ impl VllmHasher {
         extras: &RequestExtras,
         out: &mut Vec<BlockDigest>,
     ) {
+        let parent = parent.unwrap_or(&self.root);
+        if extras.is_empty() {
+            out.reserve(tokens.len() / self.block_size);
+            self.chain_plain(parent, tokens, |d| out.push(d));
+            return;
+        }
         let mut scratch = Vec::with_capacity(self.block_size * 5 + 64);
-        let mut prev = *parent.unwrap_or(&self.root);
-        let no_extras = extras.is_empty();
+        let mut prev = *parent;
         for (i, block) in tokens.chunks_exact(self.block_size).enumerate() {
-            let extra = if no_extras {
-                None
-            } else {
-                extras.block_extra_keys(i * self.block_size, (i + 1) * self.block_size)
-            };
+            let extra = extras.block_extra_keys(i * self.block_size, (i + 1) * self.block_size);
             prev = self.hash_block(Some(&prev), block, extra.as_deref(), &mut scratch);
             out.push(prev);
         }
     }
 
     /// Appends the keys of every full block of a plain-text prompt (no extra keys). The hot
-    /// path of scoring: one buffer for the whole prompt, no allocation per block.
+    /// path of scoring: two buffers for the whole prompt, no allocation per block.
     pub fn keys_into(&self, tokens: &[u32], out: &mut Vec<BlockKey>) {
-        let mut scratch = Vec::with_capacity(self.block_size * 5 + 64);
-        let mut prev = self.root;
         out.reserve(tokens.len() / self.block_size);
-        for block in tokens.chunks_exact(self.block_size) {
-            prev = self.hash_block(Some(&prev), block, None, &mut scratch);
-            out.push(prev.key());
+        self.chain_plain(&self.root, tokens, |d| out.push(d.key()));
+    }
+
+    /// The chain of full blocks without extra keys, digest by digest.
+    ///
+    /// Each block's bytes are `83 58 20 <parent> <array head> <token ids> f6`: only the parent
+    /// depends on the previous digest. So SHA-256 is driven here one 64-byte block at a time
+    /// (`sha2`'s raw compression function, with the standard padding written in place), and
+    /// between two compressions of block `i` a slice of block `i + 1`'s token ids is encoded
+    /// into the other of two buffers. The two are independent, so the CPU runs the encoding
+    /// while SHA-256's serial rounds wait on each other. The buffers are written in place, never
+    /// cleared. Same bytes and digests as [`encode_block`] + `Sha256::digest` (tests check it).
+    fn chain_plain(&self, parent: &BlockDigest, tokens: &[u32], mut emit: impl FnMut(BlockDigest)) {
+        let bs = self.block_size;
+        let mut blocks = tokens.chunks_exact(bs);
+        let Some(first) = blocks.next() else {
+            return;
+        };
+        let mut head = Vec::with_capacity(16);
+        head.extend_from_slice(&[0x83, 0x58, 0x20]);
+        head.extend_from_slice(&[0; 32]);
+        cbor::head(&mut head, cbor::ARRAY, bs as u64);
+        let tok_at = head.len();
+        // Token ids take at most 5 bytes each; then the null, SHA-256's 0x80 and length, and
+        // slack for the last 8-byte store.
+        let chunks = (tok_at + bs * 5 + 1 + 9 + 8).div_ceil(64) + 1;
+        let mut bufs = [vec![[0u8; 64]; chunks], vec![[0u8; 64]; chunks]];
+        for b in &mut bufs {
+            b.as_flattened_mut()[..tok_at].copy_from_slice(&head);
+        }
+        // Encodes `block` from token `from` on, writing at `pos`; returns the new position.
+        let encode = |buf: &mut [[u8; 64]], pos: usize, block: &[u32]| -> usize {
+            cbor::token_ids_at(buf.as_flattened_mut(), pos, block)
+        };
+        // Ends a message at `end` (the null) and pads it; returns its length in 64-byte blocks.
+        let finish = |buf: &mut [[u8; 64]], end: usize| -> usize {
+            let bytes = buf.as_flattened_mut();
+            bytes[end] = cbor::NULL;
+            let len = end + 1;
+            let n = (len + 9).div_ceil(64);
+            bytes[len] = 0x80;
+            bytes[len + 1..n * 64 - 8].fill(0);
+            bytes[n * 64 - 8..n * 64].copy_from_slice(&((len as u64) * 8).to_be_bytes());
+            n
+        };
+        let end = encode(&mut bufs[0], tok_at, first);
+        let mut lens = [finish(&mut bufs[0], end), 0];
+        let mut prev = *parent;
+        let mut cur = 0;
+        let mut next = blocks.next();
+        loop {
+            let (a, b) = bufs.split_at_mut(1);
+            let (this, other) = if cur == 0 {
+                (&mut a[0], &mut b[0])
+            } else {
+                (&mut b[0], &mut a[0])
+            };
+            this.as_flattened_mut()[3..35].copy_from_slice(&prev.0);
+            let n = lens[cur];
+            let mut state = SHA256_IV;
+            match next {
+                Some(block) => {
+                    // Spread the next block's encoding over this block's compressions.
+                    let parts = block.chunks(bs.div_ceil(n));
+                    let count = parts.len();
+                    let mut pos = tok_at;
+                    for (c, part) in this[..n].iter().zip(parts) {
+                        pos = encode(other, pos, part);
+                        compress256(&mut state, std::slice::from_ref(c));
+                    }
+                    compress256(&mut state, &this[count.min(n)..n]);
+                    lens[cur ^ 1] = finish(other, pos);
+                }
+                None => compress256(&mut state, &this[..n]),
+            }
+            let mut digest = [0u8; 32];
+            for (d, w) in digest.chunks_exact_mut(4).zip(state) {
+                d.copy_from_slice(&w.to_be_bytes());
+            }
+            prev = BlockDigest(digest);
+            emit(prev);
+            if next.is_none() {
+                break;
+            }
+            next = blocks.next();
+            cur ^= 1;
         }
     }
 
@@ -738,6 +833,58 @@ mod tests {
                 BlockKey(13186166175184977436)
             ]
         );
+    }
+
+    #[test]
+    fn two_buffer_chain_equals_block_by_block_hashing() {
+        // Token ids of every CBOR width (< 24, one byte, two bytes, four bytes), several block
+        // sizes, whole and partial trailing blocks, from the root and from a given parent.
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let tokens: Vec<u32> = (0..3000)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                match i % 5 {
+                    0 => (x % 24) as u32,
+                    1 => (x % 256) as u32,
+                    2 => (x % 65_536) as u32,
+                    3 => (x % 152_000) as u32,
+                    _ => x as u32,
+                }
+            })
+            .collect();
+        for bs in [1usize, 3, 16, 23, 24, 64, 256] {
+            let h = VllmHasher::new(Some("7"), bs).unwrap();
+            for len in [0, bs - 1, bs, 5 * bs + 1, tokens.len()] {
+                let toks = &tokens[..len.min(tokens.len())];
+                let mut expect = Vec::new();
+                let mut prev = *h.root();
+                for block in toks.chunks_exact(bs) {
+                    prev = h.hash_block(Some(&prev), block, None, &mut Vec::new());
+                    expect.push(prev);
+                }
+                let mut got = Vec::new();
+                h.digests_into(None, toks, &RequestExtras::default(), &mut got);
+                assert_eq!(got, expect, "block size {bs}, {len} tokens");
+                let mut keys = Vec::new();
+                h.keys_into(toks, &mut keys);
+                assert_eq!(
+                    keys,
+                    expect.iter().map(BlockDigest::key).collect::<Vec<_>>()
+                );
+                if let Some(first) = expect.first() {
+                    let mut tail = Vec::new();
+                    h.digests_into(
+                        Some(first),
+                        &toks[bs.min(toks.len())..],
+                        &RequestExtras::default(),
+                        &mut tail,
+                    );
+                    assert_eq!(tail, expect[1..], "from a parent");
+                }
+            }
+        }
     }
 
     #[test]

@@ -268,18 +268,17 @@ impl KvIndex {
     /// For each named pod, the number of consecutive `keys` from block 0 it holds. Unknown
     /// pods get 0.
     pub fn lookup(&self, keys: &[BlockKey], pods: &[&str]) -> Vec<u32> {
-        let known: Vec<(usize, PodIdx)> = pods
+        let mut resolved = Vec::with_capacity(pods.len());
+        self.pods.get_many(pods, &mut resolved);
+        let idxs: Vec<PodIdx> = resolved.iter().flatten().copied().collect();
+        let mut counts = self.index.lookup(keys, &idxs).into_iter();
+        resolved
             .iter()
-            .enumerate()
-            .filter_map(|(i, p)| self.pods.get(p).map(|idx| (i, idx)))
-            .collect();
-        let idxs: Vec<PodIdx> = known.iter().map(|(_, p)| *p).collect();
-        let counts = self.index.lookup(keys, &idxs);
-        let mut out = vec![0; pods.len()];
-        for ((i, _), c) in known.iter().zip(counts) {
-            out[*i] = c;
-        }
-        out
+            .map(|r| match r {
+                Some(_) => counts.next().unwrap_or(0),
+                None => 0,
+            })
+            .collect()
     }
 
     /// Drops every entry of `pod` (e.g. its engine restarted) but keeps it registered.
@@ -350,7 +349,8 @@ impl KvIndex {
                 if e.block_size as usize != self.config.block_size {
                     return Err(SkipReason::BlockSize);
                 }
-                self.index.store(pod, tier, &e.block_hashes);
+                self.index
+                    .store_after(pod, tier, e.parent_block_hash, &e.block_hashes);
                 Ok(e.block_hashes.len() as u64)
             }
             HashAlgo::CborFnv => {
@@ -382,7 +382,7 @@ impl KvIndex {
                     }
                 }
                 drop(map);
-                self.index.store(pod, tier, &keys);
+                self.index.store_after(pod, tier, parent, &keys);
                 Ok(keys.len() as u64)
             }
         }

@@ -32,7 +32,7 @@ pub struct TooManyPods;
 
 #[derive(Default)]
 struct Inner {
-    by_name: HashMap<Arc<str>, PodIdx>,
+    by_name: HashMap<Arc<str>, PodIdx, foldhash::fast::RandomState>,
     names: Vec<Option<Arc<str>>>,
 }
 
@@ -71,6 +71,13 @@ impl PodRegistry {
     /// The index of `name`, if registered.
     pub fn get(&self, name: &str) -> Option<PodIdx> {
         self.inner.read().by_name.get(name).copied()
+    }
+
+    /// The indexes of `names` (`None` for unknown ones), in order, under one read lock (a
+    /// lookup over many pods resolves them all at once).
+    pub fn get_many(&self, names: &[&str], out: &mut Vec<Option<PodIdx>>) {
+        let inner = self.inner.read();
+        out.extend(names.iter().map(|n| inner.by_name.get(*n).copied()));
     }
 
     /// The name of `idx`, if registered and not forgotten.
@@ -122,5 +129,8 @@ mod tests {
         let a2 = r.intern("10.0.0.1:8000").unwrap();
         assert_ne!(a2, a, "indexes are not reused");
         assert_eq!(r.len(), 2);
+        let mut got = Vec::new();
+        r.get_many(&["10.0.0.2:8000", "nope", "10.0.0.1:8000"], &mut got);
+        assert_eq!(got, vec![Some(b), None, Some(a2)]);
     }
 }

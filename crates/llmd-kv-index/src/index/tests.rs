@@ -231,3 +231,224 @@ fn concurrent_writers_and_readers() {
     });
     assert_eq!(idx.lookup(&chain, &[p(0), p(1), p(2), p(3)]), vec![500; 4]);
 }
+
+/// Prompts that share prefixes, as a system prompt and multi-turn chats make them: prompt 0 is
+/// fresh; each later prompt starts with a multiple of `unit` blocks of an earlier one and goes
+/// on with blocks of its own.
+fn shared_prefix_prompts(
+    rng: &mut Rng,
+    count: usize,
+    len: usize,
+    unit: usize,
+) -> Vec<Vec<BlockKey>> {
+    let mut next = 1u64 << 40;
+    let mut fresh = |n: usize| -> Vec<BlockKey> {
+        let k = keys(next..next + n as u64);
+        next += n as u64;
+        k
+    };
+    let mut prompts = vec![fresh(len)];
+    for _ in 1..count {
+        let parent = rng.below(prompts.len() as u64) as usize;
+        let shared = unit * (1 + rng.below((len / unit - 1) as u64) as usize);
+        let mut p = prompts[parent][..shared].to_vec();
+        p.extend(fresh(len - shared));
+        prompts.push(p);
+    }
+    prompts
+}
+
+/// One random step of an event stream over `prompts`, applied to both indexes; lookups are
+/// compared. Stores name their parent (or not, at random) as `BlockStored` events do.
+fn random_step(
+    rng: &mut Rng,
+    real: &PrefixIndex,
+    model: &ReferenceIndex,
+    prompts: &[Vec<BlockKey>],
+    pods: &[PodIdx],
+    what: &str,
+) {
+    let prompt = &prompts[rng.below(prompts.len() as u64) as usize];
+    let len = prompt.len();
+    let pod = pods[rng.below(pods.len() as u64) as usize];
+    let tier = if rng.below(4) == 0 {
+        Tier::Cpu
+    } else {
+        Tier::Gpu
+    };
+    // Mostly prefixes and chain continuations, sometimes arbitrary ranges.
+    let a = match rng.below(3) {
+        0 => 0,
+        _ => rng.below(len as u64) as usize,
+    };
+    let b = (a + 1 + rng.below(24) as usize).min(len);
+    match rng.below(20) {
+        0..=10 => {
+            let parent = (a > 0 && rng.below(4) != 0).then(|| prompt[a - 1]);
+            real.store_after(pod, tier, parent, &prompt[a..b]);
+            model.store_after(pod, tier, parent, &prompt[a..b]);
+        }
+        11..=16 => {
+            // vLLM evicts a request's blocks from the tail; sometimes from anywhere.
+            let (a, b) = if rng.below(2) == 0 {
+                (len - (b - a).min(len), len)
+            } else {
+                (a, b)
+            };
+            real.remove(pod, tier, &prompt[a..b]);
+            model.remove(pod, tier, &prompt[a..b]);
+        }
+        17 if rng.below(10) == 0 => {
+            real.clear_pod(pod);
+            model.clear_pod(pod);
+        }
+        _ => {
+            let n = rng.below(len as u64 + 1) as usize;
+            // Candidates: all pods, or a random subset with a repeat and an unknown pod.
+            let cands: Vec<PodIdx> = if rng.below(2) == 0 {
+                pods.to_vec()
+            } else {
+                let mut c: Vec<PodIdx> =
+                    pods.iter().copied().filter(|_| rng.below(2) == 0).collect();
+                c.push(pod);
+                c.push(p(999));
+                c
+            };
+            assert_eq!(
+                real.lookup(&prompt[..n], &cands),
+                model.lookup(&prompt[..n], &cands),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn matches_the_reference_model_with_shared_prefixes() {
+    for seed in 0..8u64 {
+        let mut rng = Rng(1000 + seed);
+        let real = PrefixIndex::new(IndexConfig {
+            max_bytes: 64 << 20,
+            shards: 8,
+        });
+        let model = ReferenceIndex::default();
+        // 40 prompts of 96 blocks sharing multiples of 8 blocks; 24 pods.
+        let prompts = shared_prefix_prompts(&mut rng, 40, 96, 8);
+        let pods: Vec<PodIdx> = (0..24).map(p).collect();
+        // Most pods hold the common first blocks, as with a shared system prompt.
+        for (i, pod) in pods.iter().enumerate().take(21) {
+            let prompt = &prompts[i % prompts.len()];
+            real.store_after(*pod, Tier::Gpu, None, &prompt[..16]);
+            model.store(*pod, Tier::Gpu, &prompt[..16]);
+        }
+        for step in 0..2500 {
+            random_step(
+                &mut rng,
+                &real,
+                &model,
+                &prompts,
+                &pods,
+                &format!("seed {seed} step {step}"),
+            );
+        }
+        for prompt in &prompts {
+            assert_eq!(
+                real.lookup(prompt, &pods),
+                model.lookup(prompt, &pods),
+                "seed {seed} final"
+            );
+            for k in prompt {
+                let mut held: Vec<PodIdx> = real.holders(*k).into_iter().map(|(p, _)| p).collect();
+                held.sort_unstable();
+                let expect: Vec<PodIdx> = pods
+                    .iter()
+                    .copied()
+                    .filter(|pod| model.lookup(&[*k], &[*pod]) == vec![1])
+                    .collect();
+                assert_eq!(held, expect, "seed {seed}: holders of {k:?}");
+            }
+        }
+        let s = real.snapshot();
+        assert_eq!(s.evictions, 0);
+        assert_eq!(s.admissions - s.removals, s.entries, "seed {seed}");
+    }
+}
+
+#[test]
+fn under_a_tight_budget_lookups_never_claim_more_than_the_model() {
+    for seed in 0..4u64 {
+        let mut rng = Rng(2000 + seed);
+        let budget = 96 << 10;
+        let real = PrefixIndex::new(IndexConfig {
+            max_bytes: budget,
+            shards: 4,
+        });
+        let model = ReferenceIndex::default();
+        let prompts = shared_prefix_prompts(&mut rng, 200, 128, 16);
+        let pods: Vec<PodIdx> = (0..16).map(p).collect();
+        for step in 0..2500 {
+            let prompt = &prompts[rng.below(prompts.len() as u64) as usize];
+            let pod = pods[rng.below(pods.len() as u64) as usize];
+            let n = 1 + rng.below(prompt.len() as u64) as usize;
+            if rng.below(3) == 0 {
+                let ours = real.lookup(&prompt[..n], &pods);
+                let theirs = model.lookup(&prompt[..n], &pods);
+                assert!(
+                    ours.iter().zip(&theirs).all(|(a, b)| a <= b),
+                    "seed {seed} step {step}: {ours:?} > {theirs:?}"
+                );
+            } else {
+                let mut parent = None;
+                for chunk in prompt[..n].chunks(16) {
+                    real.store_after(pod, Tier::Gpu, parent, chunk);
+                    model.store(pod, Tier::Gpu, chunk);
+                    parent = chunk.last().copied();
+                }
+            }
+            let s = real.snapshot();
+            assert!(s.bytes <= budget as u64, "seed {seed} step {step}: {s:?}");
+        }
+        let s = real.snapshot();
+        assert!(s.evictions > 0);
+        assert_eq!(s.admissions - s.evictions - s.removals, s.entries);
+    }
+}
+
+#[test]
+fn a_chain_stored_in_many_events_is_one_run() {
+    let idx = PrefixIndex::new(IndexConfig::default());
+    let chain = keys(0..(3 * WRITE_CHUNK as u64 + 10));
+    let mut parent = None;
+    for event in chain.chunks(16) {
+        idx.store_after(p(1), Tier::Gpu, parent, event);
+        parent = event.last().copied();
+    }
+    // Another pod holding a prefix, and one holding it all in a single long event.
+    idx.store(p(2), Tier::Gpu, &chain[..100]);
+    idx.store(p(3), Tier::Gpu, &chain);
+    let s = idx.snapshot();
+    assert_eq!((s.runs, s.blocks), (1, chain.len() as u64));
+    assert_eq!(
+        idx.lookup(&chain, &[p(3), p(2), p(1), p(2)]),
+        vec![chain.len() as u32, 100, chain.len() as u32, 100]
+    );
+    // A branch off the middle is a run of its own; the trunk's holders are unchanged.
+    let branch: Vec<BlockKey> = chain[..50]
+        .iter()
+        .copied()
+        .chain(keys(5000..5020))
+        .collect();
+    idx.store_after(p(4), Tier::Gpu, Some(chain[49]), &branch[50..]);
+    assert_eq!(idx.snapshot().runs, 2);
+    assert_eq!(idx.lookup(&branch, &[p(1), p(4)]), vec![50, 0]);
+    idx.store(p(4), Tier::Gpu, &chain[..50]);
+    assert_eq!(idx.lookup(&branch, &[p(1), p(4)]), vec![50, 70]);
+    // Evicting the tail of the trunk trims it; storing it again extends the run again.
+    for pod in [1, 3] {
+        idx.remove(p(pod), Tier::Gpu, &chain[200..]);
+    }
+    assert_eq!(idx.snapshot().blocks, 200 + 20);
+    idx.store_after(p(1), Tier::Gpu, Some(chain[199]), &chain[200..]);
+    assert_eq!(idx.snapshot().runs, 2);
+    assert_eq!(idx.lookup(&chain, &[p(1)]), vec![chain.len() as u32]);
+}
