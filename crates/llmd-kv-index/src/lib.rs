@@ -17,6 +17,7 @@ pub mod index;
 pub mod kv;
 pub mod subscriber;
 pub mod tokenizer;
+pub mod transport;
 
 pub use hashing::{BlockDigest, BlockKey, HashAlgo, TokensHasher, VllmHasher};
 pub use kv::{KvIndex, KvIndexConfig};

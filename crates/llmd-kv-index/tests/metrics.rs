@@ -8,20 +8,13 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{Recorder, wait_until};
+use common::{Recorder, send, wait_until};
 use llmd_kv_index::events::{BlockStored, EventBatch, KvEvent, Layout, encode_message};
 use llmd_kv_index::hashing::BlockKey;
 use llmd_kv_index::index::IndexOps;
 use llmd_kv_index::subscriber::{PodEndpoint, Subscriber, SubscriberConfig};
+use llmd_kv_index::transport::{SocketOptions, SocketType, ZmqSocket};
 use llmd_telemetry::{exposition, names};
-use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
-
-async fn send(p: &mut PubSocket, frames: Vec<Vec<u8>>) {
-    p.send(ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).unwrap())
-        .await
-        .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_cache_metrics_follow_the_event_stream() {
@@ -43,13 +36,13 @@ async fn kv_cache_metrics_follow_the_event_stream() {
     let sub = Subscriber::new(rec.clone(), config);
     sub.add_pod(PodEndpoint {
         pod: "pod-m".into(),
-        endpoint: endpoint.clone(),
+        endpoint: Some(endpoint.clone()),
         replay_endpoint: None,
         model: "m".into(),
     });
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let mut publisher = PubSocket::new();
-    publisher.bind(&endpoint).await.unwrap();
+    let mut publisher = ZmqSocket::new(SocketType::PUB, &SocketOptions::default()).unwrap();
+    publisher.bind(&endpoint).unwrap();
 
     let topic = "kv@pod-m@m";
     let mut seq = 0;
