@@ -198,6 +198,13 @@ impl ZmqSocket {
         self.socket.connect(endpoint).map_err(zmq_err("connect"))
     }
 
+    /// Drops the connection (and libzmq's reconnection) to `endpoint`.
+    pub fn disconnect(&mut self, endpoint: &str) -> Result<(), SocketError> {
+        self.socket
+            .disconnect(endpoint)
+            .map_err(zmq_err("disconnect"))
+    }
+
     /// SUB: receive messages whose first frame starts with `prefix`.
     pub fn subscribe(&mut self, prefix: &[u8]) -> Result<(), SocketError> {
         self.socket

@@ -393,10 +393,23 @@ async fn run_dialled(
     let mut handshakes = 0u64;
     let mut retries = 0u64;
     let mut monitor_alive = true;
+    // libzmq reconnects after a lost connection, but gives a session up for good after a
+    // protocol error (a peer that sent garbage, an oversized frame): when neither a retry nor a
+    // new connection follows a failure, dial again ourselves.
+    let mut watchdog: Option<tokio::time::Instant> = None;
+    let patience = config.backoff_max + Duration::from_millis(500);
     let exit_reason = loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break "cancelled".to_owned(),
+            _ = sleep_until(watchdog), if watchdog.is_some() => {
+                watchdog = None;
+                tracing::info!(pod, endpoint, "KV-event connection given up after a protocol error; dialling again");
+                let _ = socket.disconnect(&endpoint);
+                if let Err(error) = socket.connect(&endpoint) {
+                    break format!("cannot dial again: {error}");
+                }
+            }
             // Monitor first: a reconnection must be known before the batch that follows it.
             event = monitor.recv(), if monitor_alive => match event {
                 Ok(m) => {
@@ -412,8 +425,11 @@ async fn run_dialled(
                             }
                             handshakes += 1;
                             retries = 0;
+                            watchdog = None;
                         }
+                        MonitorEvent::CONNECTED => watchdog = None,
                         MonitorEvent::CONNECT_RETRIED => {
+                            watchdog = None;
                             metrics::counter!(names::EVENTS_ZMQ_ERRORS.name, "operation" => "connect").increment(1);
                             if retries == 0 {
                                 tracing::warn!(pod, endpoint, retry_ms = event.value, "cannot connect to KV-event publisher; retrying");
@@ -422,8 +438,10 @@ async fn run_dialled(
                         }
                         MonitorEvent::DISCONNECTED => {
                             tracing::info!(pod, endpoint, "KV-event publisher disconnected; reconnecting");
+                            watchdog = Some(tokio::time::Instant::now() + patience);
                         }
                         MonitorEvent::HANDSHAKE_FAILED_NO_DETAIL | MonitorEvent::HANDSHAKE_FAILED_PROTOCOL => {
+                            watchdog = Some(tokio::time::Instant::now() + patience);
                             metrics::counter!(names::EVENTS_ZMQ_ERRORS.name, "operation" => "handshake").increment(1);
                             tracing::warn!(pod, endpoint, errno = event.value, "KV-event publisher failed the ZMTP handshake (bad greeting or oversized frame); reconnecting");
                         }
@@ -446,6 +464,14 @@ async fn run_dialled(
     };
     metrics::gauge!(names::EVENTS_ACTIVE_SUBSCRIBERS.name).decrement(1.0);
     tracing::debug!(pod, exit_reason, "KV-event subscription stopped");
+}
+
+/// Sleeps until `at` (forever when `None`; the branch is disabled then anyway).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn run_bound_pod(
