@@ -79,6 +79,20 @@ def as_int(digest: bytes) -> int:
     return int.from_bytes(digest, "big") & (2**64 - 1)
 
 
+def bind(sock, endpoint):
+    """Binds, waiting for a previous instance's port to be released (libzmq closes sockets in
+    its I/O thread, shortly after close() returns)."""
+    deadline = time.time() + 5
+    while True:
+        try:
+            sock.bind(endpoint)
+            return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EADDRINUSE or time.time() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Instance:
     """One publisher process's sockets and state."""
 
@@ -90,8 +104,7 @@ class Instance:
             self.pub.connect(pub_ep)
             self.pub_ep = pub_ep
         else:
-            self.pub.bind(pub_ep)
-            self.pub_ep = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.pub_ep = bind(self.pub, pub_ep)
         self.seq = 0
         self.buffer = deque(maxlen=buffer_steps)
         self.lock = threading.Lock()
@@ -100,8 +113,7 @@ class Instance:
         self.thread = None
         if replay_ep:
             router = ctx.socket(zmq.ROUTER)
-            router.bind(replay_ep)
-            self.replay_ep = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.replay_ep = bind(router, replay_ep)
             self.thread = threading.Thread(target=self.serve_replay, args=(router,), daemon=True)
             self.thread.start()
 
