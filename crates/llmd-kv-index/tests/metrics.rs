@@ -1,6 +1,7 @@
 //! The `llm_d_epp_kv_cache_*` metrics move with real traffic: a pod added before its publisher
 //! exists connects once it appears (retry with backoff), and messages, gaps, decode errors,
-//! restarts, admissions and lookups show on `/metrics` (rendered by the real exporter).
+//! restarts, admissions and lookups show on `/metrics` (rendered by the real exporter), and so
+//! do rejected topics on the bound socket and replays (requests by reason, duration).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -86,6 +87,46 @@ async fn kv_cache_metrics_follow_the_event_stream() {
             .any(|n| matches!(n, common::Notice::Restart { .. }))
     })
     .await;
+    // The bound socket: a topic naming no followed pod is rejected and counted.
+    let bound = sub.bind("tcp://127.0.0.1:0").await.unwrap();
+    let mut stranger = common::connect_pub(&bound);
+    while !rec
+        .notices()
+        .iter()
+        .any(|n| matches!(n, common::Notice::Rejected { .. }))
+    {
+        send(
+            &mut stranger,
+            encode_message("kv@10.66.0.1@m", 0, &EventBatch::default(), Layout::Map).to_vec(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A pod with a replay socket (empty buffer): asked at once, timed.
+    let mut router = ZmqSocket::new(SocketType::ROUTER, &SocketOptions::default()).unwrap();
+    let replay = router.bind("tcp://127.0.0.1:0").unwrap();
+    tokio::spawn(async move {
+        while let Ok(r) = router.recv().await {
+            let id = r.frames[0].to_vec();
+            router
+                .send(&[id, vec![], vec![], vec![0xff; 8], vec![]])
+                .await
+                .unwrap();
+        }
+    });
+    sub.add_pod(PodEndpoint {
+        pod: "pod-r".into(),
+        endpoint: None,
+        replay_endpoint: Some(replay),
+        model: "m".into(),
+    });
+    wait_until("start replay answered", || {
+        rec.notices()
+            .iter()
+            .any(|n| matches!(n, common::Notice::Replay { pod, .. } if pod == "pod-r"))
+    })
+    .await;
+
     rec.kv.index().store(
         rec.kv.pods().intern("pod-m").unwrap(),
         llmd_kv_index::events::Tier::Gpu,
@@ -129,6 +170,50 @@ async fn kv_cache_metrics_follow_the_event_stream() {
     );
     assert_eq!(
         m.value(names::kv_cache::EVENTS_ACTIVE_SUBSCRIBERS.name, &[]),
+        Some(2.0),
+        "the dialled socket and the bound one"
+    );
+    let kv = |def: &names::MetricDef, labels: &[(&str, &str)]| m.value(def.name, labels);
+    assert_eq!(
+        kv(
+            &names::kv_cache::EVENTS_REJECTED,
+            &[("reason", "unknown_pod")]
+        ),
+        Some(1.0)
+    );
+    for reason in ["ambiguous_pod", "dialled_pod", "peer_address"] {
+        assert_eq!(
+            kv(&names::kv_cache::EVENTS_REJECTED, &[("reason", reason)]),
+            Some(0.0),
+            "{reason} registered at zero"
+        );
+    }
+    let start = [("pod", "pod-r"), ("reason", "start")];
+    assert_eq!(
+        kv(&names::kv_cache::EVENTS_REPLAY_REQUESTS, &start),
+        Some(1.0)
+    );
+    for reason in ["gap", "reconnect", "restart"] {
+        assert_eq!(
+            kv(
+                &names::kv_cache::EVENTS_REPLAY_REQUESTS,
+                &[("pod", "pod-r"), ("reason", reason)]
+            ),
+            Some(0.0)
+        );
+    }
+    assert_eq!(
+        kv(
+            &names::kv_cache::EVENTS_REPLAYED_BATCHES,
+            &[("pod", "pod-r")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.value(
+            &format!("{}_count", names::kv_cache::EVENTS_REPLAY_DURATION.name),
+            &[]
+        ),
         Some(1.0)
     );
     assert_eq!(

@@ -642,10 +642,13 @@ async fn bound_mode_replays_at_once_and_fills_gaps() {
     sub.shutdown();
 }
 
+/// Buffered batches: `(seq, [topic, seq, payload])`.
+type Buffer = Vec<(u64, Vec<Vec<u8>>)>;
+
 /// A replay service whose buffer the test can change.
 async fn shared_replay_service(
     mut router: ZmqSocket,
-    buffer: std::sync::Arc<parking_lot::Mutex<Vec<(u64, Vec<Vec<u8>>)>>>,
+    buffer: std::sync::Arc<parking_lot::Mutex<Buffer>>,
 ) {
     while let Ok(request) = router.recv().await {
         let frames = request.frames;
