@@ -5,7 +5,8 @@
 //!   each block's key as a decimal u64, and in `sha256_cbor` mode the full digest in hex).
 //! - `tokenize`: a prompt or an OpenAI request → token ids (and the rendered chat text).
 //! - `listen`: subscribe to pods and print every decoded event as a JSON line, with gaps,
-//!   restarts and decode errors inline.
+//!   restarts, replays, rejected topics and decode errors inline. With `--bind`, every pod that
+//!   connects is shown, named by its topic.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -381,6 +382,11 @@ impl EventHandler for Printer {
         let _ = self
             .tx
             .send(json!({"replay": {"pod": pod, "from": from, "to": to, "recovered": recovered}}));
+    }
+    fn on_rejected(&self, topic: &str, reason: crate::subscriber::RejectReason) {
+        let _ = self
+            .tx
+            .send(json!({"rejected": {"topic": topic, "reason": reason.as_str()}}));
     }
 }
 
