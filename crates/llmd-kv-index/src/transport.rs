@@ -238,8 +238,23 @@ impl ZmqSocket {
             if let Some(m) = try_recv(&self.socket)? {
                 return Ok(m);
             }
-            guard.clear_ready();
+            // A receive may leave libzmq's command mailbox unprocessed (it throttles command
+            // processing), and then no new edge comes on `ZMQ_FD`. Reading `ZMQ_EVENTS`
+            // processes every pending command: only when it then says "nothing to read" is it
+            // safe to wait for the descriptor.
+            if !self.readable_now()? {
+                guard.clear_ready();
+            }
         }
+    }
+
+    /// `ZMQ_EVENTS` has `POLLIN` (after processing libzmq's pending commands).
+    fn readable_now(&self) -> Result<bool, SocketError> {
+        Ok(self
+            .socket
+            .get_events()
+            .map_err(zmq_err("events"))?
+            .contains(zmq::POLLIN))
     }
 
     /// Sends one multipart message. PUB drops it at the high-water mark or without

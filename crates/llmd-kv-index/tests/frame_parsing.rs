@@ -23,7 +23,8 @@ fn frame() -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(any::<u8>(), 0..24),
         Just(vec![0xff; 8]),
         Just(Vec::new()),
-        "kv@(10\\.0\\.0\\.[0-9]|\\[?fd00::1\\]?|pod-[a-z])(:[0-9]{1,5})?@m".prop_map(String::into_bytes),
+        "kv@(10\\.0\\.0\\.[0-9]|\\[?fd00::1\\]?|pod-[a-z])(:[0-9]{1,5})?@m"
+            .prop_map(String::into_bytes),
     ]
 }
 
