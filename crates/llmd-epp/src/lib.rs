@@ -305,10 +305,10 @@ pub async fn start(
                 kv.index.clone(),
                 SubscriberConfig::default(),
             ));
-            follow(&subscriber, &kv.index, &initial);
             if let Some(bind) = &kv_events_bind {
                 kv_events_bound = Some(subscriber.bind(bind).await?);
             }
+            follow(&subscriber, &kv.index, &initial);
             let (index, stop, sub) = (kv.index.clone(), shutdown.clone(), subscriber.clone());
             tasks.spawn("kv index metrics", async move {
                 // The subscriber lives as long as this task: the EPP's.
@@ -474,17 +474,16 @@ where
     }
 }
 
-/// Dials the KV events of added endpoints and forgets removed ones.
+/// Follows the KV events of added endpoints (dialled when they have `kvEvents`, else accepted
+/// on the bound socket under their own topic; replay asked at once) and forgets removed ones.
 fn follow(sub: &Subscriber, kv: &llmd_kv_index::KvIndex, change: &endpoints::Change) {
     for spec in &change.added {
-        if let Some(ep) = &spec.kv_events {
-            sub.add_pod(PodEndpoint {
-                pod: spec.host_port(),
-                endpoint: ep.clone(),
-                replay_endpoint: spec.kv_events_replay.clone(),
-                model: spec.model.first().cloned().unwrap_or_default(),
-            });
-        }
+        sub.add_pod(PodEndpoint {
+            pod: spec.host_port(),
+            endpoint: spec.kv_events.clone(),
+            replay_endpoint: spec.kv_events_replay.clone(),
+            model: spec.model.first().cloned().unwrap_or_default(),
+        });
     }
     for id in &change.removed {
         sub.remove_pod(id);

@@ -27,16 +27,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use llmd_kv_index::events::{
     BlockRemoved, BlockStored, DecodeError, EventBatch, KvEvent, Layout, encode_message,
 };
 use llmd_kv_index::hashing::BlockKey;
 use llmd_kv_index::index::{IndexConfig, IndexOps, PodIdx};
 use llmd_kv_index::subscriber::{EventHandler, Subscriber, SubscriberConfig};
+use llmd_kv_index::transport::{SocketOptions, SocketType, ZmqSocket};
 use llmd_kv_index::{KvIndex, KvIndexConfig};
 use parking_lot::Mutex;
-use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const BLOCK: usize = 64;
@@ -239,10 +238,10 @@ impl Pod {
         }
     }
 
-    fn message(&mut self, batch: &EventBatch) -> ZmqMessage {
+    fn message(&mut self, batch: &EventBatch) -> Vec<Vec<u8>> {
         let frames = encode_message(&self.topic, self.seq, batch, Layout::Map);
         self.seq += 1;
-        ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).unwrap()
+        frames.into_iter().map(Vec::from).collect()
     }
 }
 
@@ -373,13 +372,20 @@ fn main() {
             );
             pub_rt.spawn(async move {
                 // The socket lives on the pods' runtime (its I/O tasks run there too).
-                let mut socket = PubSocket::new();
-                socket.connect(&bound).await.unwrap();
+                let mut socket = ZmqSocket::new(
+                    SocketType::PUB,
+                    &SocketOptions {
+                        high_water_mark: 100_000,
+                        ..SocketOptions::default()
+                    },
+                )
+                .unwrap();
+                socket.connect(&bound).unwrap();
                 // PUB/SUB joins slowly (a PUB drops what it sends before the subscription
                 // arrives): empty batches for 300 ms first. What is lost after that counts.
                 for _ in 0..15 {
                     let msg = group[0].message(&EventBatch::default());
-                    let _ = socket.send(msg).await;
+                    let _ = socket.send(&msg).await;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 ready.fetch_add(1, Ordering::Relaxed);
@@ -393,7 +399,7 @@ fn main() {
                     for pod in group.iter_mut() {
                         let batch = pod.step(&system, &recent);
                         let msg = pod.message(&batch);
-                        if socket.send(msg).await.is_err() {
+                        if socket.send(&msg).await.is_err() {
                             return;
                         }
                         sent.fetch_add(1, Ordering::Relaxed);

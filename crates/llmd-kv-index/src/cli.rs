@@ -5,7 +5,8 @@
 //!   each block's key as a decimal u64, and in `sha256_cbor` mode the full digest in hex).
 //! - `tokenize`: a prompt or an OpenAI request → token ids (and the rendered chat text).
 //! - `listen`: subscribe to pods and print every decoded event as a JSON line, with gaps,
-//!   restarts and decode errors inline.
+//!   restarts, replays, rejected topics and decode errors inline. With `--bind`, every pod that
+//!   connects is shown, named by its topic.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -62,9 +63,9 @@ pub struct InputArgs {
 /// `hash` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HashArgs {
-    /// Token ids, comma-separated (instead of a prompt or request).
-    #[arg(long, value_delimiter = ',', group = "input")]
-    pub tokens: Option<Vec<u32>>,
+    /// Token ids, comma-separated (instead of a prompt or request); `""` is no tokens.
+    #[arg(long, group = "input", value_parser = parse_token_ids)]
+    pub tokens: Option<TokenIds>,
     /// Prompt or request and tokenizer.
     #[command(flatten)]
     pub input: InputArgs,
@@ -90,6 +91,25 @@ pub struct HashArgs {
     /// cache_salt of the request (extra key of block 0).
     #[arg(long)]
     pub cache_salt: Option<String>,
+}
+
+/// Token ids given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenIds(pub Vec<u32>);
+
+/// `1,2,3` → ids; an empty (or all-blank) list is no tokens, which hashes to no blocks.
+fn parse_token_ids(s: &str) -> Result<TokenIds, String> {
+    if s.trim().is_empty() {
+        return Ok(TokenIds(Vec::new()));
+    }
+    s.split(',')
+        .map(|t| {
+            t.trim()
+                .parse::<u32>()
+                .map_err(|e| format!("token id {t:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(TokenIds)
 }
 
 /// `tokenize` flags.
@@ -222,7 +242,7 @@ fn input_tokens(input: &InputArgs) -> Result<(Vec<u32>, Option<String>), CliErro
 
 fn hash(a: HashArgs, out: &mut (dyn Write + Send)) -> Result<(), CliError> {
     let tokens = match &a.tokens {
-        Some(t) => t.clone(),
+        Some(t) => t.0.clone(),
         None => input_tokens(&a.input)?.0,
     };
     let bs = a.block_size;
@@ -363,6 +383,11 @@ impl EventHandler for Printer {
             .tx
             .send(json!({"replay": {"pod": pod, "from": from, "to": to, "recovered": recovered}}));
     }
+    fn on_rejected(&self, topic: &str, reason: crate::subscriber::RejectReason) {
+        let _ = self
+            .tx
+            .send(json!({"rejected": {"topic": topic, "reason": reason.as_str()}}));
+    }
 }
 
 async fn listen(a: ListenArgs, out: &mut (dyn Write + Send)) -> Result<(), CliError> {
@@ -383,6 +408,8 @@ async fn listen(a: ListenArgs, out: &mut (dyn Write + Send)) -> Result<(), CliEr
     });
     let config = SubscriberConfig {
         topic_filter: a.topic_filter.clone(),
+        // A debugging tool: every pod that connects to --bind is shown, named by its topic.
+        accept_unknown_topics: true,
         ..Default::default()
     };
     let sub = Subscriber::new(printer, config);
@@ -395,7 +422,7 @@ async fn listen(a: ListenArgs, out: &mut (dyn Write + Send)) -> Result<(), CliEr
         };
         sub.add_pod(PodEndpoint {
             pod,
-            endpoint,
+            endpoint: Some(endpoint),
             replay_endpoint: a.replay_endpoint.clone(),
             model: String::new(),
         });

@@ -15,6 +15,7 @@ pub mod hashing;
 pub mod index;
 pub mod kv;
 pub mod subscriber;
+pub mod transport;
 
 pub use hashing::{BlockDigest, BlockKey, HashAlgo, TokensHasher, VllmHasher};
 pub use kv::{KvIndex, KvIndexConfig};

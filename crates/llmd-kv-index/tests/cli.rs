@@ -8,11 +8,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::{bind_pub, send};
 use llmd_kv_index::events::{BlockStored, EventBatch, KvEvent, Layout, encode_message};
 use llmd_kv_index::hashing::BlockKey;
 use serde_json::Value;
-use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
 
 fn llmd_kv() -> Command {
     Command::new(env!("CARGO_BIN_EXE_llmd-kv"))
@@ -66,6 +65,23 @@ fn hash_prints_keys_and_digests() {
         "8197,438,322,18926,432,45600,49",
     ]));
     assert_eq!(v["blocks"][0]["key"], 1334984470577408192u64);
+}
+
+/// Finding 5: no tokens hash to no blocks (it used to be a parse error).
+#[test]
+fn hash_of_no_tokens_prints_no_blocks() {
+    for algo in ["sha256_cbor", "cbor-fnv"] {
+        let v = json_out(llmd_kv().args(["hash", "--tokens", "", "--algo", algo]));
+        assert_eq!(v["num_tokens"], 0, "{algo}");
+        assert_eq!(v["blocks"], serde_json::json!([]), "{algo}");
+    }
+    // A bad id is still a clear error.
+    let out = llmd_kv()
+        .args(["hash", "--tokens", "1,x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token id \"x\""));
 }
 
 #[test]
@@ -125,20 +141,9 @@ fn tokenize_a_chat_request() {
     std::fs::remove_file(dir).unwrap();
 }
 
-async fn send(p: &mut PubSocket, frames: Vec<Vec<u8>>) {
-    let msg =
-        ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).unwrap();
-    p.send(msg).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_prints_events_gaps_and_errors() {
-    let mut publisher = PubSocket::new();
-    let endpoint = publisher
-        .bind("tcp://127.0.0.1:0")
-        .await
-        .unwrap()
-        .to_string();
+    let (mut publisher, endpoint) = bind_pub();
     let mut child = llmd_kv()
         .args([
             "listen",

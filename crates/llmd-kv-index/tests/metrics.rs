@@ -1,6 +1,7 @@
 //! The `llm_d_epp_kv_cache_*` metrics move with real traffic: a pod added before its publisher
 //! exists connects once it appears (retry with backoff), and messages, gaps, decode errors,
-//! restarts, admissions and lookups show on `/metrics` (rendered by the real exporter).
+//! restarts, admissions and lookups show on `/metrics` (rendered by the real exporter), and so
+//! do rejected topics on the bound socket and replays (requests by reason, duration).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -8,20 +9,13 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{Recorder, wait_until};
+use common::{Recorder, send, wait_until};
 use llmd_kv_index::events::{BlockStored, EventBatch, KvEvent, Layout, encode_message};
 use llmd_kv_index::hashing::BlockKey;
 use llmd_kv_index::index::IndexOps;
 use llmd_kv_index::subscriber::{PodEndpoint, Subscriber, SubscriberConfig};
+use llmd_kv_index::transport::{SocketOptions, SocketType, ZmqSocket};
 use llmd_telemetry::{exposition, names};
-use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
-
-async fn send(p: &mut PubSocket, frames: Vec<Vec<u8>>) {
-    p.send(ZmqMessage::try_from(frames.into_iter().map(Bytes::from).collect::<Vec<_>>()).unwrap())
-        .await
-        .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_cache_metrics_follow_the_event_stream() {
@@ -43,13 +37,13 @@ async fn kv_cache_metrics_follow_the_event_stream() {
     let sub = Subscriber::new(rec.clone(), config);
     sub.add_pod(PodEndpoint {
         pod: "pod-m".into(),
-        endpoint: endpoint.clone(),
+        endpoint: Some(endpoint.clone()),
         replay_endpoint: None,
         model: "m".into(),
     });
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let mut publisher = PubSocket::new();
-    publisher.bind(&endpoint).await.unwrap();
+    let mut publisher = ZmqSocket::new(SocketType::PUB, &SocketOptions::default()).unwrap();
+    publisher.bind(&endpoint).unwrap();
 
     let topic = "kv@pod-m@m";
     let mut seq = 0;
@@ -93,6 +87,46 @@ async fn kv_cache_metrics_follow_the_event_stream() {
             .any(|n| matches!(n, common::Notice::Restart { .. }))
     })
     .await;
+    // The bound socket: a topic naming no followed pod is rejected and counted.
+    let bound = sub.bind("tcp://127.0.0.1:0").await.unwrap();
+    let mut stranger = common::connect_pub(&bound);
+    while !rec
+        .notices()
+        .iter()
+        .any(|n| matches!(n, common::Notice::Rejected { .. }))
+    {
+        send(
+            &mut stranger,
+            encode_message("kv@10.66.0.1@m", 0, &EventBatch::default(), Layout::Map).to_vec(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A pod with a replay socket (empty buffer): asked at once, timed.
+    let mut router = ZmqSocket::new(SocketType::ROUTER, &SocketOptions::default()).unwrap();
+    let replay = router.bind("tcp://127.0.0.1:0").unwrap();
+    tokio::spawn(async move {
+        while let Ok(r) = router.recv().await {
+            let id = r.frames[0].to_vec();
+            router
+                .send(&[id, vec![], vec![], vec![0xff; 8], vec![]])
+                .await
+                .unwrap();
+        }
+    });
+    sub.add_pod(PodEndpoint {
+        pod: "pod-r".into(),
+        endpoint: None,
+        replay_endpoint: Some(replay),
+        model: "m".into(),
+    });
+    wait_until("start replay answered", || {
+        rec.notices()
+            .iter()
+            .any(|n| matches!(n, common::Notice::Replay { pod, .. } if pod == "pod-r"))
+    })
+    .await;
+
     rec.kv.index().store(
         rec.kv.pods().intern("pod-m").unwrap(),
         llmd_kv_index::events::Tier::Gpu,
@@ -136,6 +170,50 @@ async fn kv_cache_metrics_follow_the_event_stream() {
     );
     assert_eq!(
         m.value(names::kv_cache::EVENTS_ACTIVE_SUBSCRIBERS.name, &[]),
+        Some(2.0),
+        "the dialled socket and the bound one"
+    );
+    let kv = |def: &names::MetricDef, labels: &[(&str, &str)]| m.value(def.name, labels);
+    assert_eq!(
+        kv(
+            &names::kv_cache::EVENTS_REJECTED,
+            &[("reason", "unknown_pod")]
+        ),
+        Some(1.0)
+    );
+    for reason in ["ambiguous_pod", "dialled_pod", "peer_address"] {
+        assert_eq!(
+            kv(&names::kv_cache::EVENTS_REJECTED, &[("reason", reason)]),
+            Some(0.0),
+            "{reason} registered at zero"
+        );
+    }
+    let start = [("pod", "pod-r"), ("reason", "start")];
+    assert_eq!(
+        kv(&names::kv_cache::EVENTS_REPLAY_REQUESTS, &start),
+        Some(1.0)
+    );
+    for reason in ["gap", "reconnect", "restart"] {
+        assert_eq!(
+            kv(
+                &names::kv_cache::EVENTS_REPLAY_REQUESTS,
+                &[("pod", "pod-r"), ("reason", reason)]
+            ),
+            Some(0.0)
+        );
+    }
+    assert_eq!(
+        kv(
+            &names::kv_cache::EVENTS_REPLAYED_BATCHES,
+            &[("pod", "pod-r")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.value(
+            &format!("{}_count", names::kv_cache::EVENTS_REPLAY_DURATION.name),
+            &[]
+        ),
         Some(1.0)
     );
     assert_eq!(

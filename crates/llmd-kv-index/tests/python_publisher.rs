@@ -73,7 +73,7 @@ async fn run(layout: &str) {
     let sub = Subscriber::new(rec.clone(), SubscriberConfig::default());
     sub.add_pod(PodEndpoint {
         pod: pod.into(),
-        endpoint,
+        endpoint: Some(endpoint),
         replay_endpoint: None,
         model: "unused".into(),
     });

@@ -4,6 +4,11 @@
 //! otherwise. An optional ROUTER replays the last `buffer_steps` batches: a request
 //! `[id, "", start_seq]` gets `[id, "", topic, seq, payload]` for each buffered batch from
 //! `start_seq`, then `[id, "", "", ff*8, ""]` (vLLM >= 0.27's format).
+//!
+//! Both sockets are libzmq sockets from `llmd_kv_index::transport`: a peer announcing a frame
+//! above the maximum message size (64 KiB here: subscriptions and replay requests are a few
+//! bytes) is disconnected before anything is allocated, and a connecting PUB retries every
+//! 100 ms up to 1 s.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -11,10 +16,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use llmd_kv_index::events::{EventBatch, KvEvent, Layout, encode_message};
+use llmd_kv_index::transport::{SocketError, SocketOptions, SocketType, ZmqSocket};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use zeromq::{PubSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::engine::EventSink;
 
@@ -39,7 +44,20 @@ pub struct PublisherConfig {
 pub struct PublisherError {
     endpoint: String,
     #[source]
-    source: zeromq::ZmqError,
+    source: SocketError,
+}
+
+/// What the publisher's sockets accept from peers: SUB subscriptions and replay requests are a
+/// few bytes each.
+pub const MAX_INBOUND_MESSAGE_BYTES: usize = 64 << 10;
+
+fn socket_options() -> SocketOptions {
+    SocketOptions {
+        max_message_bytes: MAX_INBOUND_MESSAGE_BYTES,
+        // Like vLLM's PUB (HWM 100000): a slow subscriber loses batches only after this many.
+        high_water_mark: 100_000,
+        ..Default::default()
+    }
 }
 
 /// vLLM's rule: bind for wildcard or local-IPC endpoints, connect otherwise.
@@ -62,28 +80,20 @@ pub async fn start(
         let endpoint = endpoint.to_owned();
         move |source| PublisherError { endpoint, source }
     };
-    let mut socket = PubSocket::new();
+    let mut socket =
+        ZmqSocket::new(SocketType::PUB, &socket_options()).map_err(err(&config.endpoint))?;
     let bound = if binds(&config.endpoint) {
-        let ep = config.endpoint.replace("tcp://*:", "tcp://0.0.0.0:");
         Some(
             socket
-                .bind(&ep)
-                .await
-                .map_err(err(&config.endpoint))?
-                .to_string(),
+                .bind(&config.endpoint)
+                .map_err(err(&config.endpoint))?,
         )
     } else {
-        // Connecting: don't block startup on the subscriber; zeromq keeps retrying.
-        let endpoint = config.endpoint.clone();
-        match tokio::time::timeout(std::time::Duration::from_secs(2), socket.connect(&endpoint))
-            .await
-        {
-            Ok(r) => r.map_err(err(&endpoint))?,
-            Err(_) => tracing::warn!(
-                endpoint,
-                "KV-event subscriber not reachable yet; events are dropped until it is"
-            ),
-        }
+        // Connecting: libzmq connects in the background and keeps retrying (events published
+        // before the subscriber is reached are dropped, as vLLM's are).
+        socket
+            .connect(&config.endpoint)
+            .map_err(err(&config.endpoint))?;
         None
     };
     // Batches are kept only for a replay socket (a PUB-only publisher keeps nothing).
@@ -93,12 +103,9 @@ pub async fn start(
         .map(|_| Arc::new(Mutex::new(VecDeque::new())));
     let replay = match (&config.replay_endpoint, &buffer) {
         (Some(ep), Some(buffer)) => {
-            let mut router = RouterSocket::new();
-            let bound = router
-                .bind(&ep.replace("tcp://*:", "tcp://0.0.0.0:"))
-                .await
-                .map_err(err(ep))?
-                .to_string();
+            let mut router =
+                ZmqSocket::new(SocketType::ROUTER, &socket_options()).map_err(err(ep))?;
+            let bound = router.bind(ep).map_err(err(ep))?;
             tokio::spawn(serve_replay(
                 router,
                 config.topic.clone(),
@@ -115,7 +122,7 @@ pub async fn start(
 }
 
 async fn publish(
-    mut socket: PubSocket,
+    mut socket: ZmqSocket,
     config: PublisherConfig,
     mut rx: mpsc::UnboundedReceiver<Vec<KvEvent>>,
     buffer: Option<Buffer>,
@@ -146,19 +153,18 @@ async fn publish(
                 b.pop_front();
             }
         }
-        let frames = vec![Bytes::from(topic), Bytes::from(seq_frame), payload];
-        if let Ok(msg) = ZmqMessage::try_from(frames)
-            && let Err(error) = socket.send(msg).await
+        if let Err(error) = socket
+            .send(&[&topic[..], &seq_frame[..], &payload[..]])
+            .await
         {
             tracing::warn!(%error, seq, "KV event send failed");
         }
         seq += 1;
     }
-    let _ = socket.close().await;
 }
 
 async fn serve_replay(
-    mut router: RouterSocket,
+    mut router: ZmqSocket,
     topic: String,
     buffer: Buffer,
     cancel: CancellationToken,
@@ -166,9 +172,16 @@ async fn serve_replay(
     loop {
         let request = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = router.recv() => match r { Ok(r) => r, Err(_) => continue },
+            r = router.recv() => match r {
+                Ok(r) => r,
+                Err(error) => {
+                    tracing::warn!(%error, "KV-event replay receive failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
         };
-        let frames = request.into_vec();
+        let frames = request.frames;
         let [id, _, start] = frames.as_slice() else {
             continue;
         };
@@ -182,26 +195,11 @@ async fn serve_replay(
             .cloned()
             .collect();
         for (seq, payload) in batches {
-            let reply = vec![
-                id.clone(),
-                Bytes::new(),
-                Bytes::from(topic.clone()),
-                Bytes::copy_from_slice(&seq.to_be_bytes()),
-                payload,
-            ];
-            if let Ok(msg) = ZmqMessage::try_from(reply) {
-                let _ = router.send(msg).await;
-            }
+            let seq = seq.to_be_bytes();
+            let reply: [&[u8]; 5] = [id, &[], topic.as_bytes(), &seq, &payload];
+            let _ = router.send(&reply).await;
         }
-        let end = vec![
-            id.clone(),
-            Bytes::new(),
-            Bytes::new(),
-            Bytes::from_static(&[0xff; 8]),
-            Bytes::new(),
-        ];
-        if let Ok(msg) = ZmqMessage::try_from(end) {
-            let _ = router.send(msg).await;
-        }
+        let end: [&[u8]; 5] = [id, &[], &[], &[0xff; 8], &[]];
+        let _ = router.send(&end).await;
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use llmd_kv_index::hashing::RequestExtras;
-use llmd_kv_index::subscriber::{Subscriber, SubscriberConfig};
+use llmd_kv_index::subscriber::{PodEndpoint, Subscriber, SubscriberConfig};
 use llmd_kv_index::{KvIndex, KvIndexConfig};
 use llmd_tokenizer::ModelTokenizer;
 use serde_json::json;
@@ -90,6 +90,13 @@ async fn scenario(layout: &str) {
     .await;
     let base = format!("http://{}", sim.addr);
     let pod = format!("127.0.0.1:{}", sim.addr.port());
+    // The bound socket applies known pods' topics only.
+    sub.add_pod(PodEndpoint {
+        pod: pod.clone(),
+        endpoint: None,
+        replay_endpoint: None,
+        model: MODEL.into(),
+    });
     let llama = ModelTokenizer::from_dir(MODEL, std::path::Path::new(&tok)).unwrap();
 
     // Warm up until the subscriber sees events (PUB drops before the subscription arrives).
@@ -150,7 +157,6 @@ async fn array_encoded_events_match_independent_hashes() {
 /// An EPP that subscribes late catches up from the simulator's replay endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_subscriber_catches_up_through_replay() {
-    use llmd_kv_index::subscriber::PodEndpoint;
     let (sim, shutdown) = common::start(&[
         "--dummy-tokenizer",
         "--block-size",
@@ -191,7 +197,7 @@ async fn late_subscriber_catches_up_through_replay() {
     let pod = format!("127.0.0.1:{}", sim.addr.port());
     sub.add_pod(PodEndpoint {
         pod: pod.clone(),
-        endpoint: format!("tcp://127.0.0.1:{pub_port}"),
+        endpoint: Some(format!("tcp://127.0.0.1:{pub_port}")),
         replay_endpoint: Some(format!("tcp://127.0.0.1:{replay_port}")),
         model: MODEL.into(),
     });
@@ -209,6 +215,92 @@ async fn late_subscriber_catches_up_through_replay() {
         n += 1;
         assert!(n < 200, "early blocks never replayed");
     }
+    shutdown.cancel();
+    sub.shutdown();
+}
+
+/// Finding 1 against the simulator's own sockets: the 73-byte packet (a ZMTP greeting and a
+/// frame header declaring 2^40 bytes) sent to its PUB and to its replay ROUTER. The `zeromq`
+/// crate aborted the process on it; now the connection is dropped before allocation, and the
+/// simulator still serves, publishes and replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_and_replay_sockets_survive_the_73_byte_packet() {
+    use std::io::Write;
+    let (sim, shutdown) = common::start(&[
+        "--dummy-tokenizer",
+        "--block-size",
+        "16",
+        "--hash-seed",
+        "7",
+        "--time-scale",
+        "0",
+        "--kv-events-endpoint",
+        "tcp://*:0",
+        "--kv-events-replay-endpoint",
+        "tcp://*:0",
+    ])
+    .await;
+    let base = format!("http://{}", sim.addr);
+    let port = |bound: &Option<String>| {
+        bound
+            .as_deref()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let addr = |bound: &Option<String>| format!("127.0.0.1:{}", port(bound));
+    let mut packet = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 0];
+    packet.extend_from_slice(b"NULL");
+    packet.resize(64, 0);
+    packet.push(0x02);
+    packet.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    assert_eq!(packet.len(), 73);
+    let mut attackers = Vec::new();
+    for target in [addr(&sim.kv_events_bound), addr(&sim.kv_replay_bound)] {
+        let mut s = std::net::TcpStream::connect(&target).unwrap();
+        s.write_all(&packet).unwrap();
+        attackers.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Still serving.
+    let early = "a prompt sent right after the attack, long enough for a few blocks of tokens";
+    complete(&base, early, 1).await;
+    // Still publishing and replaying: a subscriber catches up on `early` and sees new events.
+    let kv = Arc::new(
+        KvIndex::new(KvIndexConfig {
+            block_size: 16,
+            hash_seed: Some("7".into()),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let sub = Subscriber::new(kv.clone(), SubscriberConfig::default());
+    let pod = format!("127.0.0.1:{}", sim.addr.port());
+    sub.add_pod(PodEndpoint {
+        pod: pod.clone(),
+        endpoint: Some(format!("tcp://{}", addr(&sim.kv_events_bound))),
+        replay_endpoint: Some(format!("tcp://{}", addr(&sim.kv_replay_bound))),
+        model: MODEL.into(),
+    });
+    let early_tokens: Vec<u32> = early.bytes().map(u32::from).collect();
+    let early_keys = kv.request_keys(MODEL, &early_tokens, &RequestExtras::default());
+    wait_until("early blocks replayed", || {
+        kv.lookup(&early_keys, &[pod.as_str()])[0] == (early_tokens.len() / 16) as u32
+    })
+    .await;
+    let later = "and a later prompt that must arrive live on the publisher socket, several blocks";
+    let later_tokens: Vec<u32> = later.bytes().map(u32::from).collect();
+    let later_keys = kv.request_keys(MODEL, &later_tokens, &RequestExtras::default());
+    let mut n = 0;
+    while kv.lookup(&later_keys, &[pod.as_str()])[0] < (later_tokens.len() / 16) as u32 {
+        complete(&base, later, 1).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        n += 1;
+        assert!(n < 200, "live events never arrived");
+    }
+    drop(attackers);
     shutdown.cancel();
     sub.shutdown();
 }

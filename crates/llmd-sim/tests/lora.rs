@@ -15,15 +15,15 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use llmd_kv_index::events::{KvEvent, WireValue, decode_message};
 use llmd_kv_index::hashing::{BlockKey, LoraKey, RequestExtras, VllmHasher};
+use llmd_kv_index::transport::{SocketOptions, SocketType, ZmqSocket};
 use llmd_sim::testing::{SimBuilder, spawn};
 use serde_json::{Value, json};
-use zeromq::{Socket, SocketRecv};
 
 const BASE: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
 /// The next `BlockStored` events until one satisfies `want`.
 async fn stored_until(
-    sub: &mut zeromq::SubSocket,
+    sub: &mut ZmqSocket,
     mut want: impl FnMut(&llmd_kv_index::events::BlockStored) -> bool,
 ) -> Vec<llmd_kv_index::events::BlockStored> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -34,7 +34,7 @@ async fn stored_until(
             .await
             .expect("no matching BlockStored")
             .unwrap();
-        let frames = msg.into_vec();
+        let frames = msg.frames;
         let decoded = decode_message(&frames).unwrap();
         for e in decoded.batch.events {
             if let KvEvent::BlockStored(s) = e {
@@ -60,9 +60,9 @@ async fn complete(base: &str, body: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapters_and_salts_as_vllm_serves_them() {
-    let mut sub = zeromq::SubSocket::new();
-    sub.subscribe("").await.unwrap();
-    let endpoint = sub.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let mut sub = ZmqSocket::new(SocketType::SUB, &SocketOptions::default()).unwrap();
+    sub.subscribe(b"").unwrap();
+    let endpoint = sub.bind("tcp://127.0.0.1:0").unwrap();
     let sim = spawn(
         SimBuilder::new()
             .flags([

@@ -330,10 +330,10 @@ pub mod kv_cache {
         "Gaps detected in a model server's KV-event sequence numbers.",
         &[POD],
     );
-    /// Publisher restarts (sequence went backwards).
+    /// Publisher restarts; each clears the pod's entries.
     pub const EVENTS_PUBLISHER_RESTARTS: MetricDef = counter(
         "llm_d_epp_kv_cache_events_publisher_restarts_total",
-        "Model-server KV-event publisher restarts detected from sequence numbers.",
+        "Model-server KV-event publisher restarts detected (sequence or timestamps going back, or the replay socket's answer after a gap or reconnection); each clears the pod's index entries.",
         &[POD],
     );
     /// Subscriber reconnections.
@@ -341,6 +341,35 @@ pub mod kv_cache {
         "llm_d_epp_kv_cache_events_subscriber_reconnections_total",
         "Reconnections of KV-event subscriber sockets.",
         &[POD],
+    );
+    /// Messages on the bound socket that were not applied because of their topic or sender.
+    pub const EVENTS_REJECTED: MetricDef = counter(
+        "llm_d_epp_kv_cache_events_rejected_messages_total",
+        "KV-event messages on the bound socket that were not applied: the topic names no known pod (unknown_pod), several (ambiguous_pod), a pod whose events are dialled (dialled_pod), or the sender's address is not the pod's (peer_address).",
+        &[REASON],
+    );
+    /// Replay requests to a pod's replay (ROUTER) socket.
+    pub const EVENTS_REPLAY_REQUESTS: MetricDef = counter(
+        "llm_d_epp_kv_cache_events_replay_requests_total",
+        "Requests to a model server's KV-event replay socket, by why they were made (start, gap, reconnect, restart).",
+        &[POD, REASON],
+    );
+    /// Batches recovered through replay.
+    pub const EVENTS_REPLAYED_BATCHES: MetricDef = counter(
+        "llm_d_epp_kv_cache_events_replayed_batches_total",
+        "KV-event batches recovered from a model server's replay socket and applied.",
+        &[POD],
+    );
+    /// Replay latency buckets (seconds): 1 ms to 10 s.
+    pub const REPLAY_BUCKETS: &[f64] = &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    /// Duration of one replay request.
+    pub const EVENTS_REPLAY_DURATION: MetricDef = histogram(
+        "llm_d_epp_kv_cache_events_replay_duration_seconds",
+        "Time from sending a replay request to its end marker (or failure).",
+        &[],
+        REPLAY_BUCKETS,
     );
     /// Active subscriber sockets.
     pub const EVENTS_ACTIVE_SUBSCRIBERS: MetricDef = gauge(
@@ -351,7 +380,7 @@ pub mod kv_cache {
     /// ZMQ socket errors by operation.
     pub const EVENTS_ZMQ_ERRORS: MetricDef = counter(
         "llm_d_epp_kv_cache_events_zmq_errors_total",
-        "ZMQ socket errors while receiving KV events.",
+        "ZMQ socket errors of the KV-event stream (connect retries, failed handshakes, receive and replay failures).",
         &[OPERATION],
     );
 
@@ -372,6 +401,10 @@ pub mod kv_cache {
         &EVENTS_SUBSCRIBER_RECONNECTIONS,
         &EVENTS_ACTIVE_SUBSCRIBERS,
         &EVENTS_ZMQ_ERRORS,
+        &EVENTS_REJECTED,
+        &EVENTS_REPLAY_REQUESTS,
+        &EVENTS_REPLAYED_BATCHES,
+        &EVENTS_REPLAY_DURATION,
     ];
 }
 

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmd_kv_index::events::{DecodeError, EventBatch};
-use llmd_kv_index::subscriber::EventHandler;
+use llmd_kv_index::subscriber::{EventHandler, RejectReason};
+use llmd_kv_index::transport::{SocketOptions, SocketType, ZmqSocket};
 use llmd_kv_index::{KvIndex, KvIndexConfig};
 use parking_lot::Mutex;
 
@@ -37,6 +38,10 @@ pub enum Notice {
         from: u64,
         to: u64,
         recovered: u64,
+    },
+    Rejected {
+        topic: String,
+        reason: RejectReason,
     },
 }
 
@@ -113,6 +118,44 @@ impl EventHandler for Recorder {
             recovered,
         });
     }
+    fn on_rejected(&self, topic: &str, reason: RejectReason) {
+        self.notices.lock().push(Notice::Rejected {
+            topic: topic.into(),
+            reason,
+        });
+    }
+}
+
+/// A PUB socket bound on an ephemeral loopback port, and its endpoint.
+pub fn bind_pub() -> (ZmqSocket, String) {
+    let mut socket = ZmqSocket::new(SocketType::PUB, &SocketOptions::default()).unwrap();
+    let ep = socket.bind("tcp://127.0.0.1:0").unwrap();
+    (socket, ep)
+}
+
+/// A PUB socket connected to `endpoint` (a bound subscriber).
+pub fn connect_pub(endpoint: &str) -> ZmqSocket {
+    let mut socket = ZmqSocket::new(SocketType::PUB, &SocketOptions::default()).unwrap();
+    socket.connect(endpoint).unwrap();
+    socket
+}
+
+/// Sends one multipart message.
+pub async fn send(socket: &mut ZmqSocket, frames: Vec<Vec<u8>>) {
+    socket.send(&frames).await.unwrap();
+}
+
+/// The fault campaign's 73-byte packet: a ZMTP 3.0 greeting (NULL mechanism) and a long data
+/// frame header declaring 2^40 bytes. The `zeromq` crate reserved that much memory on reading
+/// the header and aborted ("memory allocation of 1099511693385 bytes failed").
+pub fn hostile_packet() -> Vec<u8> {
+    let mut p = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 0];
+    p.extend_from_slice(b"NULL");
+    p.resize(64, 0);
+    p.push(0x02); // long frame, no MORE, not a command
+    p.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    assert_eq!(p.len(), 73);
+    p
 }
 
 /// Polls `cond` every 10 ms for up to 10 s.
