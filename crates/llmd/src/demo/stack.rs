@@ -168,6 +168,8 @@ pub(super) async fn gateway(
         "llmd-gateway",
         "--epp",
         &format!("http://{}", epp.grpc),
+        "--span-service-name",
+        llmd_telemetry::names::services::GATEWAY,
     ])?;
     Ok(llmd_gateway::start(gw_args, bind().await?, stop.clone()).await?)
 }
