@@ -50,21 +50,21 @@ impl std::fmt::Debug for KvService {
 
 impl KvService {
     /// The KV service a configuration needs: `None` when no plugin reads the index; otherwise
-    /// built from the precise scorer's parameters (every instance must agree on them).
+    /// built from the precise plugins' parameters (every instance must agree on them).
     pub fn for_config(config: &EndpointPickerConfig) -> Result<Option<Arc<Self>>, ConfigError> {
         let mut found: Option<PrecisePrefixCacheParams> = None;
         for spec in config
             .plugins
             .iter()
-            .filter(|p| p.kind == precise_prefix_cache_scorer::TYPE)
+            .filter(|p| crate::plugins::PRECISE_TYPES.contains(&p.kind.as_str()))
         {
-            let params: PrecisePrefixCacheParams = crate::plugins::registry::params(spec)?;
+            let params = crate::plugins::precise_params::resolve(spec, config)?;
             match &found {
                 Some(first) if *first != params => {
                     return Err(ConfigError::Invalid(format!(
                         "plugin {:?}: every {} must use the same parameters (one index per EPP)",
                         spec.name(),
-                        precise_prefix_cache_scorer::TYPE
+                        crate::plugins::PRECISE_TYPES.join(" / ")
                     )));
                 }
                 _ => found = Some(params),
@@ -90,6 +90,11 @@ impl KvService {
             params,
             tokenizers: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Its parameters.
+    pub fn params(&self) -> &PrecisePrefixCacheParams {
+        &self.params
     }
 
     /// Tokens per block.

@@ -321,7 +321,7 @@ impl PodStream {
                 return;
             }
         };
-        metrics::counter!(names::EVENTS_MESSAGES_RECEIVED.name, "pod" => pod.clone()).increment(1);
+        metrics::counter!(names::EVENTS_MESSAGES_RECEIVED.name, "pod" => pod.clone(), "pod_identifier" => pod.clone()).increment(1);
         let skipped = msg.batch.skipped;
         if skipped.unknown_events > 0 {
             metrics::counter!(names::EVENTS_SKIPPED.name, "reason" => "unknown_event")
@@ -345,7 +345,7 @@ impl PodStream {
                     &names::EVENTS_PUBLISHER_RESTARTS,
                     &names::EVENTS_SUBSCRIBER_RECONNECTIONS,
                 ] {
-                    metrics::counter!(def.name, "pod" => pod.clone()).increment(0);
+                    metrics::counter!(def.name, "pod" => pod.clone(), "pod_identifier" => pod.clone()).increment(0);
                 }
                 if msg.seq > 0
                     && let Some(endpoint) = &self.replay_endpoint
@@ -355,7 +355,7 @@ impl PodStream {
                 }
             }
             SeqVerdict::Gap { expected } => {
-                metrics::counter!(names::EVENTS_SEQUENCE_GAPS.name, "pod" => pod.clone())
+                metrics::counter!(names::EVENTS_SEQUENCE_GAPS.name, "pod" => pod.clone(), "pod_identifier" => pod.clone())
                     .increment(1);
                 tracing::warn!(pod, expected, got = msg.seq, "gap in KV-event sequence");
                 handler.on_gap(&pod, expected, msg.seq);
@@ -365,7 +365,7 @@ impl PodStream {
                 }
             }
             SeqVerdict::Restart { last } => {
-                metrics::counter!(names::EVENTS_PUBLISHER_RESTARTS.name, "pod" => pod.clone())
+                metrics::counter!(names::EVENTS_PUBLISHER_RESTARTS.name, "pod" => pod.clone(), "pod_identifier" => pod.clone())
                     .increment(1);
                 tracing::info!(
                     pod,
@@ -515,7 +515,7 @@ async fn run_dialled(
             continue;
         }
         if connections > 0 {
-            metrics::counter!(names::EVENTS_SUBSCRIBER_RECONNECTIONS.name, "pod" => pod.pod.clone()).increment(1);
+            metrics::counter!(names::EVENTS_SUBSCRIBER_RECONNECTIONS.name, "pod" => pod.pod.clone(), "pod_identifier" => pod.pod.clone()).increment(1);
         }
         connections += 1;
         failures = 0;

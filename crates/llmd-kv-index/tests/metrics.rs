@@ -103,7 +103,8 @@ async fn kv_cache_metrics_follow_the_event_stream() {
 
     let text = metrics.render();
     let m = exposition::parse(&text).unwrap();
-    let pod = [("pod", "pod-m")];
+    // Our `pod` label and llm-d's `pod_identifier`, same value, on the same series.
+    let pod = [("pod", "pod-m"), ("pod_identifier", "pod-m")];
     assert!(
         m.value(names::kv_cache::EVENTS_MESSAGES_RECEIVED.name, &pod)
             .unwrap()

@@ -54,7 +54,7 @@ async fn main() -> ExitCode {
 async fn try_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Epp(args) => {
-            let t = llmd_telemetry::init("llmd-epp", &args.telemetry.to_config())?;
+            let t = llmd_telemetry::init("llmd-epp", &args.telemetry_config())?;
             llmd_epp::run(*args, t.shutdown_token()).await?;
         }
         Command::PdProxy(args) => {
