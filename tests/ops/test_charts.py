@@ -568,7 +568,7 @@ def test_every_llmd_flag_is_in_the_subcommands_help(rendered, llmd_help):
                 seen.add((sub, f))
     assert {s for s, _ in seen} == {"epp", "pd-proxy", "sim"}
     # The check bites: a flag llm-d's sidecar has and ours does not.
-    assert not re.search(r"^\s+--secure-proxy\b", llmd_help("pd-proxy"), re.M)
+    assert not re.search(r"^\s+--moriio-write-mode\b", llmd_help("pd-proxy"), re.M)
 
 
 def test_llmd_containers_are_hardened_and_probed(rendered):

@@ -53,9 +53,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|e| format!("{s:?}: {e}"))
 }
 
-/// llm-d's non-scheduling EPP flags.
+/// llm-d's logging and tracing flags (its EPP's and its sidecar's).
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct LlmdFlags {
+pub struct LoggingFlags {
     /// Log verbosity as llm-d counts it (≤3 info, 4 debug, ≥5 trace); used when RUST_LOG is
     /// unset (llm-d: --v).
     #[arg(long = "v", short = 'v', value_name = "LEVEL")]
@@ -79,6 +79,14 @@ pub struct LlmdFlags {
     /// --tracing).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub tracing: Option<bool>,
+}
+
+/// llm-d's non-scheduling EPP flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LlmdFlags {
+    /// Logging and tracing.
+    #[command(flatten)]
+    pub logging: LoggingFlags,
     /// TLS on the ext_proc port: plaintext until TLS lands here, so only false is accepted
     /// (llm-d: --secure-serving, default true there).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
@@ -195,6 +203,13 @@ impl LlmdFlags {
         Ok(())
     }
 
+    /// Applies the logging and tracing flags (see [`LoggingFlags::apply`]).
+    pub fn apply(&self, config: TelemetryConfig) -> TelemetryConfig {
+        self.logging.apply(config)
+    }
+}
+
+impl LoggingFlags {
     /// Applies the logging and tracing flags to a telemetry configuration (`RUST_LOG`, when
     /// set, wins over `--v` and `--zap-log-level`).
     pub fn apply(&self, mut config: TelemetryConfig) -> TelemetryConfig {

@@ -6,9 +6,10 @@
 //! and handed to the plugins that need it, so the EPP owns its lifetime and its tasks (the
 //! index metrics export runs in the EPP's task set).
 //!
-//! Tokenizers are loaded once per model: the first request for a model loads it (on the
+//! Tokenizers are loaded once per model (once in all when the config names one: ours
+//! `tokenizer`, llm-d's `modelName`): the first request for a model loads it (on the
 //! scheduling thread, never under a lock other models wait on), concurrent requests for the
-//! same model wait for that one load, and [`KvService::preload`] loads the configured ones at
+//! same model wait for that one load, and [`KvService::preload`] loads the configured one at
 //! start.
 
 use std::collections::HashMap;
@@ -115,6 +116,8 @@ impl KvService {
     }
 
     fn tokenizer(&self, model: &str) -> Option<Arc<TokenizerEntry>> {
+        // A configured tokenizer serves every model: one load, one prompt cache.
+        let model = self.params.tokenizer.as_deref().unwrap_or(model);
         let slot = {
             let read = self.tokenizers.read();
             read.get(model).cloned()
@@ -129,8 +132,7 @@ impl KvService {
                 .clone(),
         };
         slot.get_or_init(|| {
-            let name = self.params.tokenizer.as_deref().unwrap_or(model);
-            match ModelTokenizer::load(name) {
+            match ModelTokenizer::load(model) {
                 Ok(t) => Some(Arc::new(TokenizerEntry {
                     tokenizer: t,
                     cache: PromptCache::new(4_000_000, 1024),

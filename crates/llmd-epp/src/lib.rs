@@ -426,6 +426,12 @@ pub async fn start(
     // Who hears about endpoint changes: the KV-event subscriptions follow the pod set.
     let on_change: Arc<dyn Fn(endpoints::Change) + Send + Sync> = match &kv {
         Some(kv) => {
+            // A configured tokenizer (ours `tokenizer`, llm-d's `modelName`) is loaded now, off
+            // the runtime, so the first request does not pay for it.
+            if let Some(tok) = kv.params().tokenizer.clone() {
+                let kv = kv.clone();
+                tokio::task::spawn_blocking(move || kv.preload([tok.as_str()]));
+            }
             let events = kv.params().kv_events.clone();
             let defaults = SubscriberConfig::default();
             let subscriber = Arc::new(Subscriber::new(

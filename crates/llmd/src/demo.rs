@@ -795,6 +795,7 @@ async fn pd_stack(
         &format!("http://{decode}"),
         "--allow-prefill",
         "127.0.0.1",
+        "--secure-proxy=false",
     ])?;
     let proxy_listener = bind().await?;
     let proxy_metrics = bind().await?;

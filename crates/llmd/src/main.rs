@@ -58,7 +58,7 @@ async fn try_main(cli: Cli) -> anyhow::Result<()> {
             llmd_epp::run(*args, t.shutdown_token()).await?;
         }
         Command::PdProxy(args) => {
-            let t = llmd_telemetry::init("llmd-pd-proxy", &args.telemetry.to_config())?;
+            let t = llmd_telemetry::init("llmd-pd-proxy", &args.telemetry_config())?;
             llmd_pd_proxy::run(*args, t.shutdown_token()).await?;
         }
         Command::Sim(args) => {
