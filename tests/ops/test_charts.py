@@ -693,6 +693,106 @@ def test_epp_starts_with_the_guide_config(g, llmd_bin, tmp_path):
 
 def test_epp_refuses_a_broken_config(llmd_bin, tmp_path):
     """Control for the test above: a config the EPP rejects is seen as rejected."""
-    cfg = "plugins:\n  - type: decode-filter\nschedulingProfiles:\n  - name: d\n    plugins: [{pluginRef: decode-filter}]\n"
+    cfg = "plugins:\n  - type: decode-filter\n    parameters: {colour: red}\nschedulingProfiles:\n  - name: d\n    plugins: [{pluginRef: decode-filter}]\n"
     serving, out = start_epp(llmd_bin, cfg, tmp_path)
-    assert not serving and "no picker" in out
+    assert not serving and "takes no parameters" in out
+
+
+# ---- llm-d's values shape (inferenceExtension, inferencePool, pluginsCustomConfig) ---------------
+
+LLMD_VALUES = sorted((ROOT / "tests" / "ops" / "llm-d").glob("*.values.yaml"))
+
+
+def run_rendered_epp(llmd_bin: Path, args: list[str], config: str, tmp_path: Path) -> tuple[bool, str, str | None]:
+    """Starts `llmd epp` with a rendered container's arguments, on loopback and without a cluster:
+    ports 0, the config in a file, an endpoints file instead of the InferencePool. Returns
+    (serving, output, the metrics address)."""
+    (tmp_path / "config.yaml").write_text(config)
+    (tmp_path / "endpoints.yaml").write_text("endpoints: []\n")
+    argv = [str(llmd_bin)]
+    for a in args:
+        name = a.split("=", 1)[0]
+        if name in ("--pool-name", "--pool-namespace", "--discovery-interval-ms"):
+            continue
+        if name in ("--grpc-port", "--grpc-health-port", "--metrics-port"):
+            a = f"{name}=0"
+        elif name == "--config":
+            a = f"--config={tmp_path / 'config.yaml'}"
+        elif name == "--kv-events-bind":
+            a = "--kv-events-bind=tcp://127.0.0.1:0"
+        argv.append(a)
+    argv += ["--host=127.0.0.1", f"--endpoints-file={tmp_path / 'endpoints.yaml'}"]
+    hub = ROOT / ".cache" / "hf" / "hub"
+    env_ = {**__import__("os").environ, "HF_HUB_CACHE": str(hub)}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env_)
+    out: list[str] = []
+    deadline = time.monotonic() + 30
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if "llmd-epp serving" in line:
+                m = re.search(r'"metrics":"([^"]+)"', line)
+                metrics = None
+                if m:
+                    import urllib.request
+                    metrics = urllib.request.urlopen(f"http://{m.group(1)}/metrics", timeout=10).read().decode()
+                return True, "".join(out), metrics
+            if time.monotonic() > deadline:
+                break
+        return False, "".join(out), None
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("vf", LLMD_VALUES, ids=lambda p: p.stem)
+def test_llm_d_values_render_a_working_epp(vf, llmd_bin, llmd_help, tmp_path):
+    """A helmfile's values written for llm-d render with our chart, as valid objects wired the way
+    llm-d's are, and the EPP they describe starts and serves llm-d's metric names."""
+    values = yaml.safe_load(vf.read_text())
+    docs = render(EPP, values, name="gaie", namespace=NS)
+    for d in docs:
+        if d["kind"] in ("InferencePool", "HTTPRoute"):
+            assert cr_errors(d) == [], f"{d['kind']} {d['metadata']['name']}"
+        elif d["kind"] not in ("ServiceMonitor", "PodMonitor"):
+            kube_validate(d)
+    ie, ip = values.get("inferenceExtension", {}), values["inferencePool"]
+    pool = one(docs, "InferencePool")
+    if "targetPorts" in ip:
+        assert pool["spec"]["targetPorts"] == ip["targetPorts"]
+    assert pool["spec"]["selector"]["matchLabels"] == ip["modelServers"]["matchLabels"]
+    assert pool["spec"]["endpointPickerRef"]["port"]["number"] == ie.get("extProcPort", 9002)
+    dep = one(docs, "Deployment")
+    spec = dep["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["epp"], "the UDS tokenizer sidecar is not rendered"
+    epp = spec["containers"][0]
+    f = flags(epp)
+    for k, v in ie.get("flags", {}).items():
+        assert f[f"--{k}"] == str(v), k
+    for name in f:
+        assert re.search(rf"^\s+(-\w, )?{re.escape(name)}\b", llmd_help("epp"), re.M), f"llmd epp has no {name}"
+    if "tracing" in ie:
+        assert f["--tracing"] == str(ie["tracing"]["enabled"]).lower()
+    ports = [p["containerPort"] for p in epp["ports"]]
+    assert len(ports) == len(set(ports)), f"duplicate container ports {ports}"
+    svc_ports = [p["port"] for p in one(docs, "Service")["spec"]["ports"]]
+    assert len(svc_ports) == len(set(svc_ports)), f"duplicate service ports {svc_ports}"
+    if ie.get("monitoring", {}).get("prometheus", {}).get("enabled"):
+        assert one(docs, "ServiceMonitor")
+    config = one(docs, "ConfigMap")["data"]["config.yaml"]
+    file = ie.get("pluginsConfigFile") or ip.get("pluginsConfigFile")
+    custom = {**ip.get("pluginsCustomConfig", {}), **ie.get("pluginsCustomConfig", {})}
+    if file in custom:
+        assert yaml.safe_load(config) == yaml.safe_load(custom[file]), "the config as written"
+    else:
+        assert {p["type"] for p in yaml.safe_load(config)["plugins"]} == {"queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer"}
+    serving, out, metrics = run_rendered_epp(llmd_bin, epp["args"][1:], config, tmp_path)
+    assert serving, out
+    assert metrics and "llm_d_epp_info" in metrics and "inference_extension_info" in metrics, metrics
+
+
+def test_llm_d_values_with_a_missing_config_file_fail():
+    values = {"inferenceExtension": {"pluginsConfigFile": "nope.yaml", "pluginsCustomConfig": {"other.yaml": "plugins: []"}}}
+    with pytest.raises(Exception, match="nope.yaml"):
+        render(EPP, values, name="gaie", namespace=NS)

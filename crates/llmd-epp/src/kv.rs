@@ -57,7 +57,7 @@ impl KvService {
         for spec in config
             .plugins
             .iter()
-            .filter(|p| crate::plugins::PRECISE_TYPES.contains(&p.kind.as_str()))
+            .filter(|p| crate::plugins::is_precise(p))
         {
             let params = crate::plugins::precise_params::resolve(spec, config)?;
             match &found {

@@ -58,6 +58,19 @@ pub const PRECISE_TYPES: &[&str] = &[
     "precise-prefix-cache-producer",
 ];
 
+/// True when a plugin's parameters configure the precise index: a precise type, or llm-d
+/// v0.2–v0.3's `prefix-cache-scorer` with `mode: cache_tracking`.
+pub fn is_precise(spec: &crate::config::PluginSpec) -> bool {
+    PRECISE_TYPES.contains(&spec.kind.as_str())
+        || (spec.kind == prefix_cache_scorer::TYPE
+            && spec
+                .parameters
+                .as_ref()
+                .and_then(|p| p.get("mode"))
+                .and_then(|m| m.as_str())
+                == Some("cache_tracking"))
+}
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 

@@ -102,11 +102,14 @@ struct Spec {
     max_index_bytes: Option<usize>,
     // llm-d's (nested).
     token_processor_config: Option<TokenProcessorConfig>,
+    #[serde(alias = "kvCacheIndexerConfig")]
     indexer_config: Option<IndexerConfig>,
     kv_events_config: Option<KvEventsConfig>,
     speculative_indexing: Option<bool>,
     #[serde(rename = "speculativeTTL")]
     speculative_ttl: Option<Value>,
+    /// llm-d v0.2–v0.3 `prefix-cache-scorer`'s `mode: cache_tracking` (this shape).
+    mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -122,6 +125,8 @@ struct TokenProcessorConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct IndexerConfig {
+    /// llm-d ≤ v0.3 kept the token processor here.
+    token_processor_config: Option<TokenProcessorConfig>,
     tokenizers_pool_config: Option<TokenizersPoolConfig>,
     kv_block_index_config: Option<KvBlockIndexConfig>,
     kv_cache_backend_configs: Option<Vec<TierWeight>>,
@@ -133,6 +138,8 @@ struct IndexerConfig {
 struct TokenizersPoolConfig {
     model_name: Option<String>,
     workers_count: Option<u32>,
+    hugging_face_token: Option<Value>,
+    tokenizers_cache_dir: Option<Value>,
     min_prefix_overlap_ratio: Option<f64>,
     hf: Option<Value>,
     local: Option<Value>,
@@ -320,7 +327,18 @@ pub fn resolve(
         out.hash_algorithm = HashAlgorithm::CborFnv;
         out.hash_seed = Some(String::new());
     }
-    let tp = s.token_processor_config.clone().unwrap_or_default();
+    let ic = s.indexer_config.clone().unwrap_or_default();
+    let tp = match (&s.token_processor_config, &ic.token_processor_config) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                spec,
+                "tokenProcessorConfig",
+                "set both at the top level and in indexerConfig",
+            ));
+        }
+        (Some(t), None) | (None, Some(t)) => t.clone(),
+        (None, None) => TokenProcessorConfig::default(),
+    };
     for (flat, nested_set, field) in [
         (s.block_size.is_some(), tp.block_size.is_some(), "blockSize"),
         (s.hash_seed.is_some(), tp.hash_seed.is_some(), "hashSeed"),
@@ -360,7 +378,6 @@ pub fn resolve(
         out.max_index_bytes = b;
     }
     out.tokenizer = s.tokenizer.clone();
-    let ic = s.indexer_config.clone().unwrap_or_default();
     if let Some(tpc) = &ic.tokenizers_pool_config {
         if let Some(m) = &tpc.model_name {
             match &out.tokenizer {
@@ -385,7 +402,11 @@ pub fn resolve(
                 "tokenizersPoolConfig.uds: tokenisation is in-process here (HuggingFace tokenizers and the model's chat template); the UDS tokenizer sidecar is not called and can be removed"
             );
         }
-        if tpc.hf.is_some() || tpc.local.is_some() {
+        if tpc.hf.is_some()
+            || tpc.local.is_some()
+            || tpc.tokenizers_cache_dir.is_some()
+            || tpc.hugging_face_token.is_some()
+        {
             tracing::info!(
                 plugin = spec.name(),
                 "tokenizersPoolConfig.hf/local: tokenizers are read from the HuggingFace cache (HF_HUB_CACHE, HF_TOKEN for downloads) or the path in `tokenizer`"
@@ -464,6 +485,15 @@ pub fn resolve(
         ));
     }
     let _ = &s.speculative_ttl;
+    if let Some(m) = &s.mode
+        && m != "cache_tracking"
+    {
+        return Err(invalid(
+            spec,
+            "mode",
+            &format!("{m:?}: these parameters are the precise cache's (mode cache_tracking)"),
+        ));
+    }
     if let Some(ke) = &s.kv_events_config {
         if let Some(engine) = &ke.engine_type
             && !engine.eq_ignore_ascii_case("vllm")
@@ -491,8 +521,9 @@ pub fn resolve(
             }
             k.workers = Some(c);
         }
-        // llm-d's default for a kvEventsConfig that does not say: dial the pods.
-        k.discover_pods = Some(ke.discover_pods.unwrap_or(true));
+        // Not said: llm-d's current default (dial the pods) unless the config gives a
+        // zmqEndpoint to bind (the older releases, which had no pod discovery).
+        k.discover_pods = Some(ke.discover_pods.unwrap_or(ke.zmq_endpoint.is_none()));
         if let Some(pd) = &ke.pod_discovery_config {
             if let Some(p) = pd.socket_port {
                 k.socket_port = p;
@@ -571,6 +602,12 @@ plugins:
         // Ours, flat, keeps its defaults.
         let p = first(&cfg("plugins: [{type: precise-prefix-cache-scorer}]\n")).unwrap();
         assert_eq!(p, PrecisePrefixCacheParams::default());
+        // llm-d v0.3: the token processor inside indexerConfig (or kvCacheIndexerConfig).
+        let p = first(&cfg(
+            "plugins: [{type: precise-prefix-cache-scorer, parameters: {kvCacheIndexerConfig: {tokenProcessorConfig: {blockSize: 32, hashSeed: '7'}, tokenizersPoolConfig: {workersCount: 8, tokenizersCacheDir: /tmp/t}}}}]\n",
+        ))
+        .unwrap();
+        assert_eq!((p.block_size, p.hash_seed.as_deref()), (32, Some("7")));
     }
 
     #[test]

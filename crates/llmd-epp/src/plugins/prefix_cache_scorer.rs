@@ -12,6 +12,9 @@
 //! matchLengthWeight) × matched blocks / total blocks` (weight 0 by default: the plain ratio,
 //! as GIE's classic scorer).
 //!
+//! llm-d ≤ v0.3 chose with `mode`: `estimate` (approximate) or `cache_tracking` (precise, its
+//! parameters those of `precise-prefix-cache-scorer`, beside `mode`).
+//!
 //! Parameters: `prefixMatchInfoProducerName`, `matchLengthWeight` (0), `matchLengthScaleTokens`
 //! (8192); for the approximate cache (here, or on the named `approx-prefix-cache-producer`):
 //! `blockSize` (64 characters; GIE's), or `blockSizeTokens` (llm-d's; ×4 characters, llm-d's own
@@ -47,7 +50,8 @@ pub struct Params {
     pub match_length_weight: Option<f64>,
     /// Tokens at which the match-length term saturates.
     pub match_length_scale_tokens: Option<f64>,
-    /// Characters per block (GIE).
+    /// Characters per block (GIE; `hashBlockSize` in llm-d ≤ v0.3).
+    #[serde(alias = "hashBlockSize")]
     pub block_size: Option<usize>,
     /// Tokens per block (llm-d), ×4 characters.
     pub block_size_tokens: Option<usize>,
@@ -59,6 +63,9 @@ pub struct Params {
     pub lru_capacity_per_server: Option<usize>,
     /// Take block size and LRU size from the pods' `vllm:cache_config_info`.
     pub auto_tune: Option<bool>,
+    /// llm-d ≤ v0.3: `estimate` (this approximate cache) or `cache_tracking` (the precise
+    /// cache, with the precise parameters beside it).
+    pub mode: Option<String>,
 }
 
 /// The approximate cache's settings (GIE's classic names and llm-d's producer's).

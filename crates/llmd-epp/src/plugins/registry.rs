@@ -187,7 +187,26 @@ pub const TYPES: &[PluginType] = &[
         )))
     }),
     row(prefix_cache_scorer::TYPE, |spec, ctx| {
+        if super::is_precise(spec) {
+            // llm-d ≤ v0.3's `mode: cache_tracking`: the precise cache (its parameters
+            // configured the KV service).
+            let kv = ctx.env.kv.clone().ok_or_else(|| {
+                ConfigError::Invalid(format!("plugin {:?}: no KV service", spec.name()))
+            })?;
+            return Ok(Plugin::Scorer(Arc::new(
+                precise_prefix_cache_scorer::PrecisePrefixCacheScorer::new(kv),
+            )));
+        }
         let p: prefix_cache_scorer::Params = params(spec)?;
+        if p.mode.as_deref().is_some_and(|m| m != "estimate") {
+            return Err(invalid_params(
+                spec,
+                &format!(
+                    "mode {:?}: estimate (approximate) or cache_tracking (precise)",
+                    p.mode.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
         let ml = p.match_length().map_err(|e| invalid_params(spec, &e))?;
         let (approx, index_name) = match &p.prefix_match_info_producer_name {
             Some(producer) => {
