@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from conftest import require
 from helm_util import (
     CHARTS,
     ROOT,
@@ -255,8 +256,8 @@ BAD_VALUES = [
     (EPP, {"kvCache": {"hashSeed": "random"}}, "hashSeed"),
     (EPP, {"kvCache": {"blockSize": 48}}, "blockSize"),
     (EPP, {"kvEvents": {"mode": "push"}}, "mode"),
-    (EPP, {"schedulerConfig": {"plugins": [{"type": "prefix-cache-scorer"}],
-                               "schedulingProfiles": [{"name": "d", "plugins": [{"pluginRef": "prefix-cache-scorer"}]}]}}, "type"),
+    (EPP, {"schedulerConfig": {"plugins": [{"type": "session-affinity-scorer"}],
+                               "schedulingProfiles": [{"name": "d", "plugins": [{"pluginRef": "session-affinity-scorer"}]}]}}, "type"),
     (EPP, {"otel": {"samplerArg": "10%"}}, "samplerArg"),
     (EPP, {"inferencePool": {"failureMode": "FailSoft"}}, "failureMode"),
     (EPP, {"extraArgs": ["-v"]}, "extraArgs"),
@@ -703,12 +704,13 @@ def test_epp_refuses_a_broken_config(llmd_bin, tmp_path):
 LLMD_VALUES = sorted((ROOT / "tests" / "ops" / "llm-d").glob("*.values.yaml"))
 
 
-def run_rendered_epp(llmd_bin: Path, args: list[str], config: str, tmp_path: Path) -> tuple[bool, str, str | None]:
+def run_rendered_epp(llmd_bin: Path, args: list[str], config: str, tmp_path: Path,
+                     endpoints: list[dict] | None = None, probe=None) -> tuple[bool, str, object]:
     """Starts `llmd epp` with a rendered container's arguments, on loopback and without a cluster:
-    ports 0, the config in a file, an endpoints file instead of the InferencePool. Returns
-    (serving, output, the metrics address)."""
+    ports 0, the config in a file, an endpoints file (`endpoints`) instead of the InferencePool.
+    Once it serves, calls `probe(metrics address)` and returns (serving, output, what it returned)."""
     (tmp_path / "config.yaml").write_text(config)
-    (tmp_path / "endpoints.yaml").write_text("endpoints: []\n")
+    (tmp_path / "endpoints.yaml").write_text(yaml.safe_dump({"endpoints": endpoints or []}))
     argv = [str(llmd_bin)]
     for a in args:
         name = a.split("=", 1)[0]
@@ -726,24 +728,47 @@ def run_rendered_epp(llmd_bin: Path, args: list[str], config: str, tmp_path: Pat
     env_ = {**__import__("os").environ, "HF_HUB_CACHE": str(hub)}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env_)
     out: list[str] = []
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             out.append(line)
             if "llmd-epp serving" in line:
                 m = re.search(r'"metrics":"([^"]+)"', line)
-                metrics = None
-                if m:
-                    import urllib.request
-                    metrics = urllib.request.urlopen(f"http://{m.group(1)}/metrics", timeout=10).read().decode()
-                return True, "".join(out), metrics
+                return True, "".join(out), probe(m.group(1)) if probe and m else None
             if time.monotonic() > deadline:
                 break
         return False, "".join(out), None
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def start_sims(llmd_bin: Path, roles: list[str], tmp_path: Path) -> tuple[list[subprocess.Popen], list[dict]]:
+    """One `llmd sim` per role on loopback, serving Llama-3.1-8B-Instruct (the guides' model)."""
+    import prom_util as pu
+
+    snaps = sorted((ROOT / ".cache" / "hf" / "hub" / "models--meta-llama--Llama-3.1-8B-Instruct" / "snapshots").glob("*"))
+    require(bool(snaps), "no Llama-3.1 tokenizer in .cache/hf (scripts/fetch-tokenizers.sh)")
+    procs, endpoints = [], []
+    for i, role in enumerate(roles):
+        port = pu.free_port()
+        log = (tmp_path / f"sim-{i}.log").open("w")
+        procs.append(subprocess.Popen([str(llmd_bin), "sim", "--host", "127.0.0.1", "--port", str(port), "--model",
+                                       "meta-llama/Llama-3.1-8B-Instruct", "--tokenizer", str(snaps[0]), "--role", role],
+                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        endpoints.append({"address": "127.0.0.1", "port": port, "role": role, "model": "meta-llama/Llama-3.1-8B-Instruct"})
+    deadline = time.monotonic() + 60
+    import urllib.request
+    for e in endpoints:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{e['port']}/metrics", timeout=5).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "sim-0.log").read_text()
+                time.sleep(0.2)
+    return procs, endpoints
 
 
 @pytest.mark.parametrize("vf", LLMD_VALUES, ids=lambda p: p.stem)
@@ -787,9 +812,34 @@ def test_llm_d_values_render_a_working_epp(vf, llmd_bin, llmd_help, tmp_path):
         assert yaml.safe_load(config) == yaml.safe_load(custom[file]), "the config as written"
     else:
         assert {p["type"] for p in yaml.safe_load(config)["plugins"]} == {"queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer"}
-    serving, out, metrics = run_rendered_epp(llmd_bin, epp["args"][1:], config, tmp_path)
+    # The EPP those objects describe starts, serves llm-d's metric names, and routes a request
+    # to a model server of the right role (decode when the config filters by role).
+    types = {p["type"] for p in yaml.safe_load(config)["plugins"]}
+    pd = "decode-filter" in types
+    sims, endpoints = start_sims(llmd_bin, ["decode", "prefill"] if pd else ["decode", "decode"], tmp_path)
+
+    def probe(metrics_addr: str) -> tuple[str, dict]:
+        import urllib.request
+
+        metrics = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10).read().decode()
+        body = json.dumps({"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "word " * 200, "max_tokens": 1}).encode()
+        req = urllib.request.Request(f"http://{metrics_addr}/debug/route", data=body, headers={"content-type": "application/json"})
+        route = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        return metrics, route
+
+    try:
+        serving, out, got = run_rendered_epp(llmd_bin, epp["args"], config, tmp_path, endpoints, probe)
+    finally:
+        for p in sims:
+            p.kill()
+            p.wait(timeout=10)
     assert serving, out
-    assert metrics and "llm_d_epp_info" in metrics and "inference_extension_info" in metrics, metrics
+    metrics, route = got
+    assert "llm_d_epp_info" in metrics and "inference_extension_info" in metrics, metrics
+    assert route.get("endpoints"), f"{route}\n{out}"
+    picked = route["endpoints"][0]
+    want = [f"127.0.0.1:{e['port']}" for e in endpoints if not pd or e["role"] == "decode"]
+    assert picked in want, f"{picked} not in {want}: {route}"
 
 
 def test_llm_d_values_with_a_missing_config_file_fail():

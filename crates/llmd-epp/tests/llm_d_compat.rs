@@ -68,7 +68,11 @@ async fn precise_guides_send_shared_prefixes_to_the_pod_holding_them() {
     };
     // Central ZMQ (the guides' default): the EPP binds the config's zmqEndpoint, the pods
     // publish to it.
-    for name in ["precise-v0.3.yaml", "precise-v0.5.yaml", "precise-v0.8.yaml"] {
+    for name in [
+        "precise-v0.3.yaml",
+        "precise-v0.5.yaml",
+        "precise-v0.8.yaml",
+    ] {
         let zmq = format!("tcp://127.0.0.1:{}", free_port());
         let cfg = config(name, &[("TOKENIZER", &tok), ("ZMQ", &zmq)]);
         let mut e = epp(&cfg, Vec::new(), None, None).await;
@@ -175,7 +179,10 @@ async fn pd_guides_disaggregate_as_llm_d_decides() {
     let mut e = epp(&config("pd-v0.5.yaml", &[]), specs.clone(), None, None).await;
     let before = metric(
         "llm_d_epp_pd_decision_total",
-        &["plugin_type=\"pd-profile-handler\"", "decision_type=\"prefill-decode\""],
+        &[
+            "plugin_type=\"pd-profile-handler\"",
+            "decision_type=\"prefill-decode\"",
+        ],
     );
     for prompt in [short.to_owned(), chars(2000)] {
         let r = route(&mut e.client, "/v1/completions", &completion(&prompt, 2)).await;
@@ -185,7 +192,10 @@ async fn pd_guides_disaggregate_as_llm_d_decides() {
     assert!(
         metric(
             "llm_d_epp_pd_decision_total",
-            &["plugin_type=\"pd-profile-handler\"", "decision_type=\"prefill-decode\""]
+            &[
+                "plugin_type=\"pd-profile-handler\"",
+                "decision_type=\"prefill-decode\""
+            ]
         ) - before
             >= 2.0
     );
@@ -200,7 +210,13 @@ async fn pd_guides_disaggregate_as_llm_d_decides() {
     // threshold 100 characters (llm-d's unit), with the approximate prefix cache: 60
     // uncached characters stay decode-only, 300 get P/D; the same 300 again are cached on the
     // decode pod (it was sent there) and stay decode-only.
-    let mut e = epp(&config("pd-threshold-v0.4.yaml", &[]), specs.clone(), None, None).await;
+    let mut e = epp(
+        &config("pd-threshold-v0.4.yaml", &[]),
+        specs.clone(),
+        None,
+        None,
+    )
+    .await;
     scraped(&e).await;
     let r = route(&mut e.client, "/v1/completions", &completion(&chars(60), 2)).await;
     check(&r, false, "60 characters < threshold 100");
@@ -208,7 +224,11 @@ async fn pd_guides_disaggregate_as_llm_d_decides() {
     let r = route(&mut e.client, "/v1/completions", &completion(&long, 2)).await;
     check(&r, true, "300 uncached characters");
     let r = route(&mut e.client, "/v1/completions", &completion(&long, 2)).await;
-    check(&r, false, "the same 300 characters, now cached on the decode pod");
+    check(
+        &r,
+        false,
+        "the same 300 characters, now cached on the decode pod",
+    );
     drop(e);
 
     // v0.8: prefix-based-pd-decider, nonCachedTokens 16 (4 characters a token, as llm-d
@@ -216,7 +236,10 @@ async fn pd_guides_disaggregate_as_llm_d_decides() {
     let mut e = epp(&config("pd-v0.8.yaml", &[]), specs.clone(), None, None).await;
     let before = metric(
         "llm_d_epp_disagg_decision_total",
-        &["plugin_type=\"disagg-profile-handler\"", "decision_type=\"decode-only\""],
+        &[
+            "plugin_type=\"disagg-profile-handler\"",
+            "decision_type=\"decode-only\"",
+        ],
     );
     let r = route(&mut e.client, "/v1/completions", &completion(short, 2)).await;
     check(&r, false, "2 tokens < nonCachedTokens 16");
@@ -229,7 +252,10 @@ async fn pd_guides_disaggregate_as_llm_d_decides() {
     assert!(
         metric(
             "llm_d_epp_disagg_decision_total",
-            &["plugin_type=\"disagg-profile-handler\"", "decision_type=\"decode-only\""]
+            &[
+                "plugin_type=\"disagg-profile-handler\"",
+                "decision_type=\"decode-only\""
+            ]
         ) - before
             >= 2.0
     );
@@ -243,9 +269,19 @@ async fn pd_guides_disaggregate_as_llm_d_decides() {
 
     // Current: promptTokens 64 gates short prompts even when they are all uncached.
     let mut e = epp(&config("pd-current.yaml", &[]), specs.clone(), None, None).await;
-    let r = route(&mut e.client, "/v1/completions", &completion(&chars(200), 2)).await;
+    let r = route(
+        &mut e.client,
+        "/v1/completions",
+        &completion(&chars(200), 2),
+    )
+    .await;
     check(&r, false, "50 tokens < promptTokens 64");
-    let r = route(&mut e.client, "/v1/completions", &completion(&chars(400), 2)).await;
+    let r = route(
+        &mut e.client,
+        "/v1/completions",
+        &completion(&chars(400), 2),
+    )
+    .await;
     check(&r, true, "100 tokens, all uncached");
 }
 
@@ -325,7 +361,12 @@ async fn load_aware_and_simulator_guides_balance_and_keep_prefixes() {
     wait_until("the queues scraped", seen(h, 64.0)).await;
     let longer = format!("{head}{}", "zyxwvutsrqponmlk".repeat(28)); // 640 characters
     let r = route(&mut e.client, "/v1/completions", &completion(&longer, 1)).await;
-    assert_eq!(r.primary(), holder, "0.3 + 0.25 beats 0.5 (other: {})", ids[other]);
+    assert_eq!(
+        r.primary(),
+        holder,
+        "0.3 + 0.25 beats 0.5 (other: {})",
+        ids[other]
+    );
     drop(e);
     let specs = vec![spec_of(&a, "both"), spec_of(&b, "both")];
 
@@ -347,7 +388,11 @@ async fn load_aware_and_simulator_guides_balance_and_keep_prefixes() {
             .primary();
         for _ in 0..5 {
             let r = route(&mut e.client, "/v1/completions", &completion(&prompt, 1)).await;
-            assert_eq!(r.primary(), first, "{name}: the prompt stays where it was sent");
+            assert_eq!(
+                r.primary(),
+                first,
+                "{name}: the prompt stays where it was sent"
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for i in 0..16 {
@@ -360,7 +405,12 @@ async fn load_aware_and_simulator_guides_balance_and_keep_prefixes() {
             seen.insert(r.primary());
         }
         assert_eq!(seen.len(), 2, "{name}: distinct prompts use both pods");
-        assert!(metric("llm_d_epp_prefix_indexer_size", &["plugin_type=\"prefix-cache-scorer\""]) > 0.0);
+        assert!(
+            metric(
+                "llm_d_epp_prefix_indexer_size",
+                &["plugin_type=\"prefix-cache-scorer\""]
+            ) > 0.0
+        );
     }
 }
 
@@ -388,7 +438,9 @@ fn run_binary(args: &[&str]) -> (std::process::Child, bool, String, Option<(Stri
     let mut out = String::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        let Ok(line) = rx.recv_timeout(left) else { break };
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
         out.push_str(&line);
         out.push('\n');
         if line.contains("llmd-epp serving") {
@@ -488,7 +540,10 @@ async fn the_binary_takes_llm_d_flags_and_refuses_what_it_lacks() {
             "not implemented yet",
         ),
         (
-            vec!["--config-text", "plugins: [{type: session-affinity-scorer}]\n"],
+            vec![
+                "--config-text",
+                "plugins: [{type: session-affinity-scorer}]\n",
+            ],
             "nearest supported: precise-prefix-cache-scorer",
         ),
     ] {
@@ -508,7 +563,10 @@ async fn the_binary_takes_llm_d_flags_and_refuses_what_it_lacks() {
         let (mut child, serving, out, _) = run_binary(&args);
         let _ = child.kill();
         let status = child.wait().unwrap();
-        assert!(!serving && !status.success(), "{extra:?} was accepted:\n{out}");
+        assert!(
+            !serving && !status.success(),
+            "{extra:?} was accepted:\n{out}"
+        );
         assert!(out.contains(why), "{extra:?}: {out}");
     }
 }

@@ -393,6 +393,27 @@ pub mod epp {
         HIT_BYTES_BUCKETS,
     );
 
+    /// GIE ≤ v0.5 (the `InferenceModel` era; llm-d's alerting rules still query it): requests
+    /// routed.
+    pub const MODEL_REQUEST_TOTAL: MetricDef = counter(
+        "inference_model_request_total",
+        "Counter of inference model requests broken out for each model and target model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME],
+    );
+    /// GIE ≤ v0.5: failed requests.
+    pub const MODEL_REQUEST_ERROR_TOTAL: MetricDef = counter(
+        "inference_model_request_error_total",
+        "Counter of inference model requests errors broken out for each model and target model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME, ERROR_CODE],
+    );
+    /// GIE ≤ v0.5: request duration.
+    pub const MODEL_REQUEST_DURATION: MetricDef = histogram(
+        "inference_model_request_duration_seconds",
+        "Inference model response latency distribution in seconds for each model and target model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME],
+        REQUEST_DURATION_BUCKETS,
+    );
+
     /// llm-d (canonical): requests routed.
     pub const LLMD_REQUEST_TOTAL: MetricDef = counter(
         "llm_d_epp_request_total",
@@ -622,6 +643,9 @@ pub mod epp {
         &PREFIX_INDEXER_SIZE,
         &PREFIX_INDEXER_HIT_RATIO,
         &PREFIX_INDEXER_HIT_BYTES,
+        &MODEL_REQUEST_TOTAL,
+        &MODEL_REQUEST_ERROR_TOTAL,
+        &MODEL_REQUEST_DURATION,
         &LLMD_REQUEST_TOTAL,
         &LLMD_REQUEST_ERROR_TOTAL,
         &LLMD_REQUEST_DURATION,

@@ -311,9 +311,7 @@ impl Scorer for ApproxPrefixCacheScorer {
             let matched = f64::from(*m.matched.get(*first).unwrap_or(&0));
             let total = m.total_blocks as f64;
             let bytes = matched * state.block_chars as f64;
-            for def in [&names::epp::PREFIX_INDEXER_HIT_BYTES] {
-                metrics::histogram!(def.name).record(bytes);
-            }
+            metrics::histogram!(names::epp::PREFIX_INDEXER_HIT_BYTES.name).record(bytes);
             metrics::histogram!(names::epp::LLMD_PREFIX_INDEXER_HIT_BYTES.name, "plugin_name" => self.name.clone(), "plugin_type" => TYPE).record(bytes);
             if total > 0.0 {
                 metrics::histogram!(names::epp::PREFIX_INDEXER_HIT_RATIO.name)

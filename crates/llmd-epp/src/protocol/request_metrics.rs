@@ -1,6 +1,8 @@
-//! One request's metrics, as GIE and llm-d record them, under both names: GIE's
+//! One request's metrics, as GIE and llm-d record them, under their names: GIE's
 //! `inference_objective_*` (labels `model_name`, `target_model_name`; `priority` on the request
-//! counter) and llm-d's `llm_d_epp_request_*` (adding `fairness_id` and `priority`).
+//! counter), GIE's older `inference_model_request_{total,error_total,duration_seconds}` (llm-d's
+//! alerting rules query them), and llm-d's `llm_d_epp_request_*` (adding `fairness_id` and
+//! `priority`).
 //!
 //! - routed: the request counters, the request size, the running gauges, the EPP's own
 //!   processing time;
@@ -100,6 +102,7 @@ impl RequestMetrics {
     pub(super) fn routed(&mut self, model: &str, class: &RequestClass, request_bytes: usize) {
         let l = Labels::new(model, class);
         metrics::counter!(epp::REQUEST_TOTAL.name, "model_name" => l.model.clone(), "target_model_name" => l.model.clone(), "priority" => l.priority.clone()).increment(1);
+        metrics::counter!(epp::MODEL_REQUEST_TOTAL.name, &l.gie()).increment(1);
         metrics::counter!(epp::LLMD_REQUEST_TOTAL.name, &l.llmd()).increment(1);
         l.histograms(
             Some(&epp::REQUEST_SIZES),
@@ -163,6 +166,7 @@ impl RequestMetrics {
             &epp::LLMD_REQUEST_DURATION,
             e2e,
         );
+        metrics::histogram!(epp::MODEL_REQUEST_DURATION.name, &l.gie()).record(e2e);
         l.histograms(
             Some(&epp::RESPONSE_SIZES),
             &epp::LLMD_RESPONSE_SIZE,
@@ -235,6 +239,13 @@ impl Drop for RequestMetrics {
 fn error_counters(l: &Labels, code: &str) {
     metrics::counter!(
         epp::REQUEST_ERROR_TOTAL.name,
+        "model_name" => l.model.clone(),
+        "target_model_name" => l.model.clone(),
+        "error_code" => code.to_owned()
+    )
+    .increment(1);
+    metrics::counter!(
+        epp::MODEL_REQUEST_ERROR_TOTAL.name,
         "model_name" => l.model.clone(),
         "target_model_name" => l.model.clone(),
         "error_code" => code.to_owned()
