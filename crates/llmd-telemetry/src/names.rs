@@ -707,10 +707,17 @@ pub mod kv_cache {
         "Prefix index lookups.",
         &[],
     );
-    /// Lookups where at least one candidate pod matched block 0.
+    /// Blocks matched per lookup by the best candidate, summed (llm-d's meaning: divided by
+    /// the lookups, the mean prefix hit in blocks).
     pub const INDEX_LOOKUP_HITS: MetricDef = counter(
         "llm_d_epp_kv_cache_index_lookup_hits_total",
-        "Prefix index lookups in which at least one candidate pod held the first block.",
+        "Consecutive prefix blocks (from block 0) held by the best candidate pod, summed over prefix index lookups.",
+        &[],
+    );
+    /// llm-d's twin of the above (the longest per-pod chain per lookup; the same sum).
+    pub const INDEX_MAX_POD_HIT_COUNT: MetricDef = counter(
+        "llm_d_epp_kv_cache_index_max_pod_hit_count_total",
+        "Longest contiguous per-pod prefix chain (blocks) observed per lookup, summed over prefix index lookups.",
         &[],
     );
     /// Lookup latency.
@@ -731,6 +738,44 @@ pub mod kv_cache {
         "llm_d_epp_kv_cache_index_bytes",
         "Bytes of memory the prefix index accounts for its entries.",
         &[],
+    );
+    /// llm-d's deprecated `kvcache_index_*` twins (still emitted by llm-d; its kv-cache
+    /// dashboard and alert rules query them).
+    pub const LEGACY_INDEX_ADMISSIONS: MetricDef = counter(
+        "kvcache_index_admissions_total",
+        "Deprecated: use llm_d_epp_kv_cache_index_admissions_total. Block-to-pod entries added to the prefix index.",
+        &[],
+    );
+    /// Deprecated twin of [`INDEX_EVICTIONS`].
+    pub const LEGACY_INDEX_EVICTIONS: MetricDef = counter(
+        "kvcache_index_evictions_total",
+        "Deprecated: use llm_d_epp_kv_cache_index_evictions_total. Block-to-pod entries evicted from the prefix index.",
+        &[],
+    );
+    /// Deprecated twin of [`INDEX_LOOKUP_REQUESTS`].
+    pub const LEGACY_INDEX_LOOKUP_REQUESTS: MetricDef = counter(
+        "kvcache_index_lookup_requests_total",
+        "Deprecated: use llm_d_epp_kv_cache_index_lookup_requests_total. Prefix index lookups.",
+        &[],
+    );
+    /// Deprecated twin of [`INDEX_LOOKUP_HITS`].
+    pub const LEGACY_INDEX_LOOKUP_HITS: MetricDef = counter(
+        "kvcache_index_lookup_hits_total",
+        "Deprecated: use llm_d_epp_kv_cache_index_lookup_hits_total. Consecutive prefix blocks held by the best candidate pod, summed over lookups.",
+        &[],
+    );
+    /// Deprecated twin of [`INDEX_MAX_POD_HIT_COUNT`].
+    pub const LEGACY_INDEX_MAX_POD_HIT_COUNT: MetricDef = counter(
+        "kvcache_index_max_pod_hit_count_total",
+        "Deprecated: use llm_d_epp_kv_cache_index_max_pod_hit_count_total. Longest contiguous per-pod prefix chain per lookup, summed.",
+        &[],
+    );
+    /// Deprecated twin of [`INDEX_LOOKUP_LATENCY`].
+    pub const LEGACY_INDEX_LOOKUP_LATENCY: MetricDef = histogram(
+        "kvcache_index_lookup_latency_seconds",
+        "Deprecated: use llm_d_epp_kv_cache_index_lookup_latency_seconds. Latency of one prefix index lookup.",
+        &[],
+        LOOKUP_BUCKETS,
     );
     /// ZMQ messages received from engines.
     pub const EVENTS_MESSAGES_RECEIVED: MetricDef = counter(
@@ -787,9 +832,16 @@ pub mod kv_cache {
         &INDEX_EVICTIONS,
         &INDEX_LOOKUP_REQUESTS,
         &INDEX_LOOKUP_HITS,
+        &INDEX_MAX_POD_HIT_COUNT,
         &INDEX_LOOKUP_LATENCY,
         &INDEX_ENTRIES,
         &INDEX_BYTES,
+        &LEGACY_INDEX_ADMISSIONS,
+        &LEGACY_INDEX_EVICTIONS,
+        &LEGACY_INDEX_LOOKUP_REQUESTS,
+        &LEGACY_INDEX_LOOKUP_HITS,
+        &LEGACY_INDEX_MAX_POD_HIT_COUNT,
+        &LEGACY_INDEX_LOOKUP_LATENCY,
         &EVENTS_MESSAGES_RECEIVED,
         &EVENTS_DECODE_ERRORS,
         &EVENTS_SKIPPED,

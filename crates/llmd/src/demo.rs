@@ -89,8 +89,9 @@ pub struct DemoArgs {
     /// Multiplies the part 2 load patterns' pauses.
     #[arg(long, default_value_t = 0.2)]
     pub pace: f64,
-    /// Prompts above this many uncached tokens (as the EPP estimates them) go prefill/decode.
-    #[arg(long, default_value_t = 200)]
+    /// Prompts with at least this many uncached characters of user input (the unit of llm-d's
+    /// `pd-profile-handler` `threshold`; about 4 per token) go prefill/decode.
+    #[arg(long, default_value_t = 800)]
     pub pd_threshold: u32,
     /// Leave the stacks running after the summary, with a light load so that dashboards move
     /// (Ctrl-C stops it).

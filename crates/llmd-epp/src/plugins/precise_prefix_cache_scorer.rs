@@ -204,8 +204,9 @@ impl PrecisePrefixCacheScorer {
         }
         let started = Instant::now();
         let counts = self.kv.index.lookup(keys, &missing);
-        metrics::histogram!(names::kv_cache::INDEX_LOOKUP_LATENCY.name)
-            .record(started.elapsed().as_secs_f64());
+        let took = started.elapsed().as_secs_f64();
+        metrics::histogram!(names::kv_cache::INDEX_LOOKUP_LATENCY.name).record(took);
+        metrics::histogram!(names::kv_cache::LEGACY_INDEX_LOOKUP_LATENCY.name).record(took);
         for (id, c) in missing.into_iter().zip(counts) {
             p.matched.insert(id.to_owned(), c);
         }
