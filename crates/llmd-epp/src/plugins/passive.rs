@@ -19,6 +19,20 @@ use serde_json::Value;
 
 use crate::config::{ConfigError, PluginSpec};
 
+/// The passive types ([`build`] accepts exactly these).
+pub const TYPES: &[&str] = &[
+    "tokenizer",
+    "token-producer",
+    "precise-prefix-cache-producer",
+    "approx-prefix-cache-producer",
+    "prefill-header-handler",
+    "disagg-headers-handler",
+    "metrics-data-source",
+    "core-metrics-extractor",
+    "endpoint-notification-source",
+    "openai-parser",
+];
+
 /// What a passive plugin stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Passive {
