@@ -102,6 +102,7 @@ pub async fn pd_setup() -> (SocketAddr, SocketAddr, SocketAddr) {
         &format!("http://{decode}"),
         "--allow-prefill",
         "127.0.0.1",
+        "--secure-proxy=false",
     ]);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = llmd_pd_proxy::start(
