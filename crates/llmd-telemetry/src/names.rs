@@ -239,6 +239,15 @@ pub mod epp {
         &[MODEL_NAME, DECISION_TYPE],
     );
 
+    /// llmd: failed scrapes of model servers' `/metrics`, by reason (`timeout`: the pod stays
+    /// routable on its last load until that is stale; `connect`, `status`, `parse`: the pod is
+    /// out of routing until a scrape succeeds).
+    pub const METRICS_SCRAPE_FAILURES: MetricDef = counter(
+        "llmd_epp_metrics_scrape_failures_total",
+        "Failed scrapes of model servers' /metrics, by reason.",
+        &[REASON],
+    );
+
     /// GIE's token-count buckets.
     pub const TOKEN_BUCKETS: &[f64] = &[
         1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
@@ -636,6 +645,7 @@ pub mod epp {
         &PROMPT_CACHED_TOKENS,
         &POOL_AVG_RUNNING_REQUESTS,
         &DISAGG_DECISION_TOTAL,
+        &METRICS_SCRAPE_FAILURES,
         &REQUEST_SIZES,
         &RESPONSE_SIZES,
         &RUNNING_REQUESTS,
