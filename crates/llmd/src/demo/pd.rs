@@ -12,10 +12,11 @@ use tokio_util::sync::CancellationToken;
 use super::stack::{bind, delta, engine_metrics, epp, gateway, sim, sim_on, snapshot, spec};
 use super::{DemoArgs, HASH_SEED, ok_share};
 
-/// The P/D EPP: the precise prefix-cache scorer in both profiles (so `cache_hit_ratio` is the
-/// chosen decode pod's, and the decision counts its uncached tokens), as llm-d's P/D guide does.
-/// Without the real tokenizer (offline, nothing cached) it decides on an estimate of the prompt
-/// instead.
+/// The P/D EPP, as llm-d's current P/D guide configures it: the precise prefix-cache scorer in
+/// both profiles (so `cache_hit_ratio` is the chosen decode pod's) and `disagg-profile-handler`
+/// with `prefix-based-pd-decider`, which disaggregates when the chosen decode pod lacks at least
+/// `threshold` tokens of the prompt. Without the real tokenizer (offline, nothing cached) the
+/// prompt is estimated at 4 bytes a token.
 pub(super) fn pd_config(threshold: u32, tokenizer: Option<&Path>) -> String {
     let (prefix_plugin, prefix_ref) = match tokenizer {
         Some(tok) => (
@@ -34,8 +35,11 @@ plugins:
   - type: prefill-filter
   - type: queue-scorer
   - type: max-score-picker
-  - type: pd-profile-handler
-    parameters: {{threshold: {threshold}}}
+  - name: pd-decider
+    type: prefix-based-pd-decider
+    parameters: {{nonCachedTokens: {threshold}}}
+  - type: disagg-profile-handler
+    parameters: {{deciders: {{prefill: pd-decider}}}}
 schedulingProfiles:
   - name: decode
     plugins: [{{pluginRef: decode-filter}}, {prefix_ref}{{pluginRef: queue-scorer}}, {{pluginRef: max-score-picker}}]
@@ -263,14 +267,18 @@ pub(super) async fn pd_part(
     };
     let g = &report.overall;
     let ok_pct = 100.0 * ok_share(g);
-    let pd = d(
-        names::epp::PD_DECISION_TOTAL.name,
-        &[("decision_type", "prefill-decode")],
-    );
-    let decode_only = d(
-        names::epp::PD_DECISION_TOTAL.name,
-        &[("decision_type", "decode-only")],
-    );
+    // pd-profile-handler and disagg-profile-handler count the same decisions under two names.
+    let decisions = |kind: &str| {
+        [
+            names::epp::PD_DECISION_TOTAL.name,
+            names::epp::DISAGG_DECISION_TOTAL.name,
+        ]
+        .iter()
+        .map(|name| d(name, &[("decision_type", kind)]))
+        .sum::<f64>()
+    };
+    let pd = decisions("prefill-decode");
+    let decode_only = decisions("decode-only");
     println!();
     println!("== part 2 results");
     println!(
