@@ -1,4 +1,4 @@
-//! Every metric, span and span-attribute name of `shared/design.md` §4, written down once.
+//! Every metric, span and span-attribute name of the project, written down once: the telemetry contract (`docs/metrics.md` is generated from it).
 //!
 //! These names are wire-visible: Grafana dashboards, alerts and other llm-d components query them.
 //! Call sites use these constants (`names::pd_proxy::TRUE_TTFT.name`), never a string literal,
@@ -1418,7 +1418,7 @@ pub mod vllm {
     ];
 }
 
-/// OpenTelemetry `service.name` of each component (`shared/design.md` §4): the names the llm-d
+/// OpenTelemetry `service.name` of each component : the names the llm-d
 /// P/D demo's trace console lists. A component running alone exports under its process's
 /// service name (`OTEL_SERVICE_NAME`, or these defaults); components sharing a process (the
 /// demo, in-process test stacks) put their own name on their spans in [`services::SPAN_ATTR`],
