@@ -124,12 +124,10 @@ impl PoolSpec {
                 let list = list
                     .as_array()
                     .ok_or_else(|| bad("spec.targetPorts is not a list"))?;
-                let ports = list
-                    .iter()
+                list.iter()
                     .map(|p| p.get("number").and_then(port))
                     .collect::<Option<Vec<u16>>>()
-                    .ok_or_else(|| bad("a spec.targetPorts[].number is not a port (1-65535)"))?;
-                ports
+                    .ok_or_else(|| bad("a spec.targetPorts[].number is not a port (1-65535)"))?
             }
             None => spec
                 .get("targetPortNumber")

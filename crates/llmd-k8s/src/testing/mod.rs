@@ -418,7 +418,6 @@ async fn collection(sh: Shared, kind: Kind, ns: String, q: HashMap<String, Strin
     }
     if watching {
         let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
-        eprintln!("DEBUG watch {q:?}");
         let timeout = q
             .get("timeoutSeconds")
             .and_then(|t| t.parse::<u64>().ok())

@@ -196,9 +196,6 @@ fn bookmark(kind: Kind, rv: u64) -> Bytes {
 /// The streaming answer: a task follows the store and writes JSON lines into the body.
 pub(super) fn respond(sh: Shared, start: Start, timeout: Option<Duration>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    // Notified when the body is polled with nothing to give.
-    let drained = std::sync::Arc::new(tokio::sync::Notify::new());
-    let body_drained = drained.clone();
     // Subscribed before the first scan of the log below: no change can fall in between.
     let mut tick = sh.tick.subscribe();
     tokio::spawn(async move {
@@ -240,7 +237,6 @@ pub(super) fn respond(sh: Shared, start: Start, timeout: Option<Duration>) -> Re
                     lines.push(bookmark(filter.kind, upto));
                     bookmarks = Some(s.bookmarks);
                 }
-                eprintln!("DEBUG lines {lines:?} cut {cut_now}");
                 (lines, cut_now)
             };
             for l in lines {
@@ -249,10 +245,8 @@ pub(super) fn respond(sh: Shared, start: Start, timeout: Option<Duration>) -> Re
                 }
             }
             if cut_now {
-                // End the body with an error: the connection drops mid-stream. First let the
-                // server take and flush what was written (it flushes when the body has
-                // nothing more), as a real connection delivers what preceded its loss.
-                drained.notified().await;
+                // End the body with an error: the connection drops mid-stream (the body
+                // lets the server flush what preceded it first, see below).
                 let _ = tx
                     .send(Err(std::io::Error::new(
                         std::io::ErrorKind::ConnectionReset,
@@ -274,20 +268,16 @@ pub(super) fn respond(sh: Shared, start: Start, timeout: Option<Duration>) -> Re
             }
         }
     });
-    let body = axum::body::Body::from_stream(futures::stream::unfold(
-        (rx, body_drained),
-        |(mut rx, drained)| async move {
-            let item = match rx.try_recv() {
-                Ok(item) => Some(item),
-                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                    drained.notify_one();
-                    rx.recv().await
-                }
-                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
-            };
-            item.map(|item| (item, (rx, drained)))
-        },
-    ));
+    // A cut reaches the body as an error item. Before yielding it, the body stays pending for
+    // a moment: the server flushes the lines it has taken when the body has nothing to give,
+    // as a real connection delivers what preceded its loss.
+    let body = axum::body::Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        if item.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some((item, rx))
+    }));
     match Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
