@@ -249,6 +249,7 @@ fn on_pool(st: &mut State, pool: &PoolRef, obj: Option<&DynamicObject>) -> bool 
             true
         }
         Err(invalid) => {
+            count("inferencepools", "invalid_spec");
             let why = invalid.to_string();
             if st.invalid.as_deref() != Some(why.as_str()) {
                 tracing::warn!(%pool, error = why, "InferencePool spec unusable; keeping the last usable one");
@@ -283,7 +284,15 @@ fn on_pod(st: &mut State, event: Event<Pod>) {
     }
 }
 
-fn fail(slot: &mut Option<String>, pool: &PoolRef, resource: &str, e: &watcher::Error) {
+/// Counts one failure in `llmd_kubernetes_watch_errors_total`.
+fn count(resource: &'static str, reason: &'static str) {
+    use llmd_telemetry::names::{kubernetes::WATCH_ERRORS, labels};
+    metrics::counter!(WATCH_ERRORS.name, labels::RESOURCE => resource, labels::REASON => reason)
+        .increment(1);
+}
+
+fn fail(slot: &mut Option<String>, pool: &PoolRef, resource: &'static str, e: &watcher::Error) {
+    count(resource, "api");
     let first = slot.is_none();
     *slot = Some(format!("watching {resource}: {e}"));
     if first {
