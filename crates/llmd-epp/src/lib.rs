@@ -678,6 +678,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
         &[
             llmd_telemetry::names::epp::ALL,
             llmd_telemetry::names::kv_cache::ALL,
+            llmd_telemetry::names::kubernetes::ALL,
         ],
         &[],
     )?;
