@@ -10,7 +10,8 @@
 //! | `watch` | [`watch_pool`]: one task running kube-runtime watchers on the pool and its pods, publishing a [`PoolView`] on a `tokio::sync::watch` channel |
 //! | `testing` | (feature `testing`) `FakeKube`, the fake API server |
 //!
-//! It depends on no other llmd-rs crate. See the README for the concurrency model.
+//! Of llmd-rs it depends on `llmd-telemetry` only (the metric name it counts failures under).
+//! See the README for the concurrency model.
 
 pub mod pool;
 pub mod snapshot;

@@ -20,7 +20,7 @@
 //! [`tokio::sync::watch`] channel: readers see the latest value (intermediate ones may be
 //! skipped) and never block the task. An API error or an unusable pool spec changes only
 //! [`PoolView::error`]: the last good snapshot stays (each failure logged once, the recovery
-//! once).
+//! once; every failure counted in `llmd_kubernetes_watch_errors_total` by resource and reason).
 
 use std::collections::HashMap;
 use std::sync::Arc;
