@@ -21,15 +21,32 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inference_pool_pods_become_endpoints() {
+    // The routable pods are 127.0.0.1-3 (loopback addresses of this machine), one port, where
+    // `/metrics` answers: the EPP's scrape finds them healthy whenever it runs relative to
+    // discovery.
+    let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = first.local_addr().unwrap().port();
+    let mut engines = vec![first];
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        engines.push(tokio::net::TcpListener::bind((ip, port)).await.unwrap());
+    }
+    for engine in engines {
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(|| async { "vllm:num_requests_waiting 0\n" }),
+        );
+        tokio::spawn(async move { axum::serve(engine, app).await });
+    }
+    let at = |n: u8| format!("127.0.0.{n}:{port}");
     let api = FakeKube::start(
-        fake::pool("vllm", 8000),
+        fake::pool("vllm", port),
         vec![
-            pod("d1", Some("10.1.0.1"), "decode", "vllm", true, false),
-            pod("p1", Some("10.1.0.2"), "prefill", "vllm", true, false),
-            pod("d2", Some("10.1.0.3"), "decode", "vllm", false, false), // not ready yet
-            pod("d3", None, "decode", "vllm", false, false),             // pending, no IP
-            pod("d4", Some("10.1.0.5"), "decode", "vllm", true, true),   // terminating
-            pod("x1", Some("10.1.0.6"), "decode", "other", true, false), // another app
+            pod("d1", Some("127.0.0.1"), "decode", "vllm", true, false),
+            pod("p1", Some("127.0.0.2"), "prefill", "vllm", true, false),
+            pod("d2", Some("127.0.0.3"), "decode", "vllm", false, false), // not ready yet
+            pod("d3", None, "decode", "vllm", false, false),              // pending, no IP
+            pod("d4", Some("127.0.0.5"), "decode", "vllm", true, true),   // terminating
+            pod("x1", Some("127.0.0.6"), "decode", "other", true, false), // another app
         ],
     )
     .await
@@ -87,16 +104,16 @@ async fn inference_pool_pods_become_endpoints() {
     wait_until("the ready pods discovered", || pool.snapshot().len() == 2).await;
     let eps = pool.snapshot();
     let by_id: HashMap<&str, _> = eps.iter().map(|e| (&*e.id, &*e.spec)).collect();
-    assert_eq!(by_id["10.1.0.1:8000"].role, Role::Decode);
-    assert_eq!(by_id["10.1.0.2:8000"].role, Role::Prefill);
+    assert_eq!(by_id[at(1).as_str()].role, Role::Decode);
+    assert_eq!(by_id[at(2).as_str()].role, Role::Prefill);
     assert_eq!(
-        by_id["10.1.0.1:8000"].kv_events.as_deref(),
-        Some("tcp://10.1.0.1:5557")
+        by_id[at(1).as_str()].kv_events.as_deref(),
+        Some("tcp://127.0.0.1:5557")
     );
     assert!(api.selectors().iter().all(|s| s == "app=vllm"));
     let r = route(&mut client, "/v1/completions", &completion("hello", 1)).await;
-    assert_eq!(r.destination(), "10.1.0.1:8000");
-    assert_eq!(r.prefiller().as_deref(), Some("10.1.0.2:8000"));
+    assert_eq!(r.destination(), at(1));
+    assert_eq!(r.prefiller().as_deref(), Some(at(2).as_str()));
 
     // A pod turns ready: both decode pods get traffic.
     api.edit(|o| set_ready(&mut o.pods[2], true));
@@ -132,7 +149,7 @@ async fn inference_pool_pods_become_endpoints() {
     });
     wait_until("d1 removed", || pool.snapshot().len() == 2).await;
     let r = route(&mut client, "/v1/completions", &completion("x", 1)).await;
-    assert_eq!(r.destination(), "10.1.0.3:8000");
+    assert_eq!(r.destination(), at(3));
     api.edit(|o| o.pods.retain(|p| p["metadata"]["name"] != "p1"));
     wait_until("p1 removed", || pool.snapshot().len() == 1).await;
     assert_eq!(
