@@ -119,7 +119,8 @@ pub struct Args {
     /// llm-d: kvEventsConfig.discoverPods with podDiscoveryConfig.socketPort).
     #[arg(long)]
     pub kv_events_port: Option<u16>,
-    /// How often to list the pool's pods, ms.
+    /// How often to list the pool and its pods again from scratch, ms (changes arrive by watch
+    /// in between).
     #[arg(long, default_value_t = 1000)]
     pub discovery_interval_ms: u64,
     /// Also bind a ZMQ SUB socket that pods connect to for KV events, e.g. tcp://*:5557
@@ -677,6 +678,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
         &[
             llmd_telemetry::names::epp::ALL,
             llmd_telemetry::names::kv_cache::ALL,
+            llmd_telemetry::names::kubernetes::ALL,
         ],
         &[],
     )?;

@@ -1,6 +1,7 @@
 //! Kubernetes discovery against a fake API server speaking the real REST shapes: the
 //! InferencePool's selector and target port give the endpoints, only ready pods count, the
-//! `llm-d.ai/role` label drives P/D, changes are followed, and API failures keep the last set.
+//! `llm-d.ai/role` label drives P/D, changes are followed (by watch), and API failures keep the
+//! last set.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -12,33 +13,50 @@ use common::{Routed, completion, route, wait_until};
 use llmd_epp::config::EndpointPickerConfig;
 use llmd_epp::discovery::PoolRef;
 use llmd_epp::endpoints::{EndpointsFile, Role};
-use llmd_epp::testing::{self as fake, FakeKube, pod};
+use llmd_epp::testing::PD_CONFIG;
 use llmd_epp::{KubeSource, Listeners, Options};
+use llmd_k8s::testing::{self as fake, FakeKube, pod, set_ready};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inference_pool_pods_become_endpoints() {
+    // The routable pods are 127.0.0.1-3 (loopback addresses of this machine), one port, where
+    // `/metrics` answers: the EPP's scrape finds them healthy whenever it runs relative to
+    // discovery.
+    let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = first.local_addr().unwrap().port();
+    let mut engines = vec![first];
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        engines.push(tokio::net::TcpListener::bind((ip, port)).await.unwrap());
+    }
+    for engine in engines {
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(|| async { "vllm:num_requests_waiting 0\n" }),
+        );
+        tokio::spawn(async move { axum::serve(engine, app).await });
+    }
+    let at = |n: u8| format!("127.0.0.{n}:{port}");
     let api = FakeKube::start(
-        fake::pool("vllm", 8000),
+        fake::pool("vllm", port),
         vec![
-            pod("d1", Some("10.1.0.1"), "decode", "vllm", true, false),
-            pod("p1", Some("10.1.0.2"), "prefill", "vllm", true, false),
-            pod("d2", Some("10.1.0.3"), "decode", "vllm", false, false), // not ready yet
-            pod("d3", None, "decode", "vllm", false, false),             // pending, no IP
-            pod("d4", Some("10.1.0.5"), "decode", "vllm", true, true),   // terminating
-            pod("x1", Some("10.1.0.6"), "decode", "other", true, false), // another app
+            pod("d1", Some("127.0.0.1"), "decode", "vllm", true, false),
+            pod("p1", Some("127.0.0.2"), "prefill", "vllm", true, false),
+            pod("d2", Some("127.0.0.3"), "decode", "vllm", false, false), // not ready yet
+            pod("d3", None, "decode", "vllm", false, false),              // pending, no IP
+            pod("d4", Some("127.0.0.5"), "decode", "vllm", true, true),   // terminating
+            pod("x1", Some("127.0.0.6"), "decode", "other", true, false), // another app
         ],
     )
     .await
     .unwrap();
-    let state = api.state.clone();
     let client = api.client().unwrap();
     let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let shutdown = CancellationToken::new();
     let epp = llmd_epp::start(
         Options {
-            config: EndpointPickerConfig::parse(fake::PD_CONFIG).unwrap(),
+            config: EndpointPickerConfig::parse(PD_CONFIG).unwrap(),
             endpoints_file: None,
             endpoints: EndpointsFile {
                 endpoints: Vec::new(),
@@ -86,19 +104,19 @@ async fn inference_pool_pods_become_endpoints() {
     wait_until("the ready pods discovered", || pool.snapshot().len() == 2).await;
     let eps = pool.snapshot();
     let by_id: HashMap<&str, _> = eps.iter().map(|e| (&*e.id, &*e.spec)).collect();
-    assert_eq!(by_id["10.1.0.1:8000"].role, Role::Decode);
-    assert_eq!(by_id["10.1.0.2:8000"].role, Role::Prefill);
+    assert_eq!(by_id[at(1).as_str()].role, Role::Decode);
+    assert_eq!(by_id[at(2).as_str()].role, Role::Prefill);
     assert_eq!(
-        by_id["10.1.0.1:8000"].kv_events.as_deref(),
-        Some("tcp://10.1.0.1:5557")
+        by_id[at(1).as_str()].kv_events.as_deref(),
+        Some("tcp://127.0.0.1:5557")
     );
-    assert!(state.lock().selectors.iter().all(|s| s == "app=vllm"));
+    assert!(api.selectors().iter().all(|s| s == "app=vllm"));
     let r = route(&mut client, "/v1/completions", &completion("hello", 1)).await;
-    assert_eq!(r.destination(), "10.1.0.1:8000");
-    assert_eq!(r.prefiller().as_deref(), Some("10.1.0.2:8000"));
+    assert_eq!(r.destination(), at(1));
+    assert_eq!(r.prefiller().as_deref(), Some(at(2).as_str()));
 
     // A pod turns ready: both decode pods get traffic.
-    state.lock().pods[2] = pod("d2", Some("10.1.0.3"), "decode", "vllm", true, false);
+    api.edit(|o| set_ready(&mut o.pods[2], true));
     wait_until("the second decode pod", || pool.snapshot().len() == 3).await;
     let mut seen = std::collections::HashSet::new();
     for i in 0..40 {
@@ -116,17 +134,23 @@ async fn inference_pool_pods_become_endpoints() {
     assert_eq!(seen.len(), 2, "{seen:?}");
 
     // The API server fails: the last good set stays.
-    state.lock().fail = true;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    api.set_fail(true);
+    let refused = api.requests().len();
+    wait_until("the EPP refused twice", || {
+        api.requests().len() >= refused + 2
+    })
+    .await;
     assert_eq!(pool.snapshot().len(), 3);
-    state.lock().fail = false;
+    api.set_fail(false);
 
     // A pod goes away; then the prefill pod too (P/D falls back to decode-only).
-    state.lock().pods.remove(0);
+    api.edit(|o| {
+        o.pods.remove(0);
+    });
     wait_until("d1 removed", || pool.snapshot().len() == 2).await;
     let r = route(&mut client, "/v1/completions", &completion("x", 1)).await;
-    assert_eq!(r.destination(), "10.1.0.3:8000");
-    state.lock().pods.retain(|p| p["metadata"]["name"] != "p1");
+    assert_eq!(r.destination(), at(3));
+    api.edit(|o| o.pods.retain(|p| p["metadata"]["name"] != "p1"));
     wait_until("p1 removed", || pool.snapshot().len() == 1).await;
     assert_eq!(
         route(&mut client, "/v1/completions", &completion("x", 1))
@@ -136,35 +160,23 @@ async fn inference_pool_pods_become_endpoints() {
     );
 
     // A pool with an empty selector is refused (it would select everything); nothing changes.
-    state.lock().pool["spec"]["selector"] = json!({"matchLabels": {}});
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let pool_lists = api.lists(fake::Kind::Pool);
+    api.edit(|o| o.pool["spec"]["selector"] = json!({"matchLabels": {}}));
+    // Seen by the watch, and listed again at least once (resync) while refused.
+    wait_until("the refused spec listed again", || {
+        api.lists(fake::Kind::Pool) > pool_lists + 1
+    })
+    .await;
     assert_eq!(pool.snapshot().len(), 1);
     // Every pod gone: 503.
-    state.lock().pool["spec"]["selector"] = json!({"matchLabels": {"app": "vllm"}});
-    state.lock().pods.clear();
+    api.edit(|o| {
+        o.pool["spec"]["selector"] = json!({"matchLabels": {"app": "vllm"}});
+        o.pods.clear();
+    });
     wait_until("the pool emptied", || pool.snapshot().is_empty()).await;
     match route(&mut client, "/v1/completions", &completion("x", 1)).await {
         Routed::Rejected(503, _) => {}
         other => panic!("expected 503, got {other:?}"),
     }
     shutdown.cancel();
-}
-
-#[test]
-fn pool_spec_shapes() {
-    use llmd_epp::discovery::pool_spec;
-    let v1 = json!({"spec": {"selector": {"matchLabels": {"a": "b"}}, "targetPorts": [{"number": 8200}]}});
-    let s = pool_spec("p", &v1).unwrap();
-    assert_eq!((s.selector["a"].as_str(), s.port), ("b", 8200));
-    let alpha = json!({"spec": {"selector": {"a": "b"}, "targetPortNumber": 8000}});
-    assert_eq!(pool_spec("p", &alpha).unwrap().port, 8000);
-    for bad in [
-        json!({}),
-        json!({"spec": {"selector": {"matchLabels": {}}, "targetPorts": [{"number": 1}]}}),
-        json!({"spec": {"selector": {"matchLabels": {"a": 1}}, "targetPorts": [{"number": 1}]}}),
-        json!({"spec": {"selector": {"matchLabels": {"a": "b"}}, "targetPorts": [{"number": 70000}]}}),
-        json!({"spec": {"selector": {"matchLabels": {"a": "b"}}}}),
-    ] {
-        assert!(pool_spec("p", &bad).is_err(), "{bad}");
-    }
 }

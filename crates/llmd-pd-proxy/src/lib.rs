@@ -85,7 +85,7 @@ pub struct Args {
     pub telemetry: TelemetryArgs,
     /// llm-d's logging flags (`--v`, `--zap-*`, `--tracing`).
     #[command(flatten)]
-    pub logging: llmd_epp::flags::LoggingFlags,
+    pub logging: llmd_telemetry::llm_d_flags::LoggingFlags,
     /// Listen address.
     #[arg(long, default_value = "0.0.0.0")]
     pub host: String,
@@ -127,14 +127,15 @@ pub struct Args {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub enable_ssrf_protection: Option<bool>,
     /// Also allow the pods of this InferencePool (`[namespace/]name`; a bare name is in the
-    /// proxy's own namespace): their IPs and names, re-listed every --pool-resync-ms. Needs
-    /// RBAC `get` on inferencepools and `list` on pods (llm-d: --inference-pool).
+    /// proxy's own namespace): their IPs and names, followed by watch. Needs RBAC `list` and
+    /// `watch` on inferencepools and pods (llm-d: --inference-pool).
     #[arg(long, env = "INFERENCE_POOL")]
     pub inference_pool: Option<String>,
     /// API group of the InferencePool (llm-d: --pool-group).
     #[arg(long, default_value = "inference.networking.k8s.io")]
     pub pool_group: String,
-    /// How often the InferencePool's pods are listed, ms.
+    /// How often the InferencePool and its pods are listed again from scratch, ms (changes
+    /// arrive by watch in between).
     #[arg(long, default_value_t = 5_000)]
     pub pool_resync_ms: u64,
     /// Largest request body, bytes (larger: 413).
@@ -163,7 +164,7 @@ pub struct Args {
     #[arg(long, default_value_t = 200, conflicts_with = "prefill_retry_backoff")]
     pub prefill_retry_backoff_ms: u64,
     /// The same as a duration (llm-d: --prefill-retry-backoff).
-    #[arg(long, value_parser = llmd_epp::flags::parse_duration)]
+    #[arg(long, value_parser = llmd_telemetry::llm_d_flags::parse_duration)]
     pub prefill_retry_backoff: Option<Duration>,
     /// With --secure-proxy (the default), serve HTTPS with `tls.crt` and `tls.key` from this
     /// directory (a `kubernetes.io/tls` secret's mount), re-read when they change (llm-d:
@@ -476,7 +477,11 @@ pub async fn start(
     let mut config = config;
     if let Some(source) = config.pool.take() {
         // The first listing before serving, so a ready proxy knows its pool.
-        pool::follow(source, config.allow.follow_pool(), shutdown.clone()).await;
+        let follow = pool::follow(source, config.allow.follow_pool(), shutdown.clone()).await;
+        tasks.spawn("inference pool watch", async move {
+            follow.await;
+            Ok::<(), std::convert::Infallible>(())
+        });
     }
     let app = proxy::router(config)?;
     let acceptor = match server_tls {
@@ -503,7 +508,13 @@ const CERT_POLL: Duration = Duration::from_secs(10);
 /// Runs the proxy until `shutdown` is cancelled (with `--data-parallel-size N`, one proxy per
 /// rank: rank r listens on `--port + r` in front of the engine's port + r, as llm-d does).
 pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
-    let metrics = llmd_telemetry::install_prometheus(&[llmd_telemetry::names::pd_proxy::ALL], &[])?;
+    let metrics = llmd_telemetry::install_prometheus(
+        &[
+            llmd_telemetry::names::pd_proxy::ALL,
+            llmd_telemetry::names::kubernetes::ALL,
+        ],
+        &[],
+    )?;
     let mut config = args.config()?;
     config.pool = args.pool_source().await?;
     let bind = |port: u16| {

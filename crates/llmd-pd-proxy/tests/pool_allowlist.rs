@@ -1,4 +1,4 @@
-//! The prefill allowlist fed by the InferencePool's pods, listed through `kube::Client` from a
+//! The prefill allowlist fed by the InferencePool's pods, watched through `kube::Client` from a
 //! fake API server speaking the real REST shapes: a pod of the pool may be called, others get
 //! 403, the set follows the pods, and an API outage keeps the last set.
 
@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use clap::Parser;
-use llmd_epp::testing::{self as fake, FakeKube, pod};
+use llmd_k8s::testing::{self as fake, FakeKube, pod};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -99,17 +99,27 @@ async fn the_pools_pods_are_the_allowed_prefill_targets() {
     assert_eq!(status(proxy, &format!("127.0.0.1:{port}")).await, 200);
     assert_eq!(status(proxy, &format!("127.0.0.2:{port}")).await, 403);
     assert_eq!(status(proxy, &format!("127.0.0.3:{port}")).await, 403);
-    assert!(api.state.lock().selectors.iter().all(|s| s == "app=vllm"));
+    assert!(api.selectors().iter().all(|s| s == "app=vllm"));
 
     // The API server fails: the last set stays.
-    api.state.lock().fail = true;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    api.set_fail(true);
+    let refused = api.requests().len();
+    for _ in 0..1000 {
+        if api.requests().len() >= refused + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        api.requests().len() >= refused + 2,
+        "the proxy never asked again"
+    );
     assert_eq!(status(proxy, &format!("127.0.0.1:{port}")).await, 200);
-    api.state.lock().fail = false;
+    api.set_fail(false);
 
     // The other app's pod joins the pool (its label changes): allowed, so it is called (no
     // engine listens there: 502/503, not 403); the prefill pod goes: denied.
-    api.state.lock().pods[1]["metadata"]["labels"]["app"] = json!("vllm");
+    api.edit(|o| o.pods[1]["metadata"]["labels"]["app"] = json!("vllm"));
     until(
         proxy,
         &format!("127.0.0.2:{port}"),
@@ -117,7 +127,9 @@ async fn the_pools_pods_are_the_allowed_prefill_targets() {
         |s| s != 403,
     )
     .await;
-    api.state.lock().pods.remove(0);
+    api.edit(|o| {
+        o.pods.remove(0);
+    });
     until(proxy, &format!("127.0.0.1:{port}"), "got 403", |s| s == 403).await;
 }
 

@@ -74,6 +74,7 @@
 pub mod config;
 pub mod exposition;
 pub mod lifecycle;
+pub mod llm_d_flags;
 pub mod names;
 pub mod prometheus;
 pub mod propagation;

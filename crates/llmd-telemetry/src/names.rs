@@ -125,6 +125,8 @@ pub mod labels {
     pub const FINISHED_REASON: &str = "finished_reason";
     /// HTTP status code of a response, as text (`200`, `503`).
     pub const CODE: &str = "code";
+    /// A Kubernetes resource (plural, as in the API path: `inferencepools`, `pods`).
+    pub const RESOURCE: &str = "resource";
 }
 
 use labels::*;
@@ -998,6 +1000,22 @@ pub mod pd_proxy {
     ];
 }
 
+/// Metrics of the Kubernetes discovery (`llmd-k8s`), exposed by every process that follows an
+/// InferencePool (the EPP, the P/D proxy with `--inference-pool`).
+pub mod kubernetes {
+    use super::*;
+
+    /// Failed watches and unusable objects.
+    pub const WATCH_ERRORS: MetricDef = counter(
+        "llmd_kubernetes_watch_errors_total",
+        "Failures following an InferencePool and its pods, by resource and reason: api (a LIST or WATCH failed or was refused; retried with backoff, the last known state kept), invalid_spec (the InferencePool's spec is unusable; the last usable one kept).",
+        &[RESOURCE, REASON],
+    );
+
+    /// Every Kubernetes discovery metric.
+    pub const ALL: &[&MetricDef] = &[&WATCH_ERRORS];
+}
+
 /// Metrics of the development gateway (`llmd-gateway`, llmd-rs's own names; Envoy keeps its own
 /// stats). Exposed on its `--metrics-port`.
 pub mod gateway {
@@ -1555,6 +1573,7 @@ pub fn all_metrics() -> impl Iterator<Item = &'static MetricDef> {
         .chain(kv_cache::ALL)
         .chain(pd_proxy::ALL)
         .chain(gateway::ALL)
+        .chain(kubernetes::ALL)
         .chain(vllm::ALL)
         .copied()
 }

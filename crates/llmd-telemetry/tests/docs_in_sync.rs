@@ -74,6 +74,12 @@ fn render() -> String {
     );
     table(
         &mut out,
+        "Kubernetes discovery",
+        "Exposed by `llmd-epp` and `llmd-pd-proxy` when they follow an InferencePool (from `llmd-k8s`).",
+        names::kubernetes::ALL,
+    );
+    table(
+        &mut out,
         "Simulator (vLLM names)",
         "Exposed by `llmd-sim` on its API port, as vLLM does.",
         names::vllm::ALL,

@@ -13,6 +13,7 @@ async fn metrics_endpoint_serves_every_catalog_name_with_its_buckets() {
         names::kv_cache::ALL,
         names::pd_proxy::ALL,
         names::gateway::ALL,
+        names::kubernetes::ALL,
         names::vllm::ALL,
     ];
     // An override, as the simulator sets token-count buckets from --max-model-len.
