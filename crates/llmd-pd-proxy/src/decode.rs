@@ -69,7 +69,10 @@ pub async fn send(
     crate::proxy::name_service(&span, inner);
     let mut headers = headers;
     if let Ok(v) = HeaderValue::from_str(&cx.request_id) {
-        headers.append(HeaderName::from_static("x-request-id"), v);
+        headers.append(
+            HeaderName::from_static(llmd_wire::headers::REQUEST_ID_HEADER),
+            v,
+        );
     }
     llmd_telemetry::propagation::inject_span_into_headers(&span, &mut headers);
     headers.insert(
@@ -208,7 +211,10 @@ pub async fn first_token(
 /// The response head relayed to the client, with the `server-timing` known now.
 fn head(status: StatusCode, mut headers: HeaderMap, cx: &Exchange) -> Response {
     if let Ok(v) = HeaderValue::from_str(&cx.server_timing()) {
-        headers.insert(HeaderName::from_static("server-timing"), v);
+        headers.insert(
+            HeaderName::from_static(llmd_wire::headers::SERVER_TIMING_HEADER),
+            v,
+        );
     }
     let mut out = Response::new(Body::empty());
     *out.status_mut() = status;

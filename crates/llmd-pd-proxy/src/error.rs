@@ -246,10 +246,8 @@ pub fn count_error(stage: Stage) {
 
 /// vLLM's error body (llm-d's sidecar uses this shape, `param` as an empty string).
 pub fn vllm_error(status: StatusCode, kind: &str, message: &str) -> Response {
-    let body = serde_json::json!({
-        "object": "error", "message": message, "type": kind, "param": "", "code": status.as_u16()
-    });
-    let mut out = Response::new(Body::from(body.to_string()));
+    let body = llmd_wire::error_body::VllmError::new(status, kind, message).with_param("");
+    let mut out = Response::new(Body::from(body.to_vec()));
     *out.status_mut() = status;
     out.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -52,7 +52,10 @@ pub async fn run(
     crate::proxy::name_service(&span, inner);
     let mut headers = headers.clone();
     if let Ok(v) = HeaderValue::from_str(&cx.request_id) {
-        headers.append(HeaderName::from_static("x-request-id"), v);
+        headers.append(
+            HeaderName::from_static(llmd_wire::headers::REQUEST_ID_HEADER),
+            v,
+        );
     }
     llmd_telemetry::propagation::inject_span_into_headers(&span, &mut headers);
     headers.insert(

@@ -30,11 +30,11 @@ use crate::upstream::{self, Upstream};
 use crate::{decode, nixl, prefill};
 
 /// The prefill header the EPP sets.
-pub const PREFILLER_HEADER: &str = "x-prefiller-host-port";
+pub use llmd_wire::headers::PREFILLER_HEADER;
 
 /// A client that sends this request header (any value but `0`) on a streaming P/D request gets
 /// the final timings as an SSE comment line (`: llmd-timing ...`) just before `data: [DONE]`.
-pub const TIMING_REQUEST_HEADER: &str = "x-llmd-timing";
+pub use llmd_wire::headers::TIMING_REQUEST_HEADER;
 
 /// What the proxy does.
 #[derive(Debug, Clone)]

@@ -47,46 +47,31 @@ pub fn client(
         .build(connector))
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the proxy sets itself.
+/// Headers the proxy sets itself or consumes (besides the hop-by-hop ones).
 const NOT_FORWARDED: &[&str] = &[
     "host",
     "content-length",
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-connection",
     "proxy-authorization",
     PREFILLER_HEADER,
     TIMING_REQUEST_HEADER,
 ];
 
-/// Headers forwarded upstream: the client's minus hop-by-hop, length, host and the prefill
-/// header.
+/// Headers forwarded upstream: the client's minus hop-by-hop (also those its `Connection`
+/// header names), length, host and the prefill header.
 pub fn forward_headers(client: &HeaderMap) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in client {
-        if !NOT_FORWARDED.contains(&k.as_str()) {
-            h.append(k.clone(), v.clone());
-        }
+    let mut h = client.clone();
+    llmd_wire::headers::strip_hop_by_hop(&mut h);
+    for name in NOT_FORWARDED {
+        h.remove(*name);
     }
     h
 }
 
 /// Response headers relayed to the client (hop-by-hop and length dropped: the body may change).
 pub fn relay_headers(upstream: &HeaderMap) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in upstream {
-        match k.as_str() {
-            "content-length" | "connection" | "keep-alive" | "transfer-encoding" | "trailer"
-            | "upgrade" => {}
-            _ => {
-                h.append(k.clone(), v.clone());
-            }
-        }
-    }
+    let mut h = upstream.clone();
+    llmd_wire::headers::strip_hop_by_hop(&mut h);
+    h.remove(http::header::CONTENT_LENGTH);
     h
 }
 

@@ -13,7 +13,7 @@ use crate::labels::model_label;
 use crate::scheduling::{CycleState, Decision, PickError, Profiles};
 
 /// The header naming the prefill pod for the P/D sidecar.
-pub const PREFILLER_HEADER: &str = "x-prefiller-host-port";
+pub use llmd_wire::headers::PREFILLER_HEADER;
 
 /// `decode-only`.
 pub const DECODE_ONLY: &str = "decode-only";

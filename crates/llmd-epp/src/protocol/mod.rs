@@ -55,17 +55,11 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::request::InferenceRequest;
 use crate::scheduling::{Decision, PickContext, PickError, Picker};
 
-/// Header naming the chosen endpoint(s): `ip:port`, or a comma-separated fallback list.
-pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
-/// Header the data plane reports the served endpoint in.
-pub const DESTINATION_SERVED_HEADER: &str = "x-gateway-destination-endpoint-served";
-/// Why a request was dropped (GIE names).
-pub const DROPPED_REASON_HEADER: &str = "x-llm-d-request-dropped-reason";
-/// Set on every error answer: the error's code and message (printable ASCII, at most 256
-/// bytes), so a client or access log sees why without parsing the body.
-pub const ERROR_REASON_HEADER: &str = "x-llm-d-error-reason";
-/// The prefill pod for the P/D sidecar.
-pub const PREFILLER_HEADER: &str = crate::plugins::pd_profile_handler::PREFILLER_HEADER;
+// The header names of the request path, declared once for the gateway, the EPP and the proxy.
+pub use llmd_wire::headers::{
+    DESTINATION_HEADER, DESTINATION_SERVED_HEADER, DROPPED_REASON_HEADER, ERROR_REASON_HEADER,
+    PREFILLER_HEADER,
+};
 /// Request headers only the EPP may set: a client's value is removed unless the EPP sets its
 /// own (a client must not choose its prefill pod).
 pub const OWNED_REQUEST_HEADERS: &[&str] = &[PREFILLER_HEADER];
@@ -74,7 +68,7 @@ pub const ENVOY_LB_NAMESPACE: &str = "envoy.lb";
 /// Metadata namespace of the subset hint.
 pub const SUBSET_HINT_NAMESPACE: &str = "envoy.lb.subset_hint";
 /// Key of the subset hint (a list of `ip:port`).
-pub const SUBSET_HINT_KEY: &str = "x-gateway-destination-endpoint-subset";
+pub use llmd_wire::ext_proc::SUBSET_HINT_KEY;
 /// Largest body chunk sent back to Envoy.
 pub const BODY_CHUNK_LIMIT: usize = 62_000;
 

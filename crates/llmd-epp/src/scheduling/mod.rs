@@ -104,22 +104,9 @@ impl PickError {
     /// The OpenAI-style error body (`{"error": {"message", "type", "param", "code"}}`) the
     /// client receives; its message is GIE's text.
     pub fn openai_body(&self) -> Vec<u8> {
-        let kind = match self.status() {
-            400 => "BadRequestError",
-            404 => "NotFoundError",
-            413 => "RequestTooLargeError",
-            429 => "RateLimitError",
-            503 => "ServiceUnavailableError",
-            _ => "InternalServerError",
-        };
-        serde_json::json!({"error": {
-            "message": self.gie_message(),
-            "type": kind,
-            "param": null,
-            "code": self.status(),
-        }})
-        .to_string()
-        .into_bytes()
+        let status = http::StatusCode::from_u16(self.status())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        llmd_wire::error_body::OpenAiError::for_status(status, self.gie_message()).to_vec()
     }
 
     /// A short machine-readable code (the ImmediateResponse `details`, a metric label).
