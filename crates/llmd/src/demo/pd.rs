@@ -9,7 +9,10 @@ use llmd_epp::endpoints::Role;
 use llmd_telemetry::{MetricsHandle, names};
 use tokio_util::sync::CancellationToken;
 
-use super::stack::{bind, delta, engine_metrics, epp, gateway, sim, sim_on, snapshot, spec};
+use super::html::PdFigures;
+use super::stack::{
+    bind, bucket_delta, delta, engine_metrics, epp, gateway, sim, sim_on, snapshot, spec,
+};
 use super::{DemoArgs, HASH_SEED, ok_share};
 
 /// The P/D EPP: the precise prefix-cache scorer in both profiles (so `cache_hit_ratio` is the
@@ -208,13 +211,14 @@ pub(super) async fn pd_stack(
     })
 }
 
-/// Part 2: the `pd-concurrent` load through the P/D stack, and its breakdown.
+/// Part 2: the `pd-concurrent` load through the P/D stack, and its breakdown; returns the stack
+/// and what it measured for the page.
 pub(super) async fn pd_part(
     args: &DemoArgs,
     metrics: &MetricsHandle,
     stop: &CancellationToken,
     failed: &mut Vec<String>,
-) -> anyhow::Result<PdStack> {
+) -> anyhow::Result<(PdStack, PdFigures)> {
     println!("\n== llmd demo, part 2: prefill/decode on loopback");
     let stack = pd_stack(args, metrics, stop).await?;
     println!(
@@ -334,7 +338,25 @@ pub(super) async fn pd_part(
     if true_ttft.is_none() {
         failed.push("part 2: the proxy measured no true TTFT".to_owned());
     }
-    Ok(stack)
+    let figures = PdFigures {
+        requests: g.requests,
+        ok: g.ok,
+        pd_decisions: pd,
+        decode_only,
+        threshold: args.pd_threshold,
+        transfers,
+        xfer_time: bucket_delta(&before, &after, names::vllm::NIXL_XFER_TIME.name, &on_decode),
+        xfer_bytes: bucket_delta(
+            &before,
+            &after,
+            names::vllm::NIXL_BYTES_TRANSFERRED.name,
+            &on_decode,
+        ),
+        xfer_time_mean_ms: xfer,
+        xfer_bytes_mean: bytes,
+        started_at: report.started_at.clone(),
+    };
+    Ok((stack, figures))
 }
 
 /// A light P/D load for --keep-running: long prompts (P/D) and short ones (decode-only).

@@ -122,6 +122,41 @@ pub(super) fn delta(
     after.sum(name, labels) - before.sum(name, labels)
 }
 
+/// A histogram family's growth per bucket between two snapshots, summed over the series that
+/// match `labels`: (upper bound, observations in that bucket alone), `+Inf` last.
+pub(super) fn bucket_delta(
+    before: &Exposition,
+    after: &Exposition,
+    family: &str,
+    labels: &[(&str, &str)],
+) -> Vec<(f64, f64)> {
+    let name = format!("{family}_bucket");
+    let cumulative = |e: &Exposition| {
+        let mut by_le: Vec<(f64, f64)> = Vec::new();
+        for s in e.find(&name, labels) {
+            let Some(le) = s.label("le").and_then(llmd_telemetry::exposition::parse_value) else {
+                continue;
+            };
+            match by_le.iter_mut().find(|(l, _)| *l == le) {
+                Some(b) => b.1 += s.value,
+                None => by_le.push((le, s.value)),
+            }
+        }
+        by_le
+    };
+    let (b, mut a) = (cumulative(before), cumulative(after));
+    a.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut out = Vec::with_capacity(a.len());
+    let mut below = 0.0;
+    for (le, n) in a {
+        let was = b.iter().find(|(l, _)| *l == le).map_or(0.0, |x| x.1);
+        let grew = n - was;
+        out.push((le, (grew - below).max(0.0)));
+        below = grew;
+    }
+    out
+}
+
 pub(super) fn snapshot(metrics: &MetricsHandle) -> anyhow::Result<Exposition> {
     llmd_telemetry::exposition::parse(&metrics.render()).context("reading the demo's own metrics")
 }
