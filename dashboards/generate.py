@@ -545,7 +545,6 @@ def epp_routing() -> dict:
         [
             target(f"sum({rate('llm_d_epp_prefix_cache_hits_total', M)}) / sum({rate(MB + '_count', M)})", "EPP routing hits"),
             target(f"sum({rate('vllm:prefix_cache_hits_total', M)}) / sum({rate('vllm:prefix_cache_queries_total', M)})", "engine token hits"),
-            target(f"sum({rate(KVI + '_lookup_hits_total')}) / sum({rate(KVI + '_lookup_requests_total')})", "index lookups with a hit"),
         ],
         "percentunit",
     )
@@ -564,10 +563,11 @@ def epp_routing() -> dict:
     )
     b.series(
         "Index lookups",
-        "Prefix-index lookups per second, and those in which some candidate pod held the first block.",
+        "Prefix-index lookups per second, and the mean prefix the best candidate pod held per lookup, in blocks "
+        "(llm-d's lookup_hits_total: the best pod's matched blocks, summed).",
         [
-            target(f"sum({rate(KVI + '_lookup_requests_total')})", "lookups"),
-            target(f"sum({rate(KVI + '_lookup_hits_total')})", "with a hit"),
+            target(f"sum({rate(KVI + '_lookup_requests_total')})", "lookups/s"),
+            target(f"sum({rate(KVI + '_lookup_hits_total')}) / sum({rate(KVI + '_lookup_requests_total')})", "blocks matched per lookup"),
         ],
         "ops",
         w=8,

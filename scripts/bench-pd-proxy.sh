@@ -21,7 +21,7 @@ start() { # sim core, proxy core
     --max-num-seqs 1024 --dummy-tokenizer --model m >/dev/null 2>&1 &
   pids=($!)
   taskset -c "$2" ./target/release/llmd-pd-proxy --host 127.0.0.1 --port "$proxy_port" \
-    --metrics-port 18290 --decoder "http://127.0.0.1:$sim_port" >/dev/null 2>&1 &
+    --metrics-port 18290 --decoder "http://127.0.0.1:$sim_port" --secure-proxy=false >/dev/null 2>&1 &
   pids+=($!)
   for port in $sim_port $proxy_port; do
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done

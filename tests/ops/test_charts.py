@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from conftest import require
 from helm_util import (
     CHARTS,
     ROOT,
@@ -255,8 +256,8 @@ BAD_VALUES = [
     (EPP, {"kvCache": {"hashSeed": "random"}}, "hashSeed"),
     (EPP, {"kvCache": {"blockSize": 48}}, "blockSize"),
     (EPP, {"kvEvents": {"mode": "push"}}, "mode"),
-    (EPP, {"schedulerConfig": {"plugins": [{"type": "prefix-cache-scorer"}],
-                               "schedulingProfiles": [{"name": "d", "plugins": [{"pluginRef": "prefix-cache-scorer"}]}]}}, "type"),
+    (EPP, {"schedulerConfig": {"plugins": [{"type": "session-affinity-scorer"}],
+                               "schedulingProfiles": [{"name": "d", "plugins": [{"pluginRef": "session-affinity-scorer"}]}]}}, "type"),
     (EPP, {"otel": {"samplerArg": "10%"}}, "samplerArg"),
     (EPP, {"inferencePool": {"failureMode": "FailSoft"}}, "failureMode"),
     (EPP, {"extraArgs": ["-v"]}, "extraArgs"),
@@ -568,7 +569,7 @@ def test_every_llmd_flag_is_in_the_subcommands_help(rendered, llmd_help):
                 seen.add((sub, f))
     assert {s for s, _ in seen} == {"epp", "pd-proxy", "sim"}
     # The check bites: a flag llm-d's sidecar has and ours does not.
-    assert not re.search(r"^\s+--secure-proxy\b", llmd_help("pd-proxy"), re.M)
+    assert not re.search(r"^\s+--moriio-write-mode\b", llmd_help("pd-proxy"), re.M)
 
 
 def test_llmd_containers_are_hardened_and_probed(rendered):
@@ -693,6 +694,155 @@ def test_epp_starts_with_the_guide_config(g, llmd_bin, tmp_path):
 
 def test_epp_refuses_a_broken_config(llmd_bin, tmp_path):
     """Control for the test above: a config the EPP rejects is seen as rejected."""
-    cfg = "plugins:\n  - type: decode-filter\nschedulingProfiles:\n  - name: d\n    plugins: [{pluginRef: decode-filter}]\n"
+    cfg = "plugins:\n  - type: decode-filter\n    parameters: {colour: red}\nschedulingProfiles:\n  - name: d\n    plugins: [{pluginRef: decode-filter}]\n"
     serving, out = start_epp(llmd_bin, cfg, tmp_path)
-    assert not serving and "no picker" in out
+    assert not serving and "takes no parameters" in out
+
+
+# ---- llm-d's values shape (inferenceExtension, inferencePool, pluginsCustomConfig) ---------------
+
+LLMD_VALUES = sorted((ROOT / "tests" / "ops" / "llm-d").glob("*.values.yaml"))
+
+
+def run_rendered_epp(llmd_bin: Path, args: list[str], config: str, tmp_path: Path,
+                     endpoints: list[dict] | None = None, probe=None) -> tuple[bool, str, object]:
+    """Starts `llmd epp` with a rendered container's arguments, on loopback and without a cluster:
+    ports 0, the config in a file, an endpoints file (`endpoints`) instead of the InferencePool.
+    Once it serves, calls `probe(metrics address)` and returns (serving, output, what it returned)."""
+    (tmp_path / "config.yaml").write_text(config)
+    (tmp_path / "endpoints.yaml").write_text(yaml.safe_dump({"endpoints": endpoints or []}))
+    argv = [str(llmd_bin)]
+    for a in args:
+        name = a.split("=", 1)[0]
+        if name in ("--pool-name", "--pool-namespace", "--discovery-interval-ms"):
+            continue
+        if name in ("--grpc-port", "--grpc-health-port", "--metrics-port"):
+            a = f"{name}=0"
+        elif name == "--config":
+            a = f"--config={tmp_path / 'config.yaml'}"
+        elif name == "--kv-events-bind":
+            a = "--kv-events-bind=tcp://127.0.0.1:0"
+        argv.append(a)
+    argv += ["--host=127.0.0.1", f"--endpoints-file={tmp_path / 'endpoints.yaml'}"]
+    hub = ROOT / ".cache" / "hf" / "hub"
+    env_ = {**__import__("os").environ, "HF_HUB_CACHE": str(hub)}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env_)
+    out: list[str] = []
+    deadline = time.monotonic() + 60
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if "llmd-epp serving" in line:
+                m = re.search(r'"metrics":"([^"]+)"', line)
+                return True, "".join(out), probe(m.group(1)) if probe and m else None
+            if time.monotonic() > deadline:
+                break
+        return False, "".join(out), None
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def start_sims(llmd_bin: Path, roles: list[str], tmp_path: Path) -> tuple[list[subprocess.Popen], list[dict]]:
+    """One `llmd sim` per role on loopback, serving Llama-3.1-8B-Instruct (the guides' model)."""
+    import prom_util as pu
+
+    snaps = sorted((ROOT / ".cache" / "hf" / "hub" / "models--meta-llama--Llama-3.1-8B-Instruct" / "snapshots").glob("*"))
+    require(bool(snaps), "no Llama-3.1 tokenizer in .cache/hf (scripts/fetch-tokenizers.sh)")
+    procs, endpoints = [], []
+    for i, role in enumerate(roles):
+        port = pu.free_port()
+        log = (tmp_path / f"sim-{i}.log").open("w")
+        procs.append(subprocess.Popen([str(llmd_bin), "sim", "--host", "127.0.0.1", "--port", str(port), "--model",
+                                       "meta-llama/Llama-3.1-8B-Instruct", "--tokenizer", str(snaps[0]), "--role", role],
+                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        endpoints.append({"address": "127.0.0.1", "port": port, "role": role, "model": "meta-llama/Llama-3.1-8B-Instruct"})
+    deadline = time.monotonic() + 60
+    import urllib.request
+    for e in endpoints:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{e['port']}/metrics", timeout=5).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "sim-0.log").read_text()
+                time.sleep(0.2)
+    return procs, endpoints
+
+
+@pytest.mark.parametrize("vf", LLMD_VALUES, ids=lambda p: p.stem)
+def test_llm_d_values_render_a_working_epp(vf, llmd_bin, llmd_help, tmp_path):
+    """A helmfile's values written for llm-d render with our chart, as valid objects wired the way
+    llm-d's are, and the EPP they describe starts and serves llm-d's metric names."""
+    values = yaml.safe_load(vf.read_text())
+    docs = render(EPP, values, name="gaie", namespace=NS)
+    for d in docs:
+        if d["kind"] in ("InferencePool", "HTTPRoute"):
+            assert cr_errors(d) == [], f"{d['kind']} {d['metadata']['name']}"
+        elif d["kind"] not in ("ServiceMonitor", "PodMonitor"):
+            kube_validate(d)
+    ie, ip = values.get("inferenceExtension", {}), values["inferencePool"]
+    pool = one(docs, "InferencePool")
+    if "targetPorts" in ip:
+        assert pool["spec"]["targetPorts"] == ip["targetPorts"]
+    assert pool["spec"]["selector"]["matchLabels"] == ip["modelServers"]["matchLabels"]
+    assert pool["spec"]["endpointPickerRef"]["port"]["number"] == ie.get("extProcPort", 9002)
+    dep = one(docs, "Deployment")
+    spec = dep["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["epp"], "the UDS tokenizer sidecar is not rendered"
+    epp = spec["containers"][0]
+    f = flags(epp)
+    for k, v in ie.get("flags", {}).items():
+        assert f[f"--{k}"] == str(v), k
+    for name in f:
+        assert re.search(rf"^\s+(-\w, )?{re.escape(name)}\b", llmd_help("epp"), re.M), f"llmd epp has no {name}"
+    if "tracing" in ie:
+        assert f["--tracing"] == str(ie["tracing"]["enabled"]).lower()
+    ports = [p["containerPort"] for p in epp["ports"]]
+    assert len(ports) == len(set(ports)), f"duplicate container ports {ports}"
+    svc_ports = [p["port"] for p in one(docs, "Service")["spec"]["ports"]]
+    assert len(svc_ports) == len(set(svc_ports)), f"duplicate service ports {svc_ports}"
+    if ie.get("monitoring", {}).get("prometheus", {}).get("enabled"):
+        assert one(docs, "ServiceMonitor")
+    config = one(docs, "ConfigMap")["data"]["config.yaml"]
+    file = ie.get("pluginsConfigFile") or ip.get("pluginsConfigFile")
+    custom = {**ip.get("pluginsCustomConfig", {}), **ie.get("pluginsCustomConfig", {})}
+    if file in custom:
+        assert yaml.safe_load(config) == yaml.safe_load(custom[file]), "the config as written"
+    else:
+        assert {p["type"] for p in yaml.safe_load(config)["plugins"]} == {"queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer"}
+    # The EPP those objects describe starts, serves llm-d's metric names, and routes a request
+    # to a model server of the right role (decode when the config filters by role).
+    types = {p["type"] for p in yaml.safe_load(config)["plugins"]}
+    pd = "decode-filter" in types
+    sims, endpoints = start_sims(llmd_bin, ["decode", "prefill"] if pd else ["decode", "decode"], tmp_path)
+
+    def probe(metrics_addr: str) -> tuple[str, dict]:
+        import urllib.request
+
+        metrics = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10).read().decode()
+        body = json.dumps({"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "word " * 200, "max_tokens": 1}).encode()
+        req = urllib.request.Request(f"http://{metrics_addr}/debug/route", data=body, headers={"content-type": "application/json"})
+        route = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        return metrics, route
+
+    try:
+        serving, out, got = run_rendered_epp(llmd_bin, epp["args"], config, tmp_path, endpoints, probe)
+    finally:
+        for p in sims:
+            p.kill()
+            p.wait(timeout=10)
+    assert serving, out
+    metrics, route = got
+    assert "llm_d_epp_info" in metrics and "inference_extension_info" in metrics, metrics
+    assert route.get("endpoints"), f"{route}\n{out}"
+    picked = route["endpoints"][0]
+    want = [f"127.0.0.1:{e['port']}" for e in endpoints if not pd or e["role"] == "decode"]
+    assert picked in want, f"{picked} not in {want}: {route}"
+
+
+def test_llm_d_values_with_a_missing_config_file_fail():
+    values = {"inferenceExtension": {"pluginsConfigFile": "nope.yaml", "pluginsCustomConfig": {"other.yaml": "plugins: []"}}}
+    with pytest.raises(Exception, match="nope.yaml"):
+        render(EPP, values, name="gaie", namespace=NS)

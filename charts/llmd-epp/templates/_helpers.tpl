@@ -94,3 +94,78 @@ precise-prefix-cache-scorer (rendering fails when the config already sets other 
   value: {{ printf "k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(POD_NAME)%s" (ternary (printf ",%s" .Values.otel.resourceAttributes) "" (ne .Values.otel.resourceAttributes "")) | quote }}
 {{- end }}
 {{- end -}}
+
+{{/*
+llm-d's values shape (the GIE inferencepool chart's), for helmfiles written for llm-d:
+inferenceExtension.* and inferencePool.{targetPorts,modelServers} win over ours when set.
+*/}}
+{{- define "llmd-epp.ie" -}}
+{{- toYaml (default dict .Values.inferenceExtension) -}}
+{{- end -}}
+
+{{/* GIE's built-in default-plugins.yaml (the simulator guide uses it by name). */}}
+{{- define "llmd-epp.gieDefaultPlugins" -}}
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+  - type: queue-scorer
+  - type: kv-cache-utilization-scorer
+  - type: prefix-cache-scorer
+schedulingProfiles:
+  - name: default
+    plugins:
+      - {pluginRef: queue-scorer, weight: 2}
+      - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+      - {pluginRef: prefix-cache-scorer, weight: 3}
+{{- end -}}
+
+{{/*
+The config file's text: inferenceExtension.pluginsCustomConfig[pluginsConfigFile] as written
+(llm-d's shape; GIE's default-plugins.yaml by name), else schedulerConfig.
+*/}}
+{{- define "llmd-epp.configText" -}}
+{{- $ie := fromYaml (include "llmd-epp.ie" .) -}}
+{{- $file := default .Values.inferencePool.pluginsConfigFile $ie.pluginsConfigFile -}}
+{{- if $file -}}
+{{- $custom := merge (deepCopy (default dict $ie.pluginsCustomConfig)) (default dict .Values.inferencePool.pluginsCustomConfig) -}}
+{{- if hasKey $custom $file -}}
+{{- index $custom $file -}}
+{{- else if eq $file "default-plugins.yaml" -}}
+{{- include "llmd-epp.gieDefaultPlugins" . -}}
+{{- else -}}
+{{- fail (printf "pluginsConfigFile %q is neither in pluginsCustomConfig nor GIE's default-plugins.yaml" $file) -}}
+{{- end -}}
+{{- else -}}
+{{- include "llmd-epp.schedulerConfig" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llmd-epp.grpcPort" -}}
+{{- $ie := fromYaml (include "llmd-epp.ie" .) -}}
+{{- default .Values.ports.grpc $ie.extProcPort -}}
+{{- end -}}
+
+{{- define "llmd-epp.replicas" -}}
+{{- $ie := fromYaml (include "llmd-epp.ie" .) -}}
+{{- default .Values.replicas $ie.replicas -}}
+{{- end -}}
+
+{{- define "llmd-epp.targetPort" -}}
+{{- with .Values.inferencePool.targetPorts -}}
+{{- (index . 0).number -}}
+{{- else -}}
+{{- .Values.inferencePool.targetPort -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llmd-epp.poolSelector" -}}
+{{- $ms := default dict .Values.inferencePool.modelServers -}}
+{{- toYaml (default .Values.inferencePool.selector $ms.matchLabels) -}}
+{{- end -}}
+
+{{- define "llmd-epp.serviceMonitorEnabled" -}}
+{{- $ie := fromYaml (include "llmd-epp.ie" .) -}}
+{{- $mon := default dict $ie.monitoring -}}
+{{- $prom := default dict $mon.prometheus -}}
+{{- if or .Values.serviceMonitor.enabled $prom.enabled -}}true{{- end -}}
+{{- end -}}

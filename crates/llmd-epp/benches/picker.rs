@@ -113,6 +113,7 @@ fn pool() -> Arc<Pool> {
                 waiting: (i % 5) as f64,
                 running: (i % 9) as f64,
                 kv_usage: (i % 10) as f64 / 10.0,
+                ..Default::default()
             },
         );
     }

@@ -164,6 +164,88 @@ pub struct Load {
     pub running: f64,
     /// `vllm:kv_cache_usage_perc` (0..1).
     pub kv_usage: f64,
+    /// `block_size` of `vllm:cache_config_info`, when exposed.
+    pub cache_block_size: Option<u32>,
+    /// `num_gpu_blocks` of `vllm:cache_config_info`, when exposed.
+    pub num_gpu_blocks: Option<u64>,
+}
+
+/// One model-server metric the scraper reads: a name and, optionally, labels a sample must
+/// carry (llm-d's metric flags take `name` or `name{label="value",...}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricSpec {
+    /// The metric name.
+    pub name: String,
+    /// Required labels.
+    pub labels: Vec<(String, String)>,
+}
+
+impl MetricSpec {
+    /// Parses `name` or `name{label="value",...}`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let spec = spec.trim();
+        let (name, rest) = match spec.split_once('{') {
+            None => (spec, None),
+            Some((n, r)) => (n, Some(r)),
+        };
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+        if !valid {
+            return Err(format!("{spec:?} is not a metric name"));
+        }
+        let mut labels = Vec::new();
+        if let Some(rest) = rest {
+            let body = rest
+                .strip_suffix('}')
+                .ok_or_else(|| format!("{spec:?}: missing closing brace"))?;
+            for pair in body.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("{spec:?}: {pair:?} is not label=\"value\""))?;
+                labels.push((k.trim().to_owned(), v.trim().trim_matches('"').to_owned()));
+            }
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            labels,
+        })
+    }
+
+    fn matches(&self, s: &llmd_telemetry::exposition::Sample) -> bool {
+        s.name == self.name && self.labels.iter().all(|(k, v)| s.label(k) == Some(v))
+    }
+}
+
+/// The model-server metrics the scraper reads (llm-d's `--total-queued-requests-metric`,
+/// `--total-running-requests-metric`, `--kv-cache-usage-percentage-metric`; vLLM's names by
+/// default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricNames {
+    /// Waiting requests.
+    pub waiting: MetricSpec,
+    /// Running requests.
+    pub running: MetricSpec,
+    /// KV-cache usage (0..1).
+    pub kv_usage: MetricSpec,
+    /// The cache configuration (`block_size`, `num_gpu_blocks` labels).
+    pub cache_info: MetricSpec,
+}
+
+impl Default for MetricNames {
+    fn default() -> Self {
+        let m = |n: &str| MetricSpec {
+            name: n.to_owned(),
+            labels: Vec::new(),
+        };
+        Self {
+            waiting: m("vllm:num_requests_waiting"),
+            running: m("vllm:num_requests_running"),
+            kv_usage: m("vllm:kv_cache_usage_perc"),
+            cache_info: m("vllm:cache_config_info"),
+        }
+    }
 }
 
 /// An endpoint with its live state. Cheap to clone (its spec and id are shared).
@@ -280,26 +362,39 @@ impl Pool {
 
 /// Reads `vllm:*` load gauges from a `/metrics` text (summed over label sets, e.g. DP engines).
 pub fn parse_load(text: &str) -> Result<Load, llmd_telemetry::exposition::ParseError> {
+    parse_load_with(text, &MetricNames::default())
+}
+
+/// [`parse_load`] with other metric names.
+pub fn parse_load_with(
+    text: &str,
+    names: &MetricNames,
+) -> Result<Load, llmd_telemetry::exposition::ParseError> {
     let m = llmd_telemetry::exposition::parse(text)?;
-    let sum = |name: &str| {
-        m.find(name, &[])
+    let values = |spec: &MetricSpec| -> Vec<f64> {
+        m.samples
+            .iter()
+            .filter(|s| spec.matches(s))
             .map(|s| s.value)
             .filter(|v| v.is_finite())
-            .sum::<f64>()
+            .collect()
     };
-    let usage: Vec<f64> = m
-        .find("vllm:kv_cache_usage_perc", &[])
-        .map(|s| s.value)
-        .filter(|v| v.is_finite())
-        .collect();
+    let usage = values(&names.kv_usage);
+    let info = m.samples.iter().find(|s| names.cache_info.matches(s));
     Ok(Load {
-        waiting: sum("vllm:num_requests_waiting"),
-        running: sum("vllm:num_requests_running"),
+        waiting: values(&names.waiting).iter().sum(),
+        running: values(&names.running).iter().sum(),
         kv_usage: if usage.is_empty() {
             0.0
         } else {
             usage.iter().sum::<f64>() / usage.len() as f64
         },
+        cache_block_size: info
+            .and_then(|s| s.label("block_size"))
+            .and_then(|v| v.parse().ok()),
+        num_gpu_blocks: info
+            .and_then(|s| s.label("num_gpu_blocks"))
+            .and_then(|v| v.parse().ok()),
     })
 }
 
@@ -310,6 +405,7 @@ pub fn parse_load(text: &str) -> Result<Load, llmd_telemetry::exposition::ParseE
 pub async fn scrape_loop(
     pool: Arc<Pool>,
     pool_name: String,
+    names: MetricNames,
     interval: Duration,
     timeout: Duration,
     cancel: CancellationToken,
@@ -349,7 +445,7 @@ pub async fn scrape_loop(
         for (e, r) in eps.iter().zip(results) {
             match r
                 .map_err(|e| e.to_string())
-                .and_then(|t| parse_load(&t).map_err(|e| e.to_string()))
+                .and_then(|t| parse_load_with(&t, &names).map_err(|e| e.to_string()))
             {
                 Ok(load) => {
                     pool.set_load(&e.id, load);
@@ -373,21 +469,53 @@ pub async fn scrape_loop(
             .iter()
             .filter_map(|e| e.fresh_load(interval * 3))
             .collect();
-        let n = ready.len() as f64;
-        let avg = |f: fn(&Load) -> f64| {
-            if ready.is_empty() {
-                0.0
-            } else {
-                ready.iter().map(f).sum::<f64>() / n
-            }
-        };
-        let label = pool_name.clone();
-        metrics::gauge!(llmd_telemetry::names::epp::POOL_READY_PODS.name, "name" => label.clone())
-            .set(n);
-        metrics::gauge!(llmd_telemetry::names::epp::POOL_AVG_KV_CACHE_UTILIZATION.name, "name" => label.clone())
-            .set(avg(|l| l.kv_usage));
-        metrics::gauge!(llmd_telemetry::names::epp::POOL_AVG_QUEUE_SIZE.name, "name" => label)
-            .set(avg(|l| l.waiting));
+        pool_gauges(&pool_name, &ready);
+    }
+}
+
+/// GIE's and llm-d's pool gauges over the ready endpoints' loads: ready count, means and
+/// (llm-d) standard deviations of KV usage, queue and running requests.
+fn pool_gauges(pool_name: &str, ready: &[Load]) {
+    use llmd_telemetry::names::epp;
+    let n = ready.len() as f64;
+    let stats = |f: fn(&Load) -> f64| {
+        if ready.is_empty() {
+            return (0.0, 0.0);
+        }
+        let mean = ready.iter().map(f).sum::<f64>() / n;
+        let var = ready.iter().map(|l| (f(l) - mean).powi(2)).sum::<f64>() / n;
+        (mean, var.sqrt())
+    };
+    let (kv, kv_sd) = stats(|l| l.kv_usage);
+    let (queue, queue_sd) = stats(|l| l.waiting);
+    let (running, running_sd) = stats(|l| l.running);
+    for (defs, value) in [
+        (&[&epp::POOL_READY_PODS, &epp::LLMD_READY_ENDPOINTS][..], n),
+        (
+            &[
+                &epp::POOL_AVG_KV_CACHE_UTILIZATION,
+                &epp::LLMD_AVG_KV_CACHE_UTILIZATION,
+            ][..],
+            kv,
+        ),
+        (
+            &[&epp::POOL_AVG_QUEUE_SIZE, &epp::LLMD_AVG_QUEUE_SIZE][..],
+            queue,
+        ),
+        (
+            &[
+                &epp::POOL_AVG_RUNNING_REQUESTS,
+                &epp::LLMD_AVG_RUNNING_REQUESTS,
+            ][..],
+            running,
+        ),
+        (&[&epp::LLMD_STD_DEV_KV_CACHE_UTILIZATION][..], kv_sd),
+        (&[&epp::LLMD_STD_DEV_QUEUE_SIZE][..], queue_sd),
+        (&[&epp::LLMD_STD_DEV_RUNNING_REQUESTS][..], running_sd),
+    ] {
+        for def in defs {
+            metrics::gauge!(def.name, "name" => pool_name.to_owned()).set(value);
+        }
     }
 }
 
@@ -511,9 +639,28 @@ mod tests {
             Load {
                 waiting: 4.0,
                 running: 7.0,
-                kv_usage: 0.5
+                kv_usage: 0.5,
+                ..Default::default()
             }
         );
         assert!(parse_load("garbage line here").is_err());
+    }
+
+    #[test]
+    fn metric_flags_and_cache_info() {
+        let text = "vllm:gpu_cache_usage_perc{model_name=\"m\"} 0.25\nq{pool=\"a\"} 2\nq{pool=\"b\"} 5\nvllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"6650\"} 1\n";
+        let names = MetricNames {
+            waiting: MetricSpec::parse("q{pool=\"b\"}").unwrap(),
+            kv_usage: MetricSpec::parse("vllm:gpu_cache_usage_perc").unwrap(),
+            ..Default::default()
+        };
+        let l = parse_load_with(text, &names).unwrap();
+        assert_eq!((l.waiting, l.kv_usage), (5.0, 0.25));
+        assert_eq!(
+            (l.cache_block_size, l.num_gpu_blocks),
+            (Some(16), Some(6650))
+        );
+        assert!(MetricSpec::parse("a b").is_err());
+        assert!(MetricSpec::parse("a{x=\"1\"").is_err());
     }
 }

@@ -6,9 +6,10 @@
 //! and handed to the plugins that need it, so the EPP owns its lifetime and its tasks (the
 //! index metrics export runs in the EPP's task set).
 //!
-//! Tokenizers are loaded once per model: the first request for a model loads it (on the
+//! Tokenizers are loaded once per model (once in all when the config names one: ours
+//! `tokenizer`, llm-d's `modelName`): the first request for a model loads it (on the
 //! scheduling thread, never under a lock other models wait on), concurrent requests for the
-//! same model wait for that one load, and [`KvService::preload`] loads the configured ones at
+//! same model wait for that one load, and [`KvService::preload`] loads the configured one at
 //! start.
 
 use std::collections::HashMap;
@@ -50,21 +51,21 @@ impl std::fmt::Debug for KvService {
 
 impl KvService {
     /// The KV service a configuration needs: `None` when no plugin reads the index; otherwise
-    /// built from the precise scorer's parameters (every instance must agree on them).
+    /// built from the precise plugins' parameters (every instance must agree on them).
     pub fn for_config(config: &EndpointPickerConfig) -> Result<Option<Arc<Self>>, ConfigError> {
         let mut found: Option<PrecisePrefixCacheParams> = None;
         for spec in config
             .plugins
             .iter()
-            .filter(|p| p.kind == precise_prefix_cache_scorer::TYPE)
+            .filter(|p| crate::plugins::is_precise(p))
         {
-            let params: PrecisePrefixCacheParams = crate::plugins::registry::params(spec)?;
+            let params = crate::plugins::precise_params::resolve(spec, config)?;
             match &found {
                 Some(first) if *first != params => {
                     return Err(ConfigError::Invalid(format!(
                         "plugin {:?}: every {} must use the same parameters (one index per EPP)",
                         spec.name(),
-                        precise_prefix_cache_scorer::TYPE
+                        crate::plugins::PRECISE_TYPES.join(" / ")
                     )));
                 }
                 _ => found = Some(params),
@@ -90,6 +91,11 @@ impl KvService {
             params,
             tokenizers: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Its parameters.
+    pub fn params(&self) -> &PrecisePrefixCacheParams {
+        &self.params
     }
 
     /// Tokens per block.

@@ -1,7 +1,8 @@
 //! Label values that come from requests are bounded: the model name a client sends becomes a
-//! `model_name` label value only for the first [`MAX_MODEL_LABELS`] distinct names; later ones
-//! are folded into `other` (as llm-d does), so a client cannot grow the metric registry without
-//! bound.
+//! `model_name` label value only for the first [`MAX_MODEL_LABELS`] distinct names, and the
+//! fairness id (`x-llm-d-inference-fairness-id`) a `fairness_id` value only for the first
+//! [`MAX_FAIRNESS_LABELS`]; later ones are folded into `other` (as llm-d does), so a client
+//! cannot grow the metric registry without bound.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -14,20 +15,34 @@ pub const MAX_MODEL_LABELS: usize = 1000;
 /// The label value past the cap.
 pub const OTHER: &str = "other";
 
-static SEEN: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(|| RwLock::new(HashSet::new()));
+/// Distinct fairness ids kept as label values.
+pub const MAX_FAIRNESS_LABELS: usize = 1000;
 
-/// The `model_name` label value for `model`.
-pub fn model_label(model: &str) -> String {
-    if SEEN.read().contains(model) {
-        return model.to_owned();
+static SEEN: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(|| RwLock::new(HashSet::new()));
+static SEEN_FAIRNESS: LazyLock<RwLock<HashSet<String>>> =
+    LazyLock::new(|| RwLock::new(HashSet::new()));
+
+fn bounded(seen: &RwLock<HashSet<String>>, cap: usize, value: &str) -> String {
+    if seen.read().contains(value) {
+        return value.to_owned();
     }
-    let mut seen = SEEN.write();
-    if seen.contains(model) || seen.len() < MAX_MODEL_LABELS {
-        seen.insert(model.to_owned());
-        model.to_owned()
+    let mut seen = seen.write();
+    if seen.contains(value) || seen.len() < cap {
+        seen.insert(value.to_owned());
+        value.to_owned()
     } else {
         OTHER.to_owned()
     }
+}
+
+/// The `model_name` label value for `model`.
+pub fn model_label(model: &str) -> String {
+    bounded(&SEEN, MAX_MODEL_LABELS, model)
+}
+
+/// The `fairness_id` label value for `id`.
+pub fn fairness_label(id: &str) -> String {
+    bounded(&SEEN_FAIRNESS, MAX_FAIRNESS_LABELS, id)
 }
 
 #[cfg(test)]

@@ -24,8 +24,10 @@ pub mod config;
 mod debug;
 pub mod discovery;
 pub mod endpoints;
+pub mod flags;
 pub mod kv;
 pub mod labels;
+pub mod objectives;
 pub mod plugins;
 pub mod protocol;
 pub mod request;
@@ -51,7 +53,9 @@ use crate::protocol::{ExtProcConfig, ExtProcService};
 use crate::scheduling::Scheduler;
 use crate::scheduling::scheduler::Limits;
 
-/// Command-line flags of `llmd-epp` (also `llmd epp`).
+/// Command-line flags of `llmd-epp` (also `llmd epp`). llm-d's EPP flags are accepted under
+/// their names (each `--help` line says which llm-d flag it is); `docs/coming-from-llm-d.md`
+/// lists them all, with what is refused.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "llmd-epp",
@@ -62,21 +66,37 @@ pub struct Args {
     /// Logging and tracing.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// llm-d's logging, tracing and TLS flags.
+    #[command(flatten)]
+    pub llm_d: flags::LlmdFlags,
     /// Listen address.
     #[arg(long, default_value = "0.0.0.0")]
     pub host: String,
-    /// ext_proc gRPC port.
+    /// ext_proc gRPC port (llm-d: --grpc-port).
     #[arg(long, default_value_t = 9002)]
     pub grpc_port: u16,
-    /// gRPC health port.
+    /// gRPC health port (llm-d: --grpc-health-port).
     #[arg(long, default_value_t = 9003)]
     pub grpc_health_port: u16,
-    /// Metrics (and /debug/route) port.
+    /// Metrics (and /debug/route) port (llm-d: --metrics-port).
     #[arg(long, default_value_t = 9090)]
     pub metrics_port: u16,
-    /// Scheduler config (EndpointPickerConfig YAML); default: precise prefix cache + load.
-    #[arg(long, env = "LLMD_EPP_CONFIG")]
+    /// Scheduler config file (EndpointPickerConfig YAML); default: precise prefix cache + load
+    /// (llm-d: --config-file).
+    #[arg(
+        long,
+        alias = "config-file",
+        env = "LLMD_EPP_CONFIG",
+        conflicts_with = "config_text"
+    )]
     pub config: Option<PathBuf>,
+    /// The scheduler config as text, in lieu of a file (llm-d: --config-text).
+    #[arg(long)]
+    pub config_text: Option<String>,
+    /// InferenceObjective manifests (YAML, `---`-separated) giving requests their priority
+    /// until the Kubernetes watch exists (ours; llm-d watches the InferenceObjective CRD).
+    #[arg(long, env = "LLMD_EPP_INFERENCE_OBJECTIVES")]
+    pub inference_objectives_file: Option<PathBuf>,
     /// Endpoints file (YAML/JSON), reloaded when it changes (local runs; else --pool-name).
     #[arg(
         long,
@@ -85,27 +105,52 @@ pub struct Args {
         conflicts_with = "pool_name"
     )]
     pub endpoints_file: Option<PathBuf>,
-    /// Follow this Kubernetes InferencePool (in-cluster config or KUBECONFIG).
+    /// Follow this Kubernetes InferencePool (in-cluster config or KUBECONFIG) (llm-d:
+    /// --pool-name).
     #[arg(long, env = "LLMD_EPP_POOL_NAME")]
     pub pool_name: Option<String>,
-    /// Namespace of the InferencePool.
+    /// Namespace of the InferencePool (llm-d: --pool-namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub pool_namespace: String,
-    /// API group of the InferencePool.
+    /// API group of the InferencePool (llm-d: --pool-group).
     #[arg(long, default_value = "inference.networking.k8s.io")]
     pub pool_group: String,
-    /// Dial each discovered pod's KV events on this port (else pods connect to --kv-events-bind).
+    /// Dial each discovered pod's KV events on this port (else pods connect to --kv-events-bind;
+    /// llm-d: kvEventsConfig.discoverPods with podDiscoveryConfig.socketPort).
     #[arg(long)]
     pub kv_events_port: Option<u16>,
     /// How often to list the pool's pods, ms.
     #[arg(long, default_value_t = 1000)]
     pub discovery_interval_ms: u64,
-    /// Also bind a ZMQ SUB socket that pods connect to for KV events (e.g. tcp://*:5557).
+    /// Also bind a ZMQ SUB socket that pods connect to for KV events, e.g. tcp://*:5557
+    /// (llm-d: kvEventsConfig.zmqEndpoint, which is used when this is not given).
     #[arg(long)]
     pub kv_events_bind: Option<String>,
-    /// Scrape interval of the pods' /metrics, ms.
-    #[arg(long, default_value_t = 1000)]
-    pub scrape_interval_ms: u64,
+    /// How often the pods' /metrics are scraped, a duration (50ms, 1s; at least 50ms) (llm-d:
+    /// --refresh-metrics-interval).
+    #[arg(long, default_value = "50ms", value_parser = flags::parse_duration, conflicts_with = "scrape_interval_ms")]
+    pub refresh_metrics_interval: std::time::Duration,
+    /// The same in milliseconds (ours, older).
+    #[arg(long)]
+    pub scrape_interval_ms: Option<u64>,
+    /// Scraped load older than this is not trusted by the load scorers that do not set
+    /// staleAfterSeconds (llm-d: --metrics-staleness-threshold).
+    #[arg(long, default_value = "2s", value_parser = flags::parse_duration)]
+    pub metrics_staleness_threshold: std::time::Duration,
+    /// The waiting-requests metric, `name` or `name{label="value"}` (llm-d:
+    /// --total-queued-requests-metric).
+    #[arg(long, default_value = "vllm:num_requests_waiting")]
+    pub total_queued_requests_metric: String,
+    /// The running-requests metric (llm-d: --total-running-requests-metric).
+    #[arg(long, default_value = "vllm:num_requests_running")]
+    pub total_running_requests_metric: String,
+    /// The KV-cache usage metric, 0..1 (llm-d: --kv-cache-usage-percentage-metric).
+    #[arg(long, default_value = "vllm:kv_cache_usage_perc")]
+    pub kv_cache_usage_percentage_metric: String,
+    /// The cache-configuration metric (`block_size`, `num_gpu_blocks` labels) (llm-d:
+    /// --cache-info-metric).
+    #[arg(long, default_value = "vllm:cache_config_info")]
+    pub cache_info_metric: String,
     /// Largest request body, bytes (larger: 413).
     #[arg(long, default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
@@ -117,9 +162,61 @@ pub struct Args {
     /// cluster, which takes one address.
     #[arg(long, default_value_t = 0)]
     pub fallback_endpoints: usize,
+    /// Ignore the data plane's subset hint (llm-d: --disable-endpoint-subset-filter).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
+    pub disable_endpoint_subset_filter: bool,
     /// After SIGTERM, how long requests in flight may finish before the EPP exits, seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, conflicts_with = "drain_timeout")]
     pub grace_period_seconds: u64,
+    /// The same as a duration (llm-d: --drain-timeout).
+    #[arg(long, value_parser = flags::parse_duration)]
+    pub drain_timeout: Option<std::time::Duration>,
+}
+
+impl Args {
+    /// The telemetry configuration: `--log-format` and the `OTEL_*` environment, with llm-d's
+    /// `--v`, `--zap-*` and `--tracing` applied.
+    pub fn telemetry_config(&self) -> llmd_telemetry::config::TelemetryConfig {
+        self.llm_d.apply(self.telemetry.to_config())
+    }
+
+    /// The scrape interval (`--refresh-metrics-interval`, or `--scrape-interval-ms`).
+    pub fn scrape_interval(&self) -> Duration {
+        self.scrape_interval_ms
+            .map_or(self.refresh_metrics_interval, Duration::from_millis)
+            .max(Duration::from_millis(50))
+    }
+
+    /// The metric names the scraper reads.
+    pub fn metric_names(&self) -> Result<endpoints::MetricNames, Error> {
+        let spec = |flag: &str, v: &str| {
+            endpoints::MetricSpec::parse(v).map_err(|e| Error::Flag(format!("--{flag}: {e}")))
+        };
+        Ok(endpoints::MetricNames {
+            waiting: spec(
+                "total-queued-requests-metric",
+                &self.total_queued_requests_metric,
+            )?,
+            running: spec(
+                "total-running-requests-metric",
+                &self.total_running_requests_metric,
+            )?,
+            kv_usage: spec(
+                "kv-cache-usage-percentage-metric",
+                &self.kv_cache_usage_percentage_metric,
+            )?,
+            cache_info: spec("cache-info-metric", &self.cache_info_metric)?,
+        })
+    }
+
+    /// The scheduler configuration the flags name.
+    pub fn scheduler_config(&self) -> Result<EndpointPickerConfig, Error> {
+        Ok(match (&self.config, &self.config_text) {
+            (Some(path), _) => EndpointPickerConfig::load(path)?,
+            (None, Some(text)) => EndpointPickerConfig::parse(text)?,
+            (None, None) => EndpointPickerConfig::parse(config::DEFAULT_CONFIG)?,
+        })
+    }
 }
 
 /// Errors of the EPP.
@@ -152,6 +249,9 @@ pub enum Error {
     /// A server task stopped.
     #[error(transparent)]
     Stopped(#[from] llmd_telemetry::lifecycle::TaskFailed),
+    /// A flag this EPP refuses (or a bad value).
+    #[error("{0}")]
+    Flag(String),
 }
 
 /// A running EPP.
@@ -201,6 +301,15 @@ pub struct Options {
     pub kv_events_bind: Option<String>,
     /// How often to scrape the pods' `/metrics`.
     pub scrape_interval: Duration,
+    /// The model-server metrics the scraper reads.
+    pub metric_names: endpoints::MetricNames,
+    /// Scraped load older than this is not trusted by load scorers that do not say
+    /// (`--metrics-staleness-threshold`; `None`: the scorers' own default).
+    pub metrics_staleness: Option<Duration>,
+    /// InferenceObjectives beside the config's (`--inference-objectives-file`).
+    pub objectives: Vec<config::ObjectiveSpec>,
+    /// Honour the data plane's subset hint (`--disable-endpoint-subset-filter` turns it off).
+    pub subset_filter: bool,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// What a request may ask of the scheduler.
@@ -225,6 +334,10 @@ impl Options {
             endpoints,
             kv_events_bind: None,
             scrape_interval: Duration::from_millis(1000),
+            metric_names: endpoints::MetricNames::default(),
+            metrics_staleness: None,
+            objectives: Vec::new(),
+            subset_filter: true,
             max_body_bytes: 32 << 20,
             limits: Limits::default(),
             grace_period: Duration::from_secs(30),
@@ -276,6 +389,10 @@ pub async fn start(
         endpoints,
         kv_events_bind,
         scrape_interval,
+        metric_names,
+        metrics_staleness,
+        objectives,
+        subset_filter,
         max_body_bytes,
         limits,
         grace_period,
@@ -288,27 +405,50 @@ pub async fn start(
     let initial = pool.replace(endpoints.endpoints);
     let kv = KvService::for_config(&config)?;
     let scheduler = Arc::new(
-        Scheduler::new(&config, pool.clone(), kv.clone())?
-            .with_limits(limits)
-            .with_service_name(service_name.clone()),
+        Scheduler::with_env(
+            &config,
+            plugins::registry::BuildEnv {
+                kv: kv.clone(),
+                scrape_interval: Some(scrape_interval),
+                pool: Some(pool.clone()),
+                stale_after: metrics_staleness,
+            },
+        )?
+        .with_objectives(&objectives)?
+        .with_limits(limits)
+        .with_subset_filter(subset_filter)
+        .with_service_name(service_name.clone()),
     );
-    if let Some(kv) = &kv {
-        // Load the configured tokenizer now, off the async workers, not on the first request.
-        let kv = kv.clone();
-        tokio::task::spawn_blocking(move || kv.preload());
-    }
+    build_info();
     let mut kv_events_bound = None;
     // Who hears about endpoint changes: the KV-event subscriptions follow the pod set.
     let on_change: Arc<dyn Fn(endpoints::Change) + Send + Sync> = match &kv {
         Some(kv) => {
+            // A configured tokenizer (ours `tokenizer`, llm-d's `modelName`) is loaded now, off
+            // the runtime, so the first request does not pay for it.
+            if kv.params().tokenizer.is_some() {
+                let kv = kv.clone();
+                tokio::task::spawn_blocking(move || kv.preload());
+            }
+            let events = kv.params().kv_events.clone();
+            let defaults = SubscriberConfig::default();
             let subscriber = Arc::new(Subscriber::new(
                 kv.index.clone(),
-                SubscriberConfig::default(),
+                SubscriberConfig {
+                    topic_filter: events.topic_filter.clone(),
+                    ..defaults
+                },
             ));
-            if let Some(bind) = &kv_events_bind {
+            // llm-d's kvEventsConfig.discoverPods: dial every pod's publisher on socketPort.
+            let dial = (events.discover_pods == Some(true)).then_some(Dial {
+                port: events.socket_port,
+                replay_port: events.replay_port,
+            });
+            // --kv-events-bind wins over llm-d's kvEventsConfig.zmqEndpoint.
+            if let Some(bind) = kv_events_bind.as_ref().or(events.bind.as_ref()) {
                 kv_events_bound = Some(subscriber.bind(bind).await?);
             }
-            follow(&subscriber, &kv.index, &initial);
+            follow(&subscriber, &kv.index, &initial, dial);
             let (index, stop, sub) = (kv.index.clone(), shutdown.clone(), subscriber.clone());
             tasks.spawn("kv index metrics", async move {
                 // The subscriber lives as long as this task: the EPP's.
@@ -322,7 +462,7 @@ pub async fn start(
                 }
             });
             let index = kv.index.clone();
-            Arc::new(move |c| follow(&subscriber, &index, &c))
+            Arc::new(move |c| follow(&subscriber, &index, &c, dial))
         }
         None => Arc::new(|_| {}),
     };
@@ -356,8 +496,9 @@ pub async fn start(
     let scrape = endpoints::scrape_loop(
         pool.clone(),
         pool_name,
+        metric_names,
         scrape_interval,
-        Duration::from_millis(900).min(scrape_interval),
+        Duration::from_millis(900).min(scrape_interval.max(Duration::from_millis(500))),
         shutdown.clone(),
     );
     tasks.spawn("metrics scrape", async move {
@@ -474,14 +615,52 @@ where
     }
 }
 
-/// Follows the KV events of added endpoints (dialled when they have `kvEvents`, else accepted
-/// on the bound socket under their own topic; replay asked at once) and forgets removed ones.
-fn follow(sub: &Subscriber, kv: &llmd_kv_index::KvIndex, change: &endpoints::Change) {
+/// llm-d's pod discovery: the port every pod publishes KV events on.
+#[derive(Debug, Clone, Copy)]
+struct Dial {
+    port: u16,
+    replay_port: Option<u16>,
+}
+
+/// GIE's and llm-d's build-information gauges (value 1).
+fn build_info() {
+    let commit = option_env!("LLMD_GIT_COMMIT").unwrap_or("unknown");
+    for def in [
+        &llmd_telemetry::names::epp::INFO,
+        &llmd_telemetry::names::epp::LLMD_INFO,
+    ] {
+        metrics::gauge!(def.name, "commit" => commit, "build_ref" => env!("CARGO_PKG_VERSION"))
+            .set(1.0);
+    }
+}
+
+/// Follows the KV events of added endpoints and forgets removed ones: dialled at their
+/// `kvEvents` (or, with llm-d's `discoverPods`, at the discovery port), else accepted on the
+/// bound socket under their own topic; their replay socket asked at once.
+fn follow(
+    sub: &Subscriber,
+    kv: &llmd_kv_index::KvIndex,
+    change: &endpoints::Change,
+    dial: Option<Dial>,
+) {
     for spec in &change.added {
+        let host = if spec.address.contains(':') && !spec.address.starts_with('[') {
+            format!("[{}]", spec.address)
+        } else {
+            spec.address.clone()
+        };
+        let endpoint = spec
+            .kv_events
+            .clone()
+            .or_else(|| dial.map(|d| format!("tcp://{host}:{}", d.port)));
+        let replay = spec.kv_events_replay.clone().or_else(|| {
+            dial.and_then(|d| d.replay_port)
+                .map(|p| format!("tcp://{host}:{p}"))
+        });
         sub.add_pod(PodEndpoint {
             pod: spec.host_port(),
-            endpoint: spec.kv_events.clone(),
-            replay_endpoint: spec.kv_events_replay.clone(),
+            endpoint,
+            replay_endpoint: replay,
             model: spec.model.first().cloned().unwrap_or_default(),
         });
     }
@@ -493,6 +672,7 @@ fn follow(sub: &Subscriber, kv: &llmd_kv_index::KvIndex, change: &endpoints::Cha
 
 /// Runs the EPP until `shutdown` is cancelled.
 pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
+    args.llm_d.check().map_err(Error::Flag)?;
     let metrics = llmd_telemetry::install_prometheus(
         &[
             llmd_telemetry::names::epp::ALL,
@@ -500,10 +680,12 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
         ],
         &[],
     )?;
-    let config = match &args.config {
-        Some(path) => EndpointPickerConfig::load(path)?,
-        None => EndpointPickerConfig::parse(config::DEFAULT_CONFIG)?,
+    let config = args.scheduler_config()?;
+    let objectives = match &args.inference_objectives_file {
+        Some(path) => objectives::Objectives::load_manifests(path)?,
+        None => Vec::new(),
     };
+    let metric_names = args.metric_names()?;
     let endpoints = match &args.endpoints_file {
         Some(path) => EndpointsFile::load(path)?,
         None => EndpointsFile {
@@ -542,13 +724,19 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
         Options {
             endpoints_file: args.endpoints_file.clone(),
             kv_events_bind: args.kv_events_bind.clone(),
-            scrape_interval: Duration::from_millis(args.scrape_interval_ms.max(50)),
+            scrape_interval: args.scrape_interval(),
+            metric_names,
+            metrics_staleness: Some(args.metrics_staleness_threshold),
+            objectives,
+            subset_filter: !args.disable_endpoint_subset_filter,
             max_body_bytes: args.max_body_bytes,
             limits: Limits {
                 max_prompt_bytes: args.max_prompt_bytes,
                 fallbacks: args.fallback_endpoints,
             },
-            grace_period: Duration::from_secs(args.grace_period_seconds),
+            grace_period: args
+                .drain_timeout
+                .unwrap_or(Duration::from_secs(args.grace_period_seconds)),
             pool_name: args.pool_name.clone().unwrap_or_else(|| "static".into()),
             kubernetes,
             ..Options::new(config, endpoints)

@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
 }
 
 async fn try_main(args: llmd_epp::Args) -> anyhow::Result<()> {
-    let telemetry = llmd_telemetry::init("llmd-epp", &args.telemetry.to_config())?;
+    let telemetry = llmd_telemetry::init("llmd-epp", &args.telemetry_config())?;
     llmd_epp::run(args, telemetry.shutdown_token()).await?;
     Ok(())
 }

@@ -35,6 +35,8 @@ async fn scorer_and_handler_spans_continue_the_trace() {
 
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let long = text("span", 500);
+    // Loads the tokenizer (seconds in a debug build) before the timed routes.
+    common::matched(e.epp.metrics, &long).await;
     let body = completion(&long, 2);
     let cold = route_with(
         &mut e.client,

@@ -67,6 +67,10 @@ pub struct Args {
     /// Do not send responses through the EPP (Envoy's response_header_mode SKIP).
     #[arg(long)]
     pub no_response_processing: bool,
+    /// The `service.name` of the gateway's spans when it shares a process with other
+    /// components (`llmd demo`); alone, the process's own (`OTEL_SERVICE_NAME`) names them.
+    #[arg(long)]
+    pub span_service_name: Option<String>,
 }
 
 /// Errors of the gateway.
@@ -109,6 +113,7 @@ pub(crate) struct Config {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub response_processing: bool,
+    pub span_service_name: Option<String>,
 }
 
 impl Config {
@@ -145,6 +150,7 @@ impl Config {
             header_read_timeout: ms("header-read-timeout-ms", args.header_read_timeout_ms)?,
             idle_timeout: ms("idle-timeout-ms", args.idle_timeout_ms)?,
             response_processing: !args.no_response_processing,
+            span_service_name: args.span_service_name.clone(),
         })
     }
 }

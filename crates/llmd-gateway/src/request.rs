@@ -53,7 +53,11 @@ pub(crate) async fn handle(
         llmd.gateway.outcome = tracing::field::Empty,
         llmd.gateway.response_bytes = tracing::field::Empty,
         llmd.gateway.request_id = &*request_id,
+        service.name = tracing::field::Empty,
     );
+    if let Some(name) = &g.config.span_service_name {
+        span.record(llmd_telemetry::names::services::SPAN_ATTR, name.as_str());
+    }
     llmd_telemetry::propagation::set_parent(
         &span,
         llmd_telemetry::propagation::extract_from_headers(req.headers()),

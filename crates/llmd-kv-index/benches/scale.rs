@@ -241,7 +241,7 @@ impl Pod {
     fn message(&mut self, batch: &EventBatch) -> Vec<Vec<u8>> {
         let frames = encode_message(&self.topic, self.seq, batch, Layout::Map);
         self.seq += 1;
-        frames.into_iter().map(Vec::from).collect()
+        frames.into()
     }
 }
 

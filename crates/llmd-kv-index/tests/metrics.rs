@@ -130,14 +130,19 @@ async fn kv_cache_metrics_follow_the_event_stream() {
     rec.kv.index().store(
         rec.kv.pods().intern("pod-m").unwrap(),
         llmd_kv_index::events::Tier::Gpu,
-        &[BlockKey(1)],
+        &[BlockKey(1), BlockKey(2)],
     );
-    assert_eq!(rec.kv.lookup(&[BlockKey(1)], &["pod-m"]), vec![1]);
+    assert_eq!(
+        rec.kv
+            .lookup(&[BlockKey(1), BlockKey(2), BlockKey(3)], &["pod-m"]),
+        vec![2]
+    );
     rec.kv.index().export_metrics();
 
     let text = metrics.render();
     let m = exposition::parse(&text).unwrap();
-    let pod = [("pod", "pod-m")];
+    // Our `pod` label and llm-d's `pod_identifier`, same value, on the same series.
+    let pod = [("pod", "pod-m"), ("pod_identifier", "pod-m")];
     assert!(
         m.value(names::kv_cache::EVENTS_MESSAGES_RECEIVED.name, &pod)
             .unwrap()
@@ -216,19 +221,34 @@ async fn kv_cache_metrics_follow_the_event_stream() {
         ),
         Some(1.0)
     );
-    assert_eq!(
-        m.value(names::kv_cache::INDEX_ADMISSIONS.name, &[]),
-        Some(3.0)
-    );
-    assert_eq!(
-        m.value(names::kv_cache::INDEX_LOOKUP_REQUESTS.name, &[]),
-        Some(1.0)
-    );
-    assert_eq!(
-        m.value(names::kv_cache::INDEX_LOOKUP_HITS.name, &[]),
-        Some(1.0)
-    );
-    assert_eq!(m.value(names::kv_cache::INDEX_ENTRIES.name, &[]), Some(1.0));
+    // Each with llm-d's deprecated `kvcache_index_*` twin.
+    for (def, twin, want) in [
+        (
+            &names::kv_cache::INDEX_ADMISSIONS,
+            &names::kv_cache::LEGACY_INDEX_ADMISSIONS,
+            4.0,
+        ),
+        (
+            &names::kv_cache::INDEX_LOOKUP_REQUESTS,
+            &names::kv_cache::LEGACY_INDEX_LOOKUP_REQUESTS,
+            1.0,
+        ),
+        // llm-d's meaning: the blocks the best pod matched, summed over lookups.
+        (
+            &names::kv_cache::INDEX_LOOKUP_HITS,
+            &names::kv_cache::LEGACY_INDEX_LOOKUP_HITS,
+            2.0,
+        ),
+        (
+            &names::kv_cache::INDEX_MAX_POD_HIT_COUNT,
+            &names::kv_cache::LEGACY_INDEX_MAX_POD_HIT_COUNT,
+            2.0,
+        ),
+    ] {
+        assert_eq!(m.value(def.name, &[]), Some(want), "{}", def.name);
+        assert_eq!(m.value(twin.name, &[]), Some(want), "{}", twin.name);
+    }
+    assert_eq!(m.value(names::kv_cache::INDEX_ENTRIES.name, &[]), Some(2.0));
     assert!(m.value(names::kv_cache::INDEX_BYTES.name, &[]).unwrap() > 0.0);
     sub.shutdown();
 }

@@ -106,6 +106,7 @@ fn main() {
             &decoder,
             "--allow-prefill",
             "127.0.0.1",
+            "--secure-proxy=false",
         ]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = llmd_pd_proxy::start(

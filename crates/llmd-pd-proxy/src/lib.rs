@@ -70,7 +70,9 @@ impl Connector {
     }
 }
 
-/// Command-line flags of `llmd-pd-proxy` (also `llmd pd-proxy`).
+/// Command-line flags of `llmd-pd-proxy` (also `llmd pd-proxy`). llm-d's sidecar flags are
+/// accepted under their names (each `--help` line says which); `docs/coming-from-llm-d.md`
+/// lists them, with what is refused.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "llmd-pd-proxy",
@@ -81,34 +83,55 @@ pub struct Args {
     /// Logging and tracing.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// llm-d's logging flags (`--v`, `--zap-*`, `--tracing`).
+    #[command(flatten)]
+    pub logging: llmd_epp::flags::LoggingFlags,
     /// Listen address.
     #[arg(long, default_value = "0.0.0.0")]
     pub host: String,
-    /// Listen port.
+    /// Listen port (llm-d: --port; with --data-parallel-size N, ranks 1.. listen on port+rank).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// Port of the proxy's own `/metrics` (the engine's `/metrics` passes through on --port).
+    /// Port of the proxy's own `/metrics` (the engine's `/metrics` passes through on --port);
+    /// 0: none (llm-d: --metrics-port, whose default there is 0).
     #[arg(long, default_value_t = 9090)]
     pub metrics_port: u16,
-    /// The local decode engine.
+    /// The local decode engine's URL (ours; or llm-d's --model-server-port).
     #[arg(long, env = "LLMD_PD_DECODER", default_value = "http://127.0.0.1:8200")]
     pub decoder: String,
-    /// KV connector protocol.
-    #[arg(long, value_enum, default_value = "nixlv2")]
+    /// The local decode engine's port on 127.0.0.1 (llm-d: --model-server-port, and its
+    /// deprecated --vllm-port; default 8200).
+    #[arg(long, alias = "vllm-port", conflicts_with = "decoder")]
+    pub model_server_port: Option<u16>,
+    /// The engine's data-parallel size: ranks 1..N get their own proxy on --port + rank in
+    /// front of the engine's port + rank (llm-d: --data-parallel-size).
+    #[arg(long, default_value_t = 1)]
+    pub data_parallel_size: u16,
+    /// KV connector protocol (llm-d: --kv-connector; only nixlv2 is implemented).
+    #[arg(long, alias = "kv-connector", value_enum, default_value = "nixlv2")]
     pub connector: Connector,
+    /// Serve HTTPS: --cert-path's certificate, else a self-signed one (llm-d: --secure-proxy,
+    /// on by default as there; --secure-proxy=false serves plain HTTP).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = true)]
+    pub secure_proxy: bool,
     /// Prefill targets that may be called: IPs, CIDRs or host names (repeat or comma-separate).
-    /// Nothing is allowed unless listed (or --allow-any-prefill).
+    /// Nothing is allowed unless listed (or --allow-any-prefill, or the pool's pods).
     #[arg(long, env = "LLMD_PD_ALLOW_PREFILL", value_delimiter = ',')]
     pub allow_prefill: Vec<String>,
     /// Allow any prefill target (development only: any client could make the proxy call any host).
     #[arg(long)]
     pub allow_any_prefill: bool,
+    /// llm-d's SSRF protection: true allows only the pods of --inference-pool (as here by
+    /// default); false allows any prefill target, as llm-d does without it (llm-d:
+    /// --enable-ssrf-protection).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_ssrf_protection: Option<bool>,
     /// Also allow the pods of this InferencePool (`[namespace/]name`; a bare name is in the
     /// proxy's own namespace): their IPs and names, re-listed every --pool-resync-ms. Needs
-    /// RBAC `get` on inferencepools and `list` on pods.
+    /// RBAC `get` on inferencepools and `list` on pods (llm-d: --inference-pool).
     #[arg(long, env = "INFERENCE_POOL")]
     pub inference_pool: Option<String>,
-    /// API group of the InferencePool.
+    /// API group of the InferencePool (llm-d: --pool-group).
     #[arg(long, default_value = "inference.networking.k8s.io")]
     pub pool_group: String,
     /// How often the InferencePool's pods are listed, ms.
@@ -132,20 +155,27 @@ pub struct Args {
     /// TCP connect timeout to either engine, ms.
     #[arg(long, default_value_t = 5_000)]
     pub connect_timeout_ms: u64,
-    /// Retries of a prefill that answered 502/503/504 or could not be reached.
+    /// Retries of a prefill that answered 502/503/504 or could not be reached (llm-d:
+    /// --prefill-max-retries).
     #[arg(long, default_value_t = 0)]
     pub prefill_max_retries: u32,
     /// Wait between prefill retries, ms.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, conflicts_with = "prefill_retry_backoff")]
     pub prefill_retry_backoff_ms: u64,
-    /// Serve HTTPS with `tls.crt` and `tls.key` from this directory (a `kubernetes.io/tls`
-    /// secret's mount), re-read when they change. Without it the listener is plain HTTP.
+    /// The same as a duration (llm-d: --prefill-retry-backoff).
+    #[arg(long, value_parser = llmd_epp::flags::parse_duration)]
+    pub prefill_retry_backoff: Option<Duration>,
+    /// With --secure-proxy (the default), serve HTTPS with `tls.crt` and `tls.key` from this
+    /// directory (a `kubernetes.io/tls` secret's mount), re-read when they change (llm-d:
+    /// --cert-path).
     #[arg(long, env = "LLMD_PD_CERT_PATH")]
     pub cert_path: Option<std::path::PathBuf>,
-    /// Upstream legs to dial over HTTPS: `prefiller`, `decoder` (repeat or comma-separate).
+    /// Upstream legs to dial over HTTPS: `prefiller`, `decoder` (repeat or comma-separate)
+    /// (llm-d: --enable-tls).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub enable_tls: Vec<Stage>,
-    /// Upstream legs whose certificate is not verified (development only).
+    /// Upstream legs whose certificate is not verified (development only) (llm-d:
+    /// --tls-insecure-skip-verify).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub tls_insecure_skip_verify: Vec<Stage>,
     /// PEM file of the CA(s) that sign the engines' certificates; only these are trusted
@@ -156,6 +186,32 @@ pub struct Args {
     /// idle keep-alive connections).
     #[arg(long, default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// Idle connections kept per engine (llm-d: --max-idle-conns-per-host).
+    #[arg(long, default_value_t = 1024)]
+    pub max_idle_conns_per_host: usize,
+    /// Chunked decode (llm-d: --decode-chunk-size; only 0, off, is supported).
+    #[arg(long, default_value_t = 0)]
+    pub decode_chunk_size: u32,
+    /// Encode disaggregation's connector (llm-d: --ec-connector; not supported).
+    #[arg(long)]
+    pub ec_connector: Option<String>,
+    /// Pick a random prefill pod of the header's list (llm-d: --enable-prefiller-sampling; not
+    /// supported: the first is used).
+    #[arg(long, env = "ENABLE_PREFILLER_SAMPLING", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_prefiller_sampling: Option<bool>,
+    /// llm-d's OffloadingConnector P2P tier (llm-d: --enable-p2p-pull; not supported).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_p2p_pull: Option<bool>,
+    /// Accepted, used only by connectors not supported here (llm-d: --mooncake-bootstrap-port).
+    #[arg(long, env = "MOONCAKE_BOOTSTRAP_PORT", hide = true)]
+    pub mooncake_bootstrap_port: Option<u16>,
+    /// Accepted, used only by connectors not supported here (llm-d: --p2p-connector-port).
+    #[arg(long, env = "P2P_CONNECTOR_PORT", hide = true)]
+    pub p2p_connector_port: Option<u16>,
+    /// llm-d's YAML configuration of the same keys (llm-d: --configuration,
+    /// --configuration-file; not supported: pass flags).
+    #[arg(long, alias = "configuration-file")]
+    pub configuration: Option<String>,
 }
 
 /// An upstream leg, for the TLS flags (llm-d's stage names).
@@ -197,10 +253,60 @@ pub enum Error {
 }
 
 impl Args {
+    /// The telemetry configuration, with llm-d's `--v`, `--zap-*` and `--tracing` applied.
+    pub fn telemetry_config(&self) -> llmd_telemetry::config::TelemetryConfig {
+        self.logging.apply(self.telemetry.to_config())
+    }
+
+    /// Refuses llm-d flags whose behaviour is not implemented.
+    fn check(&self) -> Result<(), Error> {
+        let refuse = |m: &str| Err(Error::Config(m.to_owned()));
+        if self.decode_chunk_size != 0 {
+            return refuse("--decode-chunk-size: chunked decode is not supported (0, off)");
+        }
+        if self.ec_connector.as_deref().is_some_and(|c| !c.is_empty()) {
+            return refuse("--ec-connector: encode disaggregation (E/P/D) is not supported");
+        }
+        if self.enable_prefiller_sampling == Some(true) {
+            return refuse(
+                "--enable-prefiller-sampling: the first prefill pod of x-prefiller-host-port is used; sampling among several is not supported",
+            );
+        }
+        if self.enable_p2p_pull == Some(true) {
+            return refuse(
+                "--enable-p2p-pull: the OffloadingConnector P2P tier is not supported (connector nixlv2 only)",
+            );
+        }
+        if self.configuration.is_some() {
+            return refuse("--configuration/--configuration-file: pass the settings as flags");
+        }
+        if self.data_parallel_size == 0 {
+            return refuse("--data-parallel-size must be at least 1");
+        }
+        if self.enable_ssrf_protection == Some(true) && self.inference_pool.is_none() {
+            return refuse(
+                "--enable-ssrf-protection needs --inference-pool (or INFERENCE_POOL): the pool's pods are the allowed prefill targets",
+            );
+        }
+        Ok(())
+    }
+
+    /// The decode engine's URL: `--decoder`, or `http://127.0.0.1:<--model-server-port>`.
+    fn decoder_url(&self) -> String {
+        match self.model_server_port {
+            Some(p) => format!("http://127.0.0.1:{p}"),
+            None => self.decoder.trim_end_matches('/').to_owned(),
+        }
+    }
+
     /// The proxy configuration these flags describe.
     pub fn config(&self) -> Result<Config, Error> {
-        let mut allow = allowlist::Allowlist::new(&self.allow_prefill, self.allow_any_prefill)
-            .map_err(Error::Config)?;
+        self.check()?;
+        // llm-d without --enable-ssrf-protection calls any prefill target; here that is
+        // opt-in: --enable-ssrf-protection=false asks for it explicitly.
+        let any = self.allow_any_prefill || self.enable_ssrf_protection == Some(false);
+        let mut allow =
+            allowlist::Allowlist::new(&self.allow_prefill, any).map_err(Error::Config)?;
         if let Some(pool) = &self.inference_pool {
             let (_, name) = self.pool_ref(pool)?;
             tracing::info!(
@@ -214,7 +320,7 @@ impl Args {
                 "no prefill target is allowed (--allow-prefill): P/D requests will get 403"
             );
         }
-        let mut decoder = self.decoder.trim_end_matches('/').to_owned();
+        let mut decoder = self.decoder_url();
         if !decoder.starts_with("http://") && !decoder.starts_with("https://") {
             return Err(Error::Config(format!(
                 "--decoder {decoder:?} must be an http(s) URL"
@@ -259,14 +365,30 @@ impl Args {
             decoder_h2c: self.decoder_h2c,
             prefill_tls,
             decoder_tls,
-            server_tls: self
-                .cert_path
-                .as_deref()
-                .map(tls::CertDir::load)
-                .transpose()?,
+            // llm-d: --secure-proxy serves --cert-path's certificate, else a self-signed one;
+            // --secure-proxy=false serves plain HTTP whatever --cert-path says.
+            server_tls: match (&self.cert_path, self.secure_proxy) {
+                (Some(dir), true) => Some(tls::CertDir::load(dir)?),
+                (None, true) => {
+                    tracing::warn!(
+                        "--secure-proxy without --cert-path: serving HTTPS with a self-signed certificate (as llm-d does); clients must skip verification. --secure-proxy=false serves plain HTTP"
+                    );
+                    Some(tls::CertDir::self_signed()?)
+                }
+                (Some(_), false) => {
+                    tracing::warn!(
+                        "--cert-path is ignored with --secure-proxy=false (as in llm-d): serving plain HTTP"
+                    );
+                    None
+                }
+                (None, false) => None,
+            },
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            max_idle_per_host: self.max_idle_conns_per_host,
             prefill_max_retries: self.prefill_max_retries,
-            prefill_retry_backoff: Duration::from_millis(self.prefill_retry_backoff_ms),
+            prefill_retry_backoff: self
+                .prefill_retry_backoff
+                .unwrap_or(Duration::from_millis(self.prefill_retry_backoff_ms)),
             pool: None,
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
             service_name: None,
@@ -378,7 +500,8 @@ pub async fn start(
 /// How often `--cert-path` is checked for a rotated certificate.
 const CERT_POLL: Duration = Duration::from_secs(10);
 
-/// Runs the proxy until `shutdown` is cancelled.
+/// Runs the proxy until `shutdown` is cancelled (with `--data-parallel-size N`, one proxy per
+/// rank: rank r listens on `--port + r` in front of the engine's port + r, as llm-d does).
 pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
     let metrics = llmd_telemetry::install_prometheus(&[llmd_telemetry::names::pd_proxy::ALL], &[])?;
     let mut config = args.config()?;
@@ -391,15 +514,105 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
                 .map_err(|source| Error::Listen { addr, source })
         }
     };
+    let mut ranks = Vec::new();
+    for rank in 1..args.data_parallel_size {
+        let mut c = config.clone();
+        c.pool = match &config.pool {
+            Some(_) => args.pool_source().await?,
+            None => None,
+        };
+        c.decoder = offset_port(&config.decoder, rank)?;
+        let port = args
+            .port
+            .checked_add(rank)
+            .ok_or_else(|| Error::Config(format!("--port + rank {rank} is not a port")))?;
+        ranks.push((c, bind(port).await?));
+    }
     let listener = bind(args.port).await?;
-    let metrics_listener = bind(args.metrics_port).await?;
-    let proxy = start(
-        config,
-        listener,
-        Some((metrics, metrics_listener)),
-        shutdown,
-    )
-    .await?;
-    proxy.wait().await?;
+    let metrics_listener = match args.metrics_port {
+        0 => None,
+        p => Some((metrics, bind(p).await?)),
+    };
+    let proxy = start(config, listener, metrics_listener, shutdown.clone()).await?;
+    let mut others = Vec::new();
+    for (c, l) in ranks {
+        others.push(start(c, l, None, shutdown.clone()).await?);
+    }
+    let waits = others.into_iter().map(|p| p.wait());
+    let (first, rest) = tokio::join!(proxy.wait(), futures::future::join_all(waits));
+    first?;
+    for r in rest {
+        r?;
+    }
     Ok(())
+}
+
+/// `url` with its port increased by `by` (a data-parallel rank's engine).
+fn offset_port(url: &str, by: u16) -> Result<String, Error> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| Error::Config(format!("decoder URL {url:?}: {e}")))?;
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        return Err(Error::Config(format!(
+            "decoder URL {url:?} has no scheme or host"
+        )));
+    };
+    let base = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let port = base
+        .checked_add(by)
+        .ok_or_else(|| Error::Config(format!("decoder port {base} + {by} is not a port")))?;
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    Ok(format!("{scheme}://{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn llm_d_sidecar_flags() {
+        let a = Args::parse_from([
+            "p",
+            "--port=8000",
+            "--vllm-port=8300",
+            "--kv-connector=nixlv2",
+            "--secure-proxy=false",
+            "--enable-ssrf-protection=false",
+            "--prefill-retry-backoff=1s",
+            "--data-parallel-size=2",
+        ]);
+        let c = a.config().unwrap();
+        assert_eq!(c.decoder, "http://127.0.0.1:8300");
+        assert!(c.server_tls.is_none());
+        assert_eq!(c.prefill_retry_backoff, Duration::from_secs(1));
+        assert_eq!(offset_port(&c.decoder, 1).unwrap(), "http://127.0.0.1:8301");
+        // llm-d's default: HTTPS, self-signed without --cert-path.
+        let c = Args::parse_from(["p", "--allow-any-prefill"])
+            .config()
+            .unwrap();
+        assert!(c.server_tls.is_some());
+        for (flag, word) in [
+            ("--decode-chunk-size=64", "chunked"),
+            ("--ec-connector=ec-nixl", "encode"),
+            ("--enable-prefiller-sampling", "sampling"),
+            ("--enable-ssrf-protection", "inference-pool"),
+        ] {
+            let e = Args::parse_from(["p", flag])
+                .config()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(word), "{flag}: {e}");
+        }
+        assert!(Args::try_parse_from(["p", "--kv-connector=sglang"]).is_err());
+        assert!(
+            Args::try_parse_from(["p", "--model-server-port=1", "--decoder=http://x:1"]).is_err()
+        );
+    }
 }

@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
 }
 
 async fn try_main(args: llmd_pd_proxy::Args) -> anyhow::Result<()> {
-    let telemetry = llmd_telemetry::init("llmd-pd-proxy", &args.telemetry.to_config())?;
+    let telemetry = llmd_telemetry::init("llmd-pd-proxy", &args.telemetry_config())?;
     llmd_pd_proxy::run(args, telemetry.shutdown_token()).await?;
     Ok(())
 }

@@ -65,6 +65,8 @@ pub struct Config {
     pub pool: Option<crate::pool::PoolSource>,
     /// TCP connect to either engine.
     pub connect_timeout: Duration,
+    /// Idle connections kept per engine.
+    pub max_idle_per_host: usize,
     /// Retries on 502/503/504 or unreachable prefill.
     pub prefill_max_retries: u32,
     /// Wait between retries.

@@ -1,6 +1,9 @@
 //! TLS (rustls with the ring provider), off by default.
 //!
-//! - **Listener**: `--cert-path DIR` serves HTTPS (HTTP/1.1 and h2 by ALPN) with `DIR/tls.crt`
+//! - **Listener**: `--secure-proxy` (llm-d's, on by default) serves HTTPS: with
+//!   `--cert-path DIR`, DIR's certificate; without, a self-signed one made at startup (as
+//!   llm-d does; clients must skip verification). `--secure-proxy=false` serves plain HTTP.
+//!   `--cert-path DIR` serves HTTPS (HTTP/1.1 and h2 by ALPN) with `DIR/tls.crt`
 //!   (PEM chain) and `DIR/tls.key` (PEM PKCS#8, PKCS#1 or SEC1), the layout of a Kubernetes
 //!   `kubernetes.io/tls` secret. The files are re-read when their modification time changes
 //!   (cert-manager rotates them in place); a bad new pair is logged and the old one kept.
@@ -165,10 +168,12 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
-/// The listener's certificate, re-read from its directory when the files change.
+/// The listener's certificate, re-read from its directory when the files change (or, for
+/// llm-d's `--secure-proxy` without `--cert-path`, a self-signed one made at startup).
 #[derive(Debug)]
 pub struct CertDir {
-    dir: PathBuf,
+    /// `None`: self-signed, nothing to re-read.
+    dir: Option<PathBuf>,
     provider: Arc<CryptoProvider>,
     current: RwLock<(Option<SystemTime>, Arc<CertifiedKey>)>,
 }
@@ -179,9 +184,40 @@ impl CertDir {
         let provider = provider();
         let key = Self::read(dir, &provider)?;
         Ok(Arc::new(Self {
-            dir: dir.to_owned(),
+            dir: Some(dir.to_owned()),
             provider,
             current: RwLock::new((Self::stamp(dir), key)),
+        }))
+    }
+
+    /// A self-signed certificate for `localhost` and this host's name (llm-d's `--secure-proxy`
+    /// without `--cert-path`; for testing, as llm-d says: clients must skip verification).
+    pub fn self_signed() -> Result<Arc<Self>, TlsError> {
+        let mut names = vec!["localhost".to_owned()];
+        if let Ok(h) = std::env::var("HOSTNAME")
+            && !h.is_empty()
+        {
+            names.push(h);
+        }
+        let generated = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::File {
+            path: "(self-signed)".into(),
+            why: e.to_string(),
+        })?;
+        let provider = provider();
+        let key = provider
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(
+                generated.signing_key.serialize_der().into(),
+            ))
+            .map_err(|e| TlsError::File {
+                path: "(self-signed)".into(),
+                why: e.to_string(),
+            })?;
+        let certified = CertifiedKey::new(vec![generated.cert.der().clone()], key);
+        Ok(Arc::new(Self {
+            dir: None,
+            provider,
+            current: RwLock::new((None, Arc::new(certified))),
         }))
     }
 
@@ -214,14 +250,17 @@ impl CertDir {
 
     /// Re-reads the pair if a file changed; true when a new certificate is in use.
     pub fn reload_if_changed(&self) -> bool {
-        let stamp = Self::stamp(&self.dir);
+        let Some(dir) = &self.dir else {
+            return false;
+        };
+        let stamp = Self::stamp(dir);
         if stamp == self.current.read().0 {
             return false;
         }
-        match Self::read(&self.dir, &self.provider) {
+        match Self::read(dir, &self.provider) {
             Ok(key) => {
                 *self.current.write() = (stamp, key);
-                tracing::info!(dir = %self.dir.display(), "TLS certificate reloaded");
+                tracing::info!(dir = %dir.display(), "TLS certificate reloaded");
                 true
             }
             Err(error) => {

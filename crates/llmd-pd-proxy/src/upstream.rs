@@ -38,7 +38,7 @@ pub fn client(
         .enable_all_versions()
         .wrap_connector(tcp);
     Ok(Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
+        .pool_max_idle_per_host(config.max_idle_per_host)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         // Without a timer the idle timeout is never checked and idle connections pile up.
         .pool_timer(TokioTimer::new())

@@ -157,6 +157,12 @@ async fn proxy(decode: SocketAddr, extra: &[&str]) -> SocketAddr {
         "127.0.0.0/8",
     ];
     flags.extend_from_slice(extra);
+    if !extra
+        .iter()
+        .any(|f| f.starts_with("--cert-path") || f.starts_with("--secure-proxy"))
+    {
+        flags.push("--secure-proxy=false");
+    }
     let args = llmd_pd_proxy::Args::parse_from(flags);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     llmd_pd_proxy::start(

@@ -78,6 +78,7 @@ async fn the_pools_pods_are_the_allowed_prefill_targets() {
         "llmd-pd-proxy",
         "--decoder",
         &format!("http://{decode}"),
+        "--secure-proxy=false",
     ]);
     let mut config = args.config().unwrap();
     config.pool = Some(llmd_pd_proxy::pool::PoolSource {

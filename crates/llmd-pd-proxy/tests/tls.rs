@@ -44,6 +44,13 @@ fn issue(dir: &Path, ca_name: &str) -> PathBuf {
 
 /// Starts a proxy from flags; returns its address and its configuration (for the cert reload).
 async fn proxy(flags: &[&str]) -> (SocketAddr, llmd_pd_proxy::Config) {
+    let mut flags = flags.to_vec();
+    if !flags
+        .iter()
+        .any(|f| f.starts_with("--cert-path") || f.starts_with("--secure-proxy"))
+    {
+        flags.push("--secure-proxy=false");
+    }
     let args = llmd_pd_proxy::Args::parse_from(
         std::iter::once("llmd-pd-proxy").chain(flags.iter().copied()),
     );

@@ -99,6 +99,24 @@ pub mod labels {
     pub const REASON: &str = "reason";
     /// Pod identity as the index knows it.
     pub const POD: &str = "pod";
+    /// llm-d's name for the same pod identity on its KV-event series.
+    pub const POD_IDENTIFIER: &str = "pod_identifier";
+    /// The request's fairness id (`x-llm-d-inference-fairness-id`, else `default-flow`).
+    pub const FAIRNESS_ID: &str = "fairness_id";
+    /// The request's InferenceObjective priority (`"0"` when it names none).
+    pub const PRIORITY: &str = "priority";
+    /// `"true"` for a streamed (SSE) response.
+    pub const STREAMING: &str = "streaming";
+    /// A plugin instance's name.
+    pub const PLUGIN_NAME: &str = "plugin_name";
+    /// A plugin's llm-d type.
+    pub const PLUGIN_TYPE: &str = "plugin_type";
+    /// Where a plugin ran (`Filter`, `Scorer`, `Picker`, `ProfileHandler`, `PreRequest`).
+    pub const EXTENSION_POINT: &str = "extension_point";
+    /// Build information: the source revision.
+    pub const COMMIT: &str = "commit";
+    /// Build information: the version.
+    pub const BUILD_REF: &str = "build_ref";
     /// Operation that failed.
     pub const OPERATION: &str = "operation";
     /// vLLM's DP engine index (`"0"`..).
@@ -155,13 +173,15 @@ pub mod epp {
         &[],
         DECISION_BUCKETS,
     );
-    /// GIE: requests seen per model.
+    /// GIE: requests routed, per model and priority.
     pub const REQUEST_TOTAL: MetricDef = counter(
         "inference_objective_request_total",
         "Counter of inference objective requests broken out for each model and target model.",
-        &[MODEL_NAME, TARGET_MODEL_NAME],
+        &[MODEL_NAME, TARGET_MODEL_NAME, PRIORITY],
     );
-    /// GIE: failed requests per model and error code.
+    /// GIE: failed requests per model and error code (GIE's codes: `BadRequest`,
+    /// `NotFound`, `ResourceExhausted`, `ServiceUnavailable`, `Internal`; or the model
+    /// server's HTTP status when it answered with an error).
     pub const REQUEST_ERROR_TOTAL: MetricDef = counter(
         "inference_objective_request_error_total",
         "Counter of inference objective requests errors broken out for each model and target model.",
@@ -192,6 +212,12 @@ pub mod epp {
         "The number of ready pods in the inference server pool.",
         &[POOL_NAME],
     );
+    /// GIE: mean running requests over the pool's ready pods.
+    pub const POOL_AVG_RUNNING_REQUESTS: MetricDef = gauge(
+        "inference_pool_average_running_requests",
+        "The average number of running requests across model servers in the pool.",
+        &[POOL_NAME],
+    );
     /// GIE: scheduler end-to-end latency.
     pub const SCHEDULER_E2E_DURATION: MetricDef = histogram(
         "inference_extension_scheduler_e2e_duration_seconds",
@@ -199,10 +225,17 @@ pub mod epp {
         &[],
         SCHEDULER_E2E_BUCKETS,
     );
-    /// llm-d: P/D decisions by type (`decode-only`, `prefill-decode`).
+    /// llm-d: P/D decisions by type (`decode-only`, `prefill-decode`), by
+    /// `pd-profile-handler` (llm-d's older handler).
     pub const PD_DECISION_TOTAL: MetricDef = counter(
         "llm_d_inference_scheduler_pd_decision_total",
         "Total number of P/D disaggregation decisions made, by decision type.",
+        &[MODEL_NAME, DECISION_TYPE],
+    );
+    /// llm-d: disaggregation decisions by type, by `disagg-profile-handler`.
+    pub const DISAGG_DECISION_TOTAL: MetricDef = counter(
+        "llm_d_inference_scheduler_disagg_decision_total",
+        "Total number of disaggregation routing decisions made, by decision type.",
         &[MODEL_NAME, DECISION_TYPE],
     );
 
@@ -233,6 +266,358 @@ pub mod epp {
         TOKEN_BUCKETS,
     );
 
+    /// GIE's request-size buckets (bytes).
+    pub const REQUEST_SIZE_BUCKETS: &[f64] = &[
+        64.0,
+        128.0,
+        256.0,
+        512.0,
+        1024.0,
+        2048.0,
+        4096.0,
+        8192.0,
+        16384.0,
+        32768.0,
+        65536.0,
+        131072.0,
+        262144.0,
+        524288.0,
+        1048576.0,
+        2097152.0,
+        4194304.0,
+        8388608.0,
+        16777216.0,
+        33554432.0,
+        67108864.0,
+        134217728.0,
+        268435456.0,
+        536870912.0,
+        1073741824.0,
+    ];
+    /// GIE's response-size buckets (bytes; `32778` is GIE's own value).
+    pub const RESPONSE_SIZE_BUCKETS: &[f64] = &[
+        1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+        32778.0, 65536.0,
+    ];
+    /// llm-d's output-token buckets.
+    pub const OUTPUT_TOKEN_BUCKETS: &[f64] = &[
+        1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+    ];
+    /// GIE's normalized-time-per-output-token buckets (seconds).
+    pub const NTPOT_BUCKETS: &[f64] = &[
+        0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+    ];
+    /// llm-d's TTFT buckets (seconds).
+    pub const TTFT_BUCKETS: &[f64] = &[
+        0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0,
+        10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0,
+    ];
+    /// llm-d's streaming TPOT buckets (seconds).
+    pub const STREAMING_TPOT_BUCKETS: &[f64] = &[
+        0.0005, 0.00205, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3, 0.4, 0.5,
+        0.6, 0.8, 1.0, 2.0,
+    ];
+    /// llm-d's streaming inter-token latency buckets (seconds).
+    pub const STREAMING_ITL_BUCKETS: &[f64] = &[
+        0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0,
+    ];
+    /// llm-d's request-processing buckets (seconds).
+    pub const REQUEST_PROCESSING_BUCKETS: &[f64] = &[
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        10.0,
+    ];
+    /// GIE's prefix-indexer hit-ratio buckets.
+    pub const HIT_RATIO_BUCKETS: &[f64] = &[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+    /// GIE's prefix-indexer hit-bytes buckets.
+    pub const HIT_BYTES_BUCKETS: &[f64] = &[
+        0.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+        32768.0, 65536.0,
+    ];
+
+    /// GIE: request body sizes.
+    pub const REQUEST_SIZES: MetricDef = histogram(
+        "inference_objective_request_sizes",
+        "Inference objective requests size distribution in bytes for each model and target model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME],
+        REQUEST_SIZE_BUCKETS,
+    );
+    /// GIE: response body sizes.
+    pub const RESPONSE_SIZES: MetricDef = histogram(
+        "inference_objective_response_sizes",
+        "Inference objective responses size distribution in bytes for each model and target model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME],
+        RESPONSE_SIZE_BUCKETS,
+    );
+    /// GIE: requests in flight per model.
+    pub const RUNNING_REQUESTS: MetricDef = gauge(
+        "inference_objective_running_requests",
+        "Inference objective number of running requests in each model.",
+        &[MODEL_NAME],
+    );
+    /// GIE: request duration / output tokens.
+    pub const NTPOT: MetricDef = histogram(
+        "inference_objective_normalized_time_per_output_token_seconds",
+        "Inference objective latency divided by number of output tokens in seconds for each model and target model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME],
+        NTPOT_BUCKETS,
+    );
+    /// GIE: time each plugin took.
+    pub const PLUGIN_DURATION: MetricDef = histogram(
+        "inference_extension_plugin_duration_seconds",
+        "Plugin processing latency distribution in seconds for each extension point, plugin type and plugin name.",
+        &[EXTENSION_POINT, PLUGIN_TYPE, PLUGIN_NAME],
+        SCHEDULER_E2E_BUCKETS,
+    );
+    /// GIE: build information (value 1).
+    pub const INFO: MetricDef = gauge(
+        "inference_extension_info",
+        "General information of the current build of Inference Extension.",
+        &[COMMIT, BUILD_REF],
+    );
+    /// GIE: entries of the approximate prefix index (`prefix-cache-scorer` without KV events).
+    pub const PREFIX_INDEXER_SIZE: MetricDef = gauge(
+        "inference_extension_prefix_indexer_size",
+        "Size of the prefix indexer.",
+        &[],
+    );
+    /// GIE: matched / total prefix length of the approximate prefix index, per routed request.
+    pub const PREFIX_INDEXER_HIT_RATIO: MetricDef = histogram(
+        "inference_extension_prefix_indexer_hit_ratio",
+        "Ratio of prefix length matched to total prefix length in the cache lookup.",
+        &[],
+        HIT_RATIO_BUCKETS,
+    );
+    /// GIE: matched prefix length (bytes) of the approximate prefix index, per routed request.
+    pub const PREFIX_INDEXER_HIT_BYTES: MetricDef = histogram(
+        "inference_extension_prefix_indexer_hit_bytes",
+        "Length of the prefix match in number of bytes in the cache lookup.",
+        &[],
+        HIT_BYTES_BUCKETS,
+    );
+
+    /// GIE ≤ v0.5 (the `InferenceModel` era; llm-d's alerting rules still query it): requests
+    /// routed.
+    pub const MODEL_REQUEST_TOTAL: MetricDef = counter(
+        "inference_model_request_total",
+        "Counter of inference model requests broken out for each model and target model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME],
+    );
+    /// GIE ≤ v0.5: failed requests.
+    pub const MODEL_REQUEST_ERROR_TOTAL: MetricDef = counter(
+        "inference_model_request_error_total",
+        "Counter of inference model requests errors broken out for each model and target model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME, ERROR_CODE],
+    );
+    /// GIE ≤ v0.5: request duration.
+    pub const MODEL_REQUEST_DURATION: MetricDef = histogram(
+        "inference_model_request_duration_seconds",
+        "Inference model response latency distribution in seconds for each model and target model.",
+        &[MODEL_NAME, TARGET_MODEL_NAME],
+        REQUEST_DURATION_BUCKETS,
+    );
+
+    /// llm-d (canonical): requests routed.
+    pub const LLMD_REQUEST_TOTAL: MetricDef = counter(
+        "llm_d_epp_request_total",
+        "Total number of processed requests.",
+        &[MODEL_NAME, TARGET_MODEL_NAME, FAIRNESS_ID, PRIORITY],
+    );
+    /// llm-d (canonical): failed requests, by error code (as `inference_objective_request_error_total`).
+    pub const LLMD_REQUEST_ERROR_TOTAL: MetricDef = counter(
+        "llm_d_epp_request_error_total",
+        "Total number of request errors.",
+        &[
+            MODEL_NAME,
+            TARGET_MODEL_NAME,
+            FAIRNESS_ID,
+            PRIORITY,
+            ERROR_CODE,
+        ],
+    );
+    /// llm-d (canonical): request duration.
+    pub const LLMD_REQUEST_DURATION: MetricDef = histogram(
+        "llm_d_epp_request_duration_seconds",
+        "End-to-end request latency distribution in seconds.",
+        &[MODEL_NAME, TARGET_MODEL_NAME, FAIRNESS_ID, PRIORITY],
+        REQUEST_DURATION_BUCKETS,
+    );
+    /// llm-d (canonical): request body sizes.
+    pub const LLMD_REQUEST_SIZE: MetricDef = histogram(
+        "llm_d_epp_request_size_bytes",
+        "Incoming request body size distribution in bytes.",
+        &[MODEL_NAME, TARGET_MODEL_NAME, FAIRNESS_ID, PRIORITY],
+        REQUEST_SIZE_BUCKETS,
+    );
+    /// llm-d (canonical): response body sizes.
+    pub const LLMD_RESPONSE_SIZE: MetricDef = histogram(
+        "llm_d_epp_response_size_bytes",
+        "Outgoing response body size distribution in bytes.",
+        &[MODEL_NAME, TARGET_MODEL_NAME, FAIRNESS_ID, PRIORITY],
+        RESPONSE_SIZE_BUCKETS,
+    );
+    /// llm-d (canonical): prompt tokens per request.
+    pub const LLMD_INPUT_TOKENS: MetricDef = histogram(
+        "llm_d_epp_request_input_tokens",
+        "Input token count distribution per request.",
+        &[MODEL_NAME, TARGET_MODEL_NAME, FAIRNESS_ID, PRIORITY],
+        TOKEN_BUCKETS,
+    );
+    /// llm-d (canonical): completion tokens per request.
+    pub const LLMD_OUTPUT_TOKENS: MetricDef = histogram(
+        "llm_d_epp_request_output_tokens",
+        "Output token count distribution per request.",
+        &[MODEL_NAME, TARGET_MODEL_NAME, FAIRNESS_ID, PRIORITY],
+        OUTPUT_TOKEN_BUCKETS,
+    );
+    /// llm-d (canonical): cached prompt tokens per request.
+    pub const LLMD_CACHED_TOKENS: MetricDef = histogram(
+        "llm_d_epp_request_cached_tokens",
+        "Distribution of prompt tokens read from cache per request, as reported by the model server in the response.",
+        &[MODEL_NAME, TARGET_MODEL_NAME, FAIRNESS_ID, PRIORITY],
+        TOKEN_BUCKETS,
+    );
+    /// llm-d (canonical): requests in flight.
+    pub const LLMD_REQUEST_RUNNING: MetricDef = gauge(
+        "llm_d_epp_request_running",
+        "Current number of active running requests.",
+        &[MODEL_NAME, TARGET_MODEL_NAME, FAIRNESS_ID, PRIORITY],
+    );
+    /// llm-d (canonical): request duration / output tokens.
+    pub const LLMD_NTPOT: MetricDef = histogram(
+        "llm_d_epp_request_ntpot_seconds",
+        "Normalized time per output token in seconds (end-to-end latency divided by output token count).",
+        &[MODEL_NAME, TARGET_MODEL_NAME, FAIRNESS_ID, PRIORITY],
+        NTPOT_BUCKETS,
+    );
+    /// llm-d (canonical): request received to first response body byte.
+    pub const LLMD_TTFT: MetricDef = histogram(
+        "llm_d_epp_request_ttft_seconds",
+        "Time to first token in seconds, measured from request received to first response byte. For non-streaming requests, this equals total request duration.",
+        &[
+            MODEL_NAME,
+            TARGET_MODEL_NAME,
+            FAIRNESS_ID,
+            PRIORITY,
+            STREAMING,
+        ],
+        TTFT_BUCKETS,
+    );
+    /// llm-d (canonical): (duration − TTFT) / (output tokens − 1), streamed responses.
+    pub const LLMD_STREAMING_TPOT: MetricDef = histogram(
+        "llm_d_epp_request_streaming_tpot_seconds",
+        "Average time per output token in seconds for streaming requests, computed as (e2e - TTFT) / (output_tokens - 1).",
+        &[MODEL_NAME, TARGET_MODEL_NAME, FAIRNESS_ID, PRIORITY],
+        STREAMING_TPOT_BUCKETS,
+    );
+    /// llm-d (canonical): time between consecutive response body chunks, streamed responses.
+    pub const LLMD_STREAMING_ITL: MetricDef = histogram(
+        "llm_d_epp_request_streaming_itl_seconds",
+        "Inter-token latency in seconds for streaming requests, measured as the time between consecutive response body chunks.",
+        &[MODEL_NAME, TARGET_MODEL_NAME, FAIRNESS_ID, PRIORITY],
+        STREAMING_ITL_BUCKETS,
+    );
+    /// llm-d (canonical): pool mean KV-cache utilization.
+    pub const LLMD_AVG_KV_CACHE_UTILIZATION: MetricDef = gauge(
+        "llm_d_epp_average_kv_cache_utilization",
+        "The average kv cache utilization for an inference server pool.",
+        &[POOL_NAME],
+    );
+    /// llm-d (canonical): pool mean waiting queue.
+    pub const LLMD_AVG_QUEUE_SIZE: MetricDef = gauge(
+        "llm_d_epp_average_queue_size",
+        "The average number of requests pending in the model server queue.",
+        &[POOL_NAME],
+    );
+    /// llm-d (canonical): pool mean running requests.
+    pub const LLMD_AVG_RUNNING_REQUESTS: MetricDef = gauge(
+        "llm_d_epp_average_running_requests",
+        "The average number of running requests across model servers in the pool.",
+        &[POOL_NAME],
+    );
+    /// llm-d (canonical): pool standard deviation of KV-cache utilization.
+    pub const LLMD_STD_DEV_KV_CACHE_UTILIZATION: MetricDef = gauge(
+        "llm_d_epp_std_dev_kv_cache_utilization",
+        "The standard deviation kv cache utilization for an inference server pool.",
+        &[POOL_NAME],
+    );
+    /// llm-d (canonical): pool standard deviation of the waiting queue.
+    pub const LLMD_STD_DEV_QUEUE_SIZE: MetricDef = gauge(
+        "llm_d_epp_std_dev_queue_size",
+        "The standard deviation number of requests pending in the model server queue.",
+        &[POOL_NAME],
+    );
+    /// llm-d (canonical): pool standard deviation of running requests.
+    pub const LLMD_STD_DEV_RUNNING_REQUESTS: MetricDef = gauge(
+        "llm_d_epp_std_dev_running_requests",
+        "The standard deviation number of running requests across model servers in the pool.",
+        &[POOL_NAME],
+    );
+    /// llm-d (canonical): ready endpoints of the pool.
+    pub const LLMD_READY_ENDPOINTS: MetricDef = gauge(
+        "llm_d_epp_ready_endpoints",
+        "The number of ready endpoints in the inference server pool.",
+        &[POOL_NAME],
+    );
+    /// llm-d (canonical): scheduler end-to-end latency.
+    pub const LLMD_SCHEDULER_E2E_DURATION: MetricDef = histogram(
+        "llm_d_epp_scheduler_e2e_duration_seconds",
+        "End-to-end scheduling latency distribution in seconds.",
+        &[],
+        SCHEDULER_E2E_BUCKETS,
+    );
+    /// llm-d (canonical): time each plugin took.
+    pub const LLMD_PLUGIN_DURATION: MetricDef = histogram(
+        "llm_d_epp_plugin_duration_seconds",
+        "Plugin processing latency distribution in seconds for each extension point, plugin type and plugin name.",
+        &[EXTENSION_POINT, PLUGIN_TYPE, PLUGIN_NAME],
+        SCHEDULER_E2E_BUCKETS,
+    );
+    /// llm-d (canonical): the EPP's own time on a request (receipt until the body is handled).
+    pub const LLMD_REQUEST_PROCESSING_DURATION: MetricDef = histogram(
+        "llm_d_epp_request_processing_duration_seconds",
+        "EPP request processing latency distribution in seconds, from request receipt until the request body has been handled, including admission control.",
+        &[],
+        REQUEST_PROCESSING_BUCKETS,
+    );
+    /// llm-d (canonical): build information (value 1).
+    pub const LLMD_INFO: MetricDef = gauge(
+        "llm_d_epp_info",
+        "General information of the current build of Inference Extension.",
+        &[COMMIT, BUILD_REF],
+    );
+    /// llm-d (canonical): P/D decisions of `pd-profile-handler`.
+    pub const LLMD_PD_DECISION_TOTAL: MetricDef = counter(
+        "llm_d_epp_pd_decision_total",
+        "Total number of P/D disaggregation decisions made",
+        &[PLUGIN_NAME, PLUGIN_TYPE, MODEL_NAME, DECISION_TYPE],
+    );
+    /// llm-d (canonical): decisions of `disagg-profile-handler`.
+    pub const LLMD_DISAGG_DECISION_TOTAL: MetricDef = counter(
+        "llm_d_epp_disagg_decision_total",
+        "Total number of disaggregation routing decisions made",
+        &[PLUGIN_NAME, PLUGIN_TYPE, MODEL_NAME, DECISION_TYPE],
+    );
+    /// llm-d (canonical): entries of the approximate prefix index.
+    pub const LLMD_PREFIX_INDEXER_SIZE: MetricDef = gauge(
+        "llm_d_epp_prefix_indexer_size",
+        "Size of the prefix indexer.",
+        &[PLUGIN_NAME, PLUGIN_TYPE],
+    );
+    /// llm-d (canonical): hit ratio of the approximate prefix index.
+    pub const LLMD_PREFIX_INDEXER_HIT_RATIO: MetricDef = histogram(
+        "llm_d_epp_prefix_indexer_hit_ratio",
+        "Ratio of prefix length matched to total prefix length in the cache lookup.",
+        &[PLUGIN_NAME, PLUGIN_TYPE],
+        HIT_RATIO_BUCKETS,
+    );
+    /// llm-d (canonical): matched bytes of the approximate prefix index.
+    pub const LLMD_PREFIX_INDEXER_HIT_BYTES: MetricDef = histogram(
+        "llm_d_epp_prefix_indexer_hit_bytes",
+        "Length of the prefix match in number of bytes in the cache lookup.",
+        &[PLUGIN_NAME, PLUGIN_TYPE],
+        HIT_BYTES_BUCKETS,
+    );
+
     /// Every EPP metric except the KV-index ones (see [`super::kv_cache`]).
     pub const ALL: &[&MetricDef] = &[
         &PREFIX_CACHE_HITS,
@@ -249,6 +634,49 @@ pub mod epp {
         &INPUT_TOKENS,
         &OUTPUT_TOKENS,
         &PROMPT_CACHED_TOKENS,
+        &POOL_AVG_RUNNING_REQUESTS,
+        &DISAGG_DECISION_TOTAL,
+        &REQUEST_SIZES,
+        &RESPONSE_SIZES,
+        &RUNNING_REQUESTS,
+        &NTPOT,
+        &PLUGIN_DURATION,
+        &INFO,
+        &PREFIX_INDEXER_SIZE,
+        &PREFIX_INDEXER_HIT_RATIO,
+        &PREFIX_INDEXER_HIT_BYTES,
+        &MODEL_REQUEST_TOTAL,
+        &MODEL_REQUEST_ERROR_TOTAL,
+        &MODEL_REQUEST_DURATION,
+        &LLMD_REQUEST_TOTAL,
+        &LLMD_REQUEST_ERROR_TOTAL,
+        &LLMD_REQUEST_DURATION,
+        &LLMD_REQUEST_SIZE,
+        &LLMD_RESPONSE_SIZE,
+        &LLMD_INPUT_TOKENS,
+        &LLMD_OUTPUT_TOKENS,
+        &LLMD_CACHED_TOKENS,
+        &LLMD_REQUEST_RUNNING,
+        &LLMD_NTPOT,
+        &LLMD_TTFT,
+        &LLMD_STREAMING_TPOT,
+        &LLMD_STREAMING_ITL,
+        &LLMD_AVG_KV_CACHE_UTILIZATION,
+        &LLMD_AVG_QUEUE_SIZE,
+        &LLMD_AVG_RUNNING_REQUESTS,
+        &LLMD_STD_DEV_KV_CACHE_UTILIZATION,
+        &LLMD_STD_DEV_QUEUE_SIZE,
+        &LLMD_STD_DEV_RUNNING_REQUESTS,
+        &LLMD_READY_ENDPOINTS,
+        &LLMD_SCHEDULER_E2E_DURATION,
+        &LLMD_PLUGIN_DURATION,
+        &LLMD_REQUEST_PROCESSING_DURATION,
+        &LLMD_INFO,
+        &LLMD_PD_DECISION_TOTAL,
+        &LLMD_DISAGG_DECISION_TOTAL,
+        &LLMD_PREFIX_INDEXER_SIZE,
+        &LLMD_PREFIX_INDEXER_HIT_RATIO,
+        &LLMD_PREFIX_INDEXER_HIT_BYTES,
     ];
 }
 
@@ -281,10 +709,17 @@ pub mod kv_cache {
         "Prefix index lookups.",
         &[],
     );
-    /// Lookups where at least one candidate pod matched block 0.
+    /// Blocks matched per lookup by the best candidate, summed (llm-d's meaning: divided by
+    /// the lookups, the mean prefix hit in blocks).
     pub const INDEX_LOOKUP_HITS: MetricDef = counter(
         "llm_d_epp_kv_cache_index_lookup_hits_total",
-        "Prefix index lookups in which at least one candidate pod held the first block.",
+        "Consecutive prefix blocks (from block 0) held by the best candidate pod, summed over prefix index lookups.",
+        &[],
+    );
+    /// llm-d's twin of the above (the longest per-pod chain per lookup; the same sum).
+    pub const INDEX_MAX_POD_HIT_COUNT: MetricDef = counter(
+        "llm_d_epp_kv_cache_index_max_pod_hit_count_total",
+        "Longest contiguous per-pod prefix chain (blocks) observed per lookup, summed over prefix index lookups.",
         &[],
     );
     /// Lookup latency.
@@ -306,11 +741,49 @@ pub mod kv_cache {
         "Bytes of memory the prefix index accounts for its entries.",
         &[],
     );
+    /// llm-d's deprecated `kvcache_index_*` twins (still emitted by llm-d; its kv-cache
+    /// dashboard and alert rules query them).
+    pub const LEGACY_INDEX_ADMISSIONS: MetricDef = counter(
+        "kvcache_index_admissions_total",
+        "Deprecated: use llm_d_epp_kv_cache_index_admissions_total. Block-to-pod entries added to the prefix index.",
+        &[],
+    );
+    /// Deprecated twin of [`INDEX_EVICTIONS`].
+    pub const LEGACY_INDEX_EVICTIONS: MetricDef = counter(
+        "kvcache_index_evictions_total",
+        "Deprecated: use llm_d_epp_kv_cache_index_evictions_total. Block-to-pod entries evicted from the prefix index.",
+        &[],
+    );
+    /// Deprecated twin of [`INDEX_LOOKUP_REQUESTS`].
+    pub const LEGACY_INDEX_LOOKUP_REQUESTS: MetricDef = counter(
+        "kvcache_index_lookup_requests_total",
+        "Deprecated: use llm_d_epp_kv_cache_index_lookup_requests_total. Prefix index lookups.",
+        &[],
+    );
+    /// Deprecated twin of [`INDEX_LOOKUP_HITS`].
+    pub const LEGACY_INDEX_LOOKUP_HITS: MetricDef = counter(
+        "kvcache_index_lookup_hits_total",
+        "Deprecated: use llm_d_epp_kv_cache_index_lookup_hits_total. Consecutive prefix blocks held by the best candidate pod, summed over lookups.",
+        &[],
+    );
+    /// Deprecated twin of [`INDEX_MAX_POD_HIT_COUNT`].
+    pub const LEGACY_INDEX_MAX_POD_HIT_COUNT: MetricDef = counter(
+        "kvcache_index_max_pod_hit_count_total",
+        "Deprecated: use llm_d_epp_kv_cache_index_max_pod_hit_count_total. Longest contiguous per-pod prefix chain per lookup, summed.",
+        &[],
+    );
+    /// Deprecated twin of [`INDEX_LOOKUP_LATENCY`].
+    pub const LEGACY_INDEX_LOOKUP_LATENCY: MetricDef = histogram(
+        "kvcache_index_lookup_latency_seconds",
+        "Deprecated: use llm_d_epp_kv_cache_index_lookup_latency_seconds. Latency of one prefix index lookup.",
+        &[],
+        LOOKUP_BUCKETS,
+    );
     /// ZMQ messages received from engines.
     pub const EVENTS_MESSAGES_RECEIVED: MetricDef = counter(
         "llm_d_epp_kv_cache_events_messages_received_total",
         "KV-event messages received from model servers.",
-        &[POD],
+        &[POD, POD_IDENTIFIER],
     );
     /// Messages or events that could not be decoded.
     pub const EVENTS_DECODE_ERRORS: MetricDef = counter(
@@ -328,19 +801,19 @@ pub mod kv_cache {
     pub const EVENTS_SEQUENCE_GAPS: MetricDef = counter(
         "llm_d_epp_kv_cache_events_sequence_gaps_total",
         "Gaps detected in a model server's KV-event sequence numbers.",
-        &[POD],
+        &[POD, POD_IDENTIFIER],
     );
     /// Publisher restarts; each clears the pod's entries.
     pub const EVENTS_PUBLISHER_RESTARTS: MetricDef = counter(
         "llm_d_epp_kv_cache_events_publisher_restarts_total",
         "Model-server KV-event publisher restarts detected (sequence or timestamps going back, or the replay socket's answer after a gap or reconnection); each clears the pod's index entries.",
-        &[POD],
+        &[POD, POD_IDENTIFIER],
     );
     /// Subscriber reconnections.
     pub const EVENTS_SUBSCRIBER_RECONNECTIONS: MetricDef = counter(
         "llm_d_epp_kv_cache_events_subscriber_reconnections_total",
         "Reconnections of KV-event subscriber sockets.",
-        &[POD],
+        &[POD, POD_IDENTIFIER],
     );
     /// Messages on the bound socket that were not applied because of their topic or sender.
     pub const EVENTS_REJECTED: MetricDef = counter(
@@ -352,13 +825,13 @@ pub mod kv_cache {
     pub const EVENTS_REPLAY_REQUESTS: MetricDef = counter(
         "llm_d_epp_kv_cache_events_replay_requests_total",
         "Requests to a model server's KV-event replay socket, by why they were made (start, gap, reconnect, restart).",
-        &[POD, REASON],
+        &[POD, POD_IDENTIFIER, REASON],
     );
     /// Batches recovered through replay.
     pub const EVENTS_REPLAYED_BATCHES: MetricDef = counter(
         "llm_d_epp_kv_cache_events_replayed_batches_total",
         "KV-event batches recovered from a model server's replay socket and applied.",
-        &[POD],
+        &[POD, POD_IDENTIFIER],
     );
     /// Replay latency buckets (seconds): 1 ms to 10 s.
     pub const REPLAY_BUCKETS: &[f64] = &[
@@ -390,9 +863,16 @@ pub mod kv_cache {
         &INDEX_EVICTIONS,
         &INDEX_LOOKUP_REQUESTS,
         &INDEX_LOOKUP_HITS,
+        &INDEX_MAX_POD_HIT_COUNT,
         &INDEX_LOOKUP_LATENCY,
         &INDEX_ENTRIES,
         &INDEX_BYTES,
+        &LEGACY_INDEX_ADMISSIONS,
+        &LEGACY_INDEX_EVICTIONS,
+        &LEGACY_INDEX_LOOKUP_REQUESTS,
+        &LEGACY_INDEX_LOOKUP_HITS,
+        &LEGACY_INDEX_MAX_POD_HIT_COUNT,
+        &LEGACY_INDEX_LOOKUP_LATENCY,
         &EVENTS_MESSAGES_RECEIVED,
         &EVENTS_DECODE_ERRORS,
         &EVENTS_SKIPPED,

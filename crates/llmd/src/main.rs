@@ -54,11 +54,11 @@ async fn main() -> ExitCode {
 async fn try_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Epp(args) => {
-            let t = llmd_telemetry::init("llmd-epp", &args.telemetry.to_config())?;
+            let t = llmd_telemetry::init("llmd-epp", &args.telemetry_config())?;
             llmd_epp::run(*args, t.shutdown_token()).await?;
         }
         Command::PdProxy(args) => {
-            let t = llmd_telemetry::init("llmd-pd-proxy", &args.telemetry.to_config())?;
+            let t = llmd_telemetry::init("llmd-pd-proxy", &args.telemetry_config())?;
             llmd_pd_proxy::run(*args, t.shutdown_token()).await?;
         }
         Command::Sim(args) => {

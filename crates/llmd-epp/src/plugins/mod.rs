@@ -4,30 +4,72 @@
 //!
 //! | type | kind | file |
 //! |---|---|---|
-//! | `precise-prefix-cache-scorer` | scorer | `precise_prefix_cache_scorer.rs` |
+//! | `precise-prefix-cache-scorer` | scorer (KV-event index) | `precise_prefix_cache_scorer.rs`, parameters in `precise_params.rs` |
+//! | `prefix-cache-scorer` | scorer (precise via a producer, else approximate) | `prefix_cache_scorer.rs`, index in `approx_prefix.rs` |
 //! | `queue-scorer` | scorer | `queue_scorer.rs` |
 //! | `kv-cache-utilization-scorer` | scorer | `kv_cache_utilization_scorer.rs` |
-//! | `load-aware-scorer` | scorer | `load_aware_scorer.rs` |
+//! | `load-aware-scorer` | scorer (llm-d's 0..0.5 range) | `load_aware_scorer.rs` |
+//! | `running-requests-size-scorer` | scorer | `running_requests_size_scorer.rs` |
 //! | `decode-filter` | filter | `decode_filter.rs` |
 //! | `prefill-filter` | filter | `prefill_filter.rs` |
+//! | `utilization-detector` | saturation detector, filter | `utilization_detector.rs` |
 //! | `max-score-picker` | picker | `max_score_picker.rs` |
 //! | `random-picker` | picker | `random_picker.rs` |
+//! | `weighted-random-picker` | picker | `weighted_random_picker.rs` |
 //! | `round-robin-picker` | picker (ours, the benchmarks' baseline) | `round_robin_picker.rs` |
 //! | `single-profile-handler` | profile handler | `single_profile_handler.rs` |
-//! | `pd-profile-handler` | profile handler | `pd_profile_handler.rs` |
+//! | `pd-profile-handler` | profile handler (llm-d's older P/D) | `pd_profile_handler.rs` |
+//! | `disagg-profile-handler` | profile handler (llm-d's current P/D) | `disagg_profile_handler.rs` |
+//! | `prefix-based-pd-decider` | P/D decider | `prefix_based_pd_decider.rs` |
+//! | `always-disagg-pd-decider` | P/D decider | `always_disagg_pd_decider.rs` |
+//! | `tokenizer`, `token-producer`, `precise-prefix-cache-producer`, `approx-prefix-cache-producer`, `prefill-header-handler`, `disagg-headers-handler`, `metrics-data-source`, `core-metrics-extractor`, `endpoint-notification-source`, `openai-parser` | accepted, done elsewhere | `passive.rs` |
+//!
+//! The llm-d types this EPP lacks, with the nearest alternative each, are in `unsupported.rs`;
+//! what the P/D handlers share is in `disagg.rs`.
 
+pub mod always_disagg_pd_decider;
+pub mod approx_prefix;
 pub mod decode_filter;
+pub mod disagg;
+pub mod disagg_profile_handler;
 pub mod kv_cache_utilization_scorer;
 pub mod load_aware_scorer;
 pub mod max_score_picker;
+pub mod passive;
 pub mod pd_profile_handler;
+pub mod precise_params;
 pub mod precise_prefix_cache_scorer;
 pub mod prefill_filter;
+pub mod prefix_based_pd_decider;
+pub mod prefix_cache_scorer;
 pub mod queue_scorer;
 pub mod random_picker;
 pub mod registry;
 pub mod round_robin_picker;
+pub mod running_requests_size_scorer;
 pub mod single_profile_handler;
+pub mod unsupported;
+pub mod utilization_detector;
+pub mod weighted_random_picker;
+
+/// The types whose parameters configure the EPP's precise index.
+pub const PRECISE_TYPES: &[&str] = &[
+    precise_prefix_cache_scorer::TYPE,
+    "precise-prefix-cache-producer",
+];
+
+/// True when a plugin's parameters configure the precise index: a precise type, or llm-d
+/// v0.2–v0.3's `prefix-cache-scorer` with `mode: cache_tracking`.
+pub fn is_precise(spec: &crate::config::PluginSpec) -> bool {
+    PRECISE_TYPES.contains(&spec.kind.as_str())
+        || (spec.kind == prefix_cache_scorer::TYPE
+            && spec
+                .parameters
+                .as_ref()
+                .and_then(|p| p.get("mode"))
+                .and_then(|m| m.as_str())
+                == Some("cache_tracking"))
+}
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -109,10 +151,11 @@ pub(crate) fn pick_span(
     span
 }
 
-/// The prompt's tokens and how many of them `endpoint` holds (from the prefix scorer's match;
-/// without one, the prompt is estimated at 4 bytes a token and nothing is cached).
+/// The prompt's tokens and how many of them `endpoint` holds (from the precise prefix scorer's
+/// match, else the approximate one's; without either, the prompt is estimated at 4 bytes a
+/// token and nothing is cached).
 pub(crate) fn cached_on(cs: &crate::scheduling::CycleState<'_>, endpoint: &str) -> (u64, u64) {
-    match &cs.prefix {
+    match cs.prefix.as_ref().or(cs.approx_prefix.as_ref()) {
         Some(p) => (
             p.prompt_tokens as u64,
             u64::from(*p.matched.get(endpoint).unwrap_or(&0)) * p.block_size as u64,

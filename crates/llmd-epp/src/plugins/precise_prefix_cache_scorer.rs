@@ -6,11 +6,13 @@
 //! cached prefix's digests), and the index looked up once for all candidates; the matches are
 //! kept in the cycle state for the P/D handler and the other profile.
 //!
-//! Parameters (llm-d's names): `blockSize` (64; must equal the engines' `--block-size`;
-//! `blockSizeTokens` is accepted too), `hashSeed` (the engines' `PYTHONHASHSEED`; unset: vLLM's
-//! `"vllm-none-hash"` root), `hashAlgorithm` (`sha256_cbor` default, or `cbor-fnv`),
-//! `tokenizer` (a path or HF-cache model name; default: the request's model), `maxIndexBytes`
-//! (512 MiB). They configure the EPP's one [`KvService`].
+//! Parameters: see [`super::precise_params`] (ours flat, or llm-d's nested
+//! `tokenProcessorConfig` / `indexerConfig` / `kvEventsConfig`). They configure the EPP's one
+//! [`KvService`].
+//!
+//! llm-d's newer split (`precise-prefix-cache-producer` + `prefix-cache-scorer` with
+//! `prefixMatchInfoProducerName`) scores the same way, with the scorer's `matchLengthWeight`
+//! term added when set ([`MatchLength`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,79 +32,82 @@ pub const TYPE: &str = "precise-prefix-cache-scorer";
 /// How block keys are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub enum HashAlgorithm {
-    /// vLLM's own `sha256_cbor` block hashes (engine-exact; the default).
+    /// vLLM's own `sha256_cbor` block hashes (engine-exact; our default).
     #[default]
     #[serde(rename = "sha256_cbor", alias = "vllm")]
     Sha256Cbor,
-    /// llm-d's chained FNV-1a over canonical CBOR, recomputed from the events' token ids.
+    /// llm-d's chained FNV-1a over canonical CBOR, recomputed from the events' token ids
+    /// (llm-d's default).
     #[serde(rename = "cbor-fnv", alias = "tokens")]
     CborFnv,
+    /// llm-d's XXH64 request keys: read as [`HashAlgorithm::CborFnv`] (the keys never leave
+    /// this EPP's index, so the hash does not change a decision).
+    #[serde(rename = "xxh64")]
+    Xxh64,
 }
 
 impl HashAlgorithm {
+    /// The algorithm actually used.
+    pub fn effective(self) -> Self {
+        match self {
+            HashAlgorithm::Xxh64 => HashAlgorithm::CborFnv,
+            other => other,
+        }
+    }
+
     /// The index's mode.
     pub fn algo(self) -> HashAlgo {
-        match self {
+        match self.effective() {
             HashAlgorithm::Sha256Cbor => HashAlgo::Sha256Cbor,
-            HashAlgorithm::CborFnv => HashAlgo::CborFnv,
+            _ => HashAlgo::CborFnv,
         }
     }
 }
 
-/// Parameters.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct PrecisePrefixCacheParams {
-    /// Tokens per block (the engines' `--block-size`).
-    #[serde(alias = "blockSizeTokens")]
-    pub block_size: usize,
-    /// The engines' `PYTHONHASHSEED` (a string or a number).
-    #[serde(deserialize_with = "string_or_number")]
-    pub hash_seed: Option<String>,
-    /// How block keys are computed.
-    pub hash_algorithm: HashAlgorithm,
-    /// Tokenizer to use (path or model name) instead of the request's model.
-    pub tokenizer: Option<String>,
-    /// The index's memory budget, bytes.
-    pub max_index_bytes: usize,
+pub use super::precise_params::PrecisePrefixCacheParams;
+
+/// llm-d `prefix-cache-scorer`'s match-length term: `weight × min(1, matched tokens /
+/// scaleTokens)² + (1 − weight) × matched / total blocks`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatchLength {
+    /// `matchLengthWeight` (0..=1).
+    pub weight: f64,
+    /// `matchLengthScaleTokens`.
+    pub scale_tokens: f64,
 }
 
-impl Default for PrecisePrefixCacheParams {
-    fn default() -> Self {
-        Self {
-            block_size: 64,
-            hash_seed: None,
-            hash_algorithm: HashAlgorithm::default(),
-            tokenizer: None,
-            max_index_bytes: 512 << 20,
+impl MatchLength {
+    /// The score of `matched` of `total` blocks of `block_tokens` tokens.
+    pub fn score(&self, matched: u32, total: usize, block_tokens: usize) -> f64 {
+        if total == 0 {
+            return 0.0;
         }
+        let ratio = f64::from(matched) / total as f64;
+        let length = (f64::from(matched) * block_tokens as f64 / self.scale_tokens).min(1.0);
+        self.weight * length * length + (1.0 - self.weight) * ratio
     }
-}
-
-fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Seed {
-        S(String),
-        N(serde_json::Number),
-    }
-    Ok(match Option::<Seed>::deserialize(d)? {
-        None => None,
-        Some(Seed::S(s)) => Some(s),
-        Some(Seed::N(n)) => Some(n.to_string()),
-    })
 }
 
 /// `precise-prefix-cache-scorer`.
 #[derive(Debug)]
 pub struct PrecisePrefixCacheScorer {
     kv: Arc<KvService>,
+    match_length: Option<MatchLength>,
 }
 
 impl PrecisePrefixCacheScorer {
     /// Over the EPP's KV service.
     pub fn new(kv: Arc<KvService>) -> Self {
-        Self { kv }
+        Self {
+            kv,
+            match_length: None,
+        }
+    }
+
+    /// With llm-d `prefix-cache-scorer`'s match-length term.
+    pub fn with_match_length(mut self, m: MatchLength) -> Self {
+        self.match_length = Some(m);
+        self
     }
 }
 
@@ -169,14 +174,18 @@ impl Scorer for PrecisePrefixCacheScorer {
         let Some(p) = &cs.prefix else {
             return vec![0.0; candidates.len()];
         };
+        let m = self.match_length.unwrap_or(MatchLength {
+            weight: 0.0,
+            scale_tokens: 1.0,
+        });
         candidates
             .iter()
             .map(|e| {
-                if p.total_blocks == 0 {
-                    0.0
-                } else {
-                    f64::from(*p.matched.get(&*e.id).unwrap_or(&0)) / p.total_blocks as f64
-                }
+                m.score(
+                    *p.matched.get(&*e.id).unwrap_or(&0),
+                    p.total_blocks,
+                    p.block_size,
+                )
             })
             .collect()
     }
@@ -195,8 +204,9 @@ impl PrecisePrefixCacheScorer {
         }
         let started = Instant::now();
         let counts = self.kv.index.lookup(keys, &missing);
-        metrics::histogram!(names::kv_cache::INDEX_LOOKUP_LATENCY.name)
-            .record(started.elapsed().as_secs_f64());
+        let took = started.elapsed().as_secs_f64();
+        metrics::histogram!(names::kv_cache::INDEX_LOOKUP_LATENCY.name).record(took);
+        metrics::histogram!(names::kv_cache::LEGACY_INDEX_LOOKUP_LATENCY.name).record(took);
         for (id, c) in missing.into_iter().zip(counts) {
             p.matched.insert(id.to_owned(), c);
         }

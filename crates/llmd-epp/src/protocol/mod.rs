@@ -28,13 +28,15 @@
 //! one by one as they arrive (full duplex), trailers answered. Errors become an
 //! `ImmediateResponse` with the status from [`PickError::status`] and, where GIE defines one, an
 //! `x-llm-d-request-dropped-reason` header, counted in `inference_objective_request_error_total`
-//! by code. Chunks arriving after the request's end are ignored.
+//! (and llm-d's `llm_d_epp_request_error_total`) by GIE's code. Chunks arriving after the
+//! request's end are ignored. The request metrics are in `request_metrics`.
 //!
 //! **Tracing.** The EPP's spans continue the data plane's trace: the parent is the
 //! `traceparent` of the gRPC call (Envoy's ext_proc span) when there is one, else the request's
 //! own. The EPP never writes its span into the request's `traceparent`: the upstream request
 //! stays a child of the gateway's span.
 
+mod request_metrics;
 mod response;
 mod stream;
 mod usage;

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use envoy_types::pb::google::protobuf::value::Kind;
 use llmd_telemetry::names::{self, spans};
 
+use super::request_metrics::RequestMetrics;
 use super::response::{self, header, lb_metadata, reply};
 use super::usage::find_usage;
 use super::{
@@ -19,6 +20,7 @@ use super::{
     SUBSET_HINT_NAMESPACE,
 };
 use crate::labels::model_label;
+use crate::objectives::RequestClass;
 use crate::request;
 use crate::scheduling::PickError;
 
@@ -54,6 +56,10 @@ pub(super) struct StreamState {
     routed_to: Vec<String>,
     /// The last bytes of the response body (where `usage` is, streamed or not).
     response_tail: Vec<u8>,
+    /// The request's priority and fairness id (once its body is parsed).
+    class: RequestClass,
+    /// GIE's and llm-d's request metrics.
+    metrics: RequestMetrics,
 }
 
 impl StreamState {
@@ -72,6 +78,8 @@ impl StreamState {
             routed_model: None,
             routed_to: Vec::new(),
             response_tail: Vec::new(),
+            class: RequestClass::default(),
+            metrics: RequestMetrics::new(),
         }
     }
 
@@ -144,11 +152,28 @@ impl StreamState {
             }
             Some(processing_request::Request::ResponseHeaders(h)) => {
                 self.on_response_headers(&h, deps);
+                let find = |name: &str| {
+                    h.headers.as_ref().and_then(|m| {
+                        m.headers
+                            .iter()
+                            .find(|hv| hv.key.eq_ignore_ascii_case(name))
+                            .map(|hv| {
+                                if hv.raw_value.is_empty() {
+                                    hv.value.clone()
+                                } else {
+                                    String::from_utf8_lossy(&hv.raw_value).into_owned()
+                                }
+                            })
+                    })
+                };
+                self.metrics
+                    .response_headers(find(":status").as_deref(), find("content-type").as_deref());
                 vec![reply(processing_response::Response::ResponseHeaders(
                     HeadersResponse::default(),
                 ))]
             }
             Some(processing_request::Request::ResponseBody(b)) => {
+                self.metrics.chunk(b.body.len());
                 if self.routed_model.is_some() {
                     self.response_tail.extend_from_slice(&b.body);
                     // Trim only once it is twice the window: amortized, not a memmove per chunk.
@@ -158,8 +183,7 @@ impl StreamState {
                     }
                 }
                 if b.end_of_stream {
-                    self.record_usage();
-                    self.record_duration();
+                    self.finish();
                 }
                 let common = self
                     .response_full_duplex
@@ -169,8 +193,7 @@ impl StreamState {
                 ))]
             }
             Some(processing_request::Request::ResponseTrailers(_)) => {
-                self.record_usage();
-                self.record_duration();
+                self.finish();
                 vec![reply(processing_response::Response::ResponseTrailers(
                     TrailersResponse::default(),
                 ))]
@@ -210,34 +233,14 @@ impl StreamState {
         }
     }
 
-    /// GIE's token histograms from the response's `usage`, when it has one.
-    fn record_usage(&mut self) {
-        let Some(model) = self.routed_model.clone() else {
+    /// The response ended: GIE's and llm-d's request metrics, with the response's `usage`.
+    fn finish(&mut self) {
+        if self.routed_model.take().is_none() {
             return;
-        };
-        let Some(u) = find_usage(&self.response_tail) else {
-            return;
-        };
-        use llmd_telemetry::names::epp;
-        let labels = [("model_name", model.clone()), ("target_model_name", model)];
-        metrics::histogram!(epp::INPUT_TOKENS.name, &labels).record(u.prompt as f64);
-        metrics::histogram!(epp::OUTPUT_TOKENS.name, &labels).record(u.completion as f64);
-        if let Some(c) = u.cached {
-            metrics::histogram!(epp::PROMPT_CACHED_TOKENS.name, &labels).record(c as f64);
         }
+        let usage = find_usage(&self.response_tail);
         self.response_tail = Vec::new();
-    }
-
-    /// GIE's request duration: first message to the end of the response, once per request.
-    fn record_duration(&mut self) {
-        if let (Some(model), Some(started)) = (self.routed_model.take(), self.started) {
-            metrics::histogram!(
-                names::epp::REQUEST_DURATION.name,
-                "model_name" => model.clone(),
-                "target_model_name" => model
-            )
-            .record(started.elapsed().as_secs_f64());
-        }
+        self.metrics.finished(usage);
     }
 
     async fn on_request_headers(&mut self, h: HttpHeaders, deps: &Deps) -> Vec<ProcessingResponse> {
@@ -305,6 +308,9 @@ impl StreamState {
                 Err(e) => return self.immediate(&PickError::BadRequest(e.to_string())),
             }
         };
+        self.class = deps
+            .picker
+            .classify(&self.headers, parsed.as_ref().map(|r| r.model.as_str()));
         let headers = std::mem::take(&mut self.headers);
         let (result, parsed, headers) = deps.pick(parsed, headers, self.subset.clone(), span).await;
         self.headers = headers;
@@ -317,9 +323,9 @@ impl StreamState {
             .body
             .clone()
             .unwrap_or_else(|| std::mem::take(&mut self.body));
-        self.routed_model = Some(model_label(
-            parsed.as_ref().map_or("", |r| r.model.as_str()),
-        ));
+        let model = parsed.as_ref().map_or("", |r| r.model.as_str());
+        self.metrics.routed(model, &self.class, body.len());
+        self.routed_model = Some(model_label(model));
         self.routed_to = decision.endpoints.clone();
         let destination = decision.endpoints.join(",");
         let mut set = vec![header(DESTINATION_HEADER, &destination)];
@@ -389,14 +395,8 @@ impl StreamState {
     fn immediate(&mut self, error: &PickError) -> Vec<ProcessingResponse> {
         self.request_done = true;
         self.closed = true;
-        let model = model_label(request::model_of(&self.body).as_deref().unwrap_or_default());
-        metrics::counter!(
-            names::epp::REQUEST_ERROR_TOTAL.name,
-            "model_name" => model.clone(),
-            "target_model_name" => model,
-            "error_code" => error.status().to_string()
-        )
-        .increment(1);
+        let model = request::model_of(&self.body).unwrap_or_default();
+        self.metrics.refused(&model, &self.class, error);
         let request_id = self.header("x-request-id").unwrap_or("");
         if error.status() >= 500 {
             tracing::warn!(status = error.status(), request_id, %error, "request answered by the EPP");

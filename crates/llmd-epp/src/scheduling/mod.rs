@@ -8,12 +8,16 @@
 //! | `plugin` | the plugin traits (filter, scorer, picker, profile handler) and the per-request [`CycleState`] |
 //! | `profile` | a scheduling profile (filters → weighted scorers → picker) and the profiles by name |
 //! | `scheduler` | the [`scheduler::Scheduler`]: model and subset filtering, health, shedding, the handler, the decision metrics |
+//! | `saturation` | GIE's utilization saturation detector: when the pool is saturated, sheddable requests are refused |
 
 pub mod plugin;
 pub mod profile;
+pub mod saturation;
 pub mod scheduler;
 
-pub use plugin::{CycleState, Filter, Pick, PrefixMatch, ProfileHandler, Scorer};
+pub use plugin::{
+    ApproxPrefix, CycleState, Decider, Filter, Pick, PrefixMatch, ProfileHandler, Scorer,
+};
 pub use profile::{Profile, Profiles};
 pub use scheduler::Scheduler;
 
@@ -44,8 +48,9 @@ pub enum PickError {
     /// No candidate endpoint (503, `rejected-no-endpoints`).
     #[error("no ready endpoints{}", .0.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
     NoEndpoints(Option<String>),
-    /// Every candidate is saturated and shedding is on (429, `rejected-saturated`).
-    #[error("all endpoints are saturated")]
+    /// A sheddable request (priority < 0) while the pool is saturated (429, GIE's
+    /// `ResourceExhausted`, `rejected-saturated`).
+    #[error("system saturated, sheddable request dropped")]
     Saturated,
     /// Body or prompt over the limit (413).
     #[error("{0}")]
@@ -77,8 +82,27 @@ impl PickError {
         }
     }
 
+    /// GIE's error code (`inference error: <code> - <message>`, and the `error_code` label of
+    /// the request-error counters): `BadRequest`, `NotFound`, `ResourceExhausted`,
+    /// `ServiceUnavailable`, `Internal`. A body or prompt over the limit (413 here; GIE has no
+    /// limit) is a `BadRequest`.
+    pub fn gie_code(&self) -> &'static str {
+        match self {
+            PickError::BadRequest(_) | PickError::TooLarge(_) => "BadRequest",
+            PickError::UnknownModel(_) => "NotFound",
+            PickError::Saturated => "ResourceExhausted",
+            PickError::NoEndpoints(_) => "ServiceUnavailable",
+            PickError::Internal(_) => "Internal",
+        }
+    }
+
+    /// The message as GIE words it: `inference error: <code> - <message>`.
+    pub fn gie_message(&self) -> String {
+        format!("inference error: {} - {self}", self.gie_code())
+    }
+
     /// The OpenAI-style error body (`{"error": {"message", "type", "param", "code"}}`) the
-    /// client receives.
+    /// client receives; its message is GIE's text.
     pub fn openai_body(&self) -> Vec<u8> {
         let kind = match self.status() {
             400 => "BadRequestError",
@@ -89,7 +113,7 @@ impl PickError {
             _ => "InternalServerError",
         };
         serde_json::json!({"error": {
-            "message": format!("inference error: {self}"),
+            "message": self.gie_message(),
             "type": kind,
             "param": null,
             "code": self.status(),
@@ -131,6 +155,15 @@ pub trait Picker: Send + Sync + 'static {
 
     /// The data plane could not reach `endpoint`: leave it out of routing for `period`.
     fn report_unreachable(&self, _endpoint: &str, _period: std::time::Duration) {}
+
+    /// The request's priority and fairness id (for admission and metric labels).
+    fn classify(
+        &self,
+        _headers: &[(String, String)],
+        _model: Option<&str>,
+    ) -> crate::objectives::RequestClass {
+        crate::objectives::RequestClass::default()
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +178,10 @@ mod tests {
             Some("rejected-no-endpoints")
         );
         assert_eq!(PickError::Saturated.status(), 429);
+        assert_eq!(
+            PickError::Saturated.gie_message(),
+            "inference error: ResourceExhausted - system saturated, sheddable request dropped"
+        );
         assert_eq!(PickError::BadRequest("x".into()).status(), 400);
         assert_eq!(PickError::TooLarge("x".into()).status(), 413);
     }

@@ -1,7 +1,8 @@
-//! The plugin contracts, llm-d's four kinds: a [`Filter`] removes candidates, a [`Scorer`]
-//! scores them in `[0, 1]`, a [`Pick`] orders them, a [`ProfileHandler`] decides which profiles
-//! run and turns their picks into a [`Decision`]. Plugins share what one request's scheduling
-//! learns through its [`CycleState`].
+//! The plugin contracts, llm-d's kinds: a [`Filter`] removes candidates, a [`Scorer`] scores
+//! them in `[0, 1]` (and may learn from the decision, as llm-d's `PreRequest` plugins do), a
+//! [`Pick`] orders them, a [`ProfileHandler`] decides which profiles run and turns their picks
+//! into a [`Decision`], a [`Decider`] tells a disaggregating handler whether a request gets a
+//! prefill pod. Plugins share what one request's scheduling learns through its [`CycleState`].
 
 use std::collections::HashMap;
 
@@ -24,6 +25,16 @@ pub struct PrefixMatch {
     pub matched: HashMap<String, u32>,
 }
 
+/// What an approximate prefix scorer (`prefix-cache-scorer` without KV events) learned: the
+/// prompt's block hashes, to record on the chosen pods once the decision is made.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApproxPrefix {
+    /// Block hashes of the prompt (characters, chained).
+    pub hashes: Vec<u64>,
+    /// Characters per block.
+    pub block_chars: usize,
+}
+
 /// State shared by the plugins while one request is scheduled.
 #[derive(Debug)]
 pub struct CycleState<'a> {
@@ -33,6 +44,11 @@ pub struct CycleState<'a> {
     pub headers: &'a [(String, String)],
     /// Filled by the precise prefix scorer.
     pub prefix: Option<PrefixMatch>,
+    /// Filled by an approximate prefix scorer (blocks of 4 characters a token, as llm-d counts
+    /// them), read by the P/D deciders when there is no precise match.
+    pub approx_prefix: Option<PrefixMatch>,
+    /// Approximate prefix scorers' hashes, by plugin name.
+    pub approx_hashes: HashMap<String, ApproxPrefix>,
     /// Plugin scores per profile, for `/debug/route`: (profile, plugin, endpoint, score).
     pub explain: Option<Vec<(String, String, String, f64)>>,
     /// The prompt's block keys, once computed (for lookups of more candidates).
@@ -41,6 +57,24 @@ pub struct CycleState<'a> {
     pub service_name: Option<&'a str>,
     /// Fallback endpoints a profile adds after its picker's choice.
     pub fallbacks: usize,
+}
+
+impl CycleState<'static> {
+    /// An empty state (no request), for plugin tests.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> Self {
+        CycleState {
+            request: None,
+            headers: &[],
+            prefix: None,
+            approx_prefix: None,
+            approx_hashes: HashMap::new(),
+            explain: None,
+            keys: None,
+            service_name: None,
+            fallbacks: 0,
+        }
+    }
 }
 
 impl CycleState<'_> {
@@ -62,6 +96,17 @@ pub trait Filter: Send + Sync {
 pub trait Scorer: Send + Sync {
     /// One score per candidate, in order.
     fn score(&self, cs: &mut CycleState<'_>, candidates: &[Endpoint]) -> Vec<f64>;
+
+    /// After the decision (llm-d's `PreRequest`): e.g. the approximate prefix scorer records
+    /// the prompt's blocks on the chosen pods.
+    fn pre_request(&self, _cs: &CycleState<'_>, _decision: &Decision) {}
+}
+
+/// Tells a disaggregating profile handler whether a request, whose decode pod is chosen,
+/// also gets a prefill pod (llm-d's `prefix-based-pd-decider`, `always-disagg-pd-decider`).
+pub trait Decider: Send + Sync {
+    /// True: run the prefill profile.
+    fn disaggregate(&self, cs: &CycleState<'_>, decode: &Endpoint) -> bool;
 }
 
 /// Orders scored candidates; the first is the destination, the rest fallbacks.

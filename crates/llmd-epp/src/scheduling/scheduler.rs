@@ -2,6 +2,11 @@
 //! model and to the data plane's subset hint, handed to the configured profile handler. It
 //! records the decision metrics of `shared/design.md` §4.
 //!
+//! Admission is GIE's legacy admission: a request whose InferenceObjective priority is below 0
+//! (sheddable, [`crate::objectives`]) is refused with 429 while the pool is saturated (the
+//! saturation detector's pool signal reaches 1.0 over the candidates); every other request is
+//! scheduled whatever the load.
+//!
 //! Scheduling is CPU work (tokenizing, chat templates, hashing, index lookups): the protocol
 //! layer runs it on tokio's blocking threads, a bounded number at a time, never on the async
 //! workers that relay streams.
@@ -12,12 +17,14 @@ use std::time::Instant;
 
 use llmd_telemetry::names;
 
+use super::saturation::UtilizationDetector;
 use super::{
     CycleState, Decision, PickContext, PickError, Picker, PrefixMatch, ProfileHandler, Profiles,
 };
-use crate::config::{ConfigError, EndpointPickerConfig, SaturationDetector};
+use crate::config::{ConfigError, EndpointPickerConfig};
 use crate::endpoints::{Endpoint, Pool};
 use crate::kv::KvService;
+use crate::objectives::{Objectives, RequestClass};
 use crate::plugins::registry::{self, BuildEnv};
 
 /// One scoring entry of an explanation: (profile, plugin, endpoint, score in [0, 1]).
@@ -49,7 +56,9 @@ pub struct Scheduler {
     profiles: Profiles,
     handler: Arc<dyn ProfileHandler>,
     kv: Option<Arc<KvService>>,
-    saturation: Option<SaturationDetector>,
+    detector: UtilizationDetector,
+    objectives: Objectives,
+    subset_filter: bool,
     limits: Limits,
     service_name: Option<String>,
     bodyless: AtomicU64,
@@ -72,13 +81,30 @@ impl Scheduler {
         pool: Arc<Pool>,
         kv: Option<Arc<KvService>>,
     ) -> Result<Self, ConfigError> {
-        let (profiles, handler) = registry::build(config, &BuildEnv { kv: kv.clone() })?;
+        Self::with_env(
+            config,
+            BuildEnv {
+                kv,
+                scrape_interval: None,
+                pool: Some(pool),
+                stale_after: None,
+            },
+        )
+    }
+
+    /// [`Scheduler::new`] with the whole build environment (the scrape interval the
+    /// saturation detector's staleness follows).
+    pub fn with_env(config: &EndpointPickerConfig, env: BuildEnv) -> Result<Self, ConfigError> {
+        let built = registry::build(config, &env)?;
+        let pool = env.pool.clone().unwrap_or_default();
         Ok(Self {
             pool,
-            profiles,
-            handler,
-            kv,
-            saturation: config.saturation_detector.clone(),
+            profiles: built.profiles,
+            handler: built.handler,
+            kv: env.kv,
+            detector: built.detector,
+            objectives: Objectives::new(&config.inference_objectives)?,
+            subset_filter: true,
             limits: Limits::default(),
             service_name: None,
             bodyless: AtomicU64::new(0),
@@ -98,6 +124,28 @@ impl Scheduler {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Honours the data plane's subset hint, or not (llm-d's `--disable-endpoint-subset-filter`).
+    pub fn with_subset_filter(mut self, on: bool) -> Self {
+        self.subset_filter = on;
+        self
+    }
+
+    /// Adds InferenceObjectives (from `--inference-objectives-file`) to the config's.
+    pub fn with_objectives(
+        mut self,
+        extra: &[crate::config::ObjectiveSpec],
+    ) -> Result<Self, ConfigError> {
+        let mut all = self.objectives.specs();
+        all.extend_from_slice(extra);
+        self.objectives = Objectives::new(&all)?;
+        Ok(self)
+    }
+
+    /// The saturation detector behind shedding.
+    pub fn detector(&self) -> &UtilizationDetector {
+        &self.detector
     }
 
     /// Names its spans with this `service.name` (when it shares a process).
@@ -139,13 +187,21 @@ impl Scheduler {
                     request: ctx.request,
                     headers: ctx.headers,
                     prefix: None,
+                    approx_prefix: None,
+                    approx_hashes: std::collections::HashMap::new(),
                     explain: explain.then(Vec::new),
                     keys: None,
                     service_name: self.service_name.as_deref(),
                     fallbacks: self.limits.fallbacks,
                 };
                 let result = self.handler.handle(&self.profiles, &mut cs, eps);
-                (result, cs.explain, cs.prefix)
+                if let Ok(d) = &result
+                    && !explain
+                {
+                    // llm-d's PreRequest: what was routed where (nothing is when explaining).
+                    self.profiles.pre_request(&cs, d);
+                }
+                (result, cs.explain, cs.prefix.or(cs.approx_prefix))
             }
         }
     }
@@ -179,7 +235,7 @@ impl Scheduler {
         {
             return Err(PickError::UnknownModel(req.model.clone()));
         }
-        if let Some(subset) = &ctx.subset {
+        if let Some(subset) = ctx.subset.as_ref().filter(|_| self.subset_filter) {
             // GIE: keep endpoints whose IP is in the hint (port ignored).
             let ips: Vec<&str> = subset
                 .iter()
@@ -208,8 +264,12 @@ impl Scheduler {
                 ..Default::default()
             }));
         }
-        if let Some(sd) = &self.saturation
-            && eps.iter().all(|e| saturated(sd, e))
+        if let Some(req) = ctx.request
+            && self
+                .objectives
+                .classify(ctx.headers, Some(&req.model))
+                .sheddable()
+            && self.detector.saturation(&eps) >= 1.0
         {
             return Err(PickError::Saturated);
         }
@@ -225,16 +285,6 @@ enum Candidates {
     Scheduled(Vec<Endpoint>),
 }
 
-/// True when `e` cannot take more work (or nothing recent is known about it).
-fn saturated(sd: &SaturationDetector, e: &Endpoint) -> bool {
-    match e.fresh_load(sd.metrics_staleness_threshold) {
-        None => true,
-        Some(l) => {
-            l.waiting >= sd.queue_depth_threshold || l.kv_usage >= sd.kv_cache_util_threshold
-        }
-    }
-}
-
 impl Picker for Scheduler {
     fn pick(&self, ctx: &PickContext<'_>) -> Result<Decision, PickError> {
         let started = Instant::now();
@@ -243,7 +293,7 @@ impl Picker for Scheduler {
         let elapsed = started.elapsed().as_secs_f64();
         metrics::histogram!(names::epp::ROUTING_DECISION_DURATION.name).record(elapsed);
         metrics::histogram!(names::epp::SCHEDULER_E2E_DURATION.name).record(elapsed);
-        metrics::counter!(names::epp::REQUEST_TOTAL.name, "model_name" => model.clone(), "target_model_name" => model.clone()).increment(1);
+        metrics::histogram!(names::epp::LLMD_SCHEDULER_E2E_DURATION.name).record(elapsed);
         if let (Ok(d), Some(p)) = (&result, prefix)
             && let Some(chosen) = d.endpoints.first()
         {
@@ -259,5 +309,9 @@ impl Picker for Scheduler {
 
     fn report_unreachable(&self, endpoint: &str, period: std::time::Duration) {
         self.pool.mark_unhealthy(endpoint, period);
+    }
+
+    fn classify(&self, headers: &[(String, String)], model: Option<&str>) -> RequestClass {
+        self.objectives.classify(headers, model)
     }
 }

@@ -55,6 +55,10 @@ pub async fn epp(config: &str, pods: &[(SocketAddr, Role)]) -> SocketAddr {
             kv_events_bind: None,
             scrape_interval: Duration::from_secs(5),
             max_body_bytes: 1 << 20,
+            metric_names: Default::default(),
+            metrics_staleness: None,
+            objectives: Vec::new(),
+            subset_filter: true,
             pool_name: "test".into(),
             kubernetes: None,
             limits: Default::default(),
@@ -98,6 +102,7 @@ pub async fn pd_setup() -> (SocketAddr, SocketAddr, SocketAddr) {
         &format!("http://{decode}"),
         "--allow-prefill",
         "127.0.0.1",
+        "--secure-proxy=false",
     ]);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = llmd_pd_proxy::start(

@@ -116,6 +116,8 @@ pub struct IndexStats {
     pub lookups: AtomicU64,
     /// Lookups where a candidate held the first block.
     pub lookup_hits: AtomicU64,
+    /// Consecutive blocks (from block 0) held by the best candidate, summed over lookups.
+    pub hit_blocks: AtomicU64,
 }
 
 /// A point-in-time view of [`IndexStats`] plus size.
@@ -131,6 +133,8 @@ pub struct IndexSnapshot {
     pub lookups: u64,
     /// Lookups with a hit on block 0.
     pub lookup_hits: u64,
+    /// Consecutive blocks (from block 0) held by the best candidate, summed over lookups.
+    pub hit_blocks: u64,
     /// Distinct blocks indexed. A block no pod holds any more stays indexed while it sits
     /// between held blocks of its run (it is dropped when the run is trimmed or evicted).
     pub blocks: u64,
@@ -643,6 +647,7 @@ impl PrefixIndex {
             removals: self.stats.removals.load(Ordering::Relaxed),
             lookups: self.stats.lookups.load(Ordering::Relaxed),
             lookup_hits: self.stats.lookup_hits.load(Ordering::Relaxed),
+            hit_blocks: self.stats.hit_blocks.load(Ordering::Relaxed),
             blocks: g.blocks(),
             entries: g.entries,
             runs: (g.runs.len() - g.free.len()) as u64,
@@ -650,15 +655,26 @@ impl PrefixIndex {
         }
     }
 
-    /// Publishes the `llm_d_epp_kv_cache_index_*` metrics (call periodically, e.g. every
-    /// second; the hot paths only touch the index's own atomics).
+    /// Publishes the `llm_d_epp_kv_cache_index_*` metrics and llm-d's deprecated
+    /// `kvcache_index_*` twins (call periodically, e.g. every second; the hot paths only touch
+    /// the index's own atomics).
     pub fn export_metrics(&self) {
         use llmd_telemetry::names::kv_cache as n;
         let s = self.snapshot();
-        metrics::counter!(n::INDEX_ADMISSIONS.name).absolute(s.admissions);
-        metrics::counter!(n::INDEX_EVICTIONS.name).absolute(s.evictions);
-        metrics::counter!(n::INDEX_LOOKUP_REQUESTS.name).absolute(s.lookups);
-        metrics::counter!(n::INDEX_LOOKUP_HITS.name).absolute(s.lookup_hits);
+        for (def, value) in [
+            (&n::INDEX_ADMISSIONS, s.admissions),
+            (&n::LEGACY_INDEX_ADMISSIONS, s.admissions),
+            (&n::INDEX_EVICTIONS, s.evictions),
+            (&n::LEGACY_INDEX_EVICTIONS, s.evictions),
+            (&n::INDEX_LOOKUP_REQUESTS, s.lookups),
+            (&n::LEGACY_INDEX_LOOKUP_REQUESTS, s.lookups),
+            (&n::INDEX_LOOKUP_HITS, s.hit_blocks),
+            (&n::LEGACY_INDEX_LOOKUP_HITS, s.hit_blocks),
+            (&n::INDEX_MAX_POD_HIT_COUNT, s.hit_blocks),
+            (&n::LEGACY_INDEX_MAX_POD_HIT_COUNT, s.hit_blocks),
+        ] {
+            metrics::counter!(def.name).absolute(value);
+        }
         metrics::gauge!(n::INDEX_ENTRIES.name).set(s.entries as f64);
         metrics::gauge!(n::INDEX_BYTES.name).set(s.bytes as f64);
     }
@@ -979,6 +995,10 @@ impl IndexOps for PrefixIndex {
                 *out = s.cands[idx as usize].count;
             }
         });
+        let best = counts.iter().copied().max().unwrap_or(0);
+        self.stats
+            .hit_blocks
+            .fetch_add(u64::from(best), Ordering::Relaxed);
         counts
     }
 }

@@ -36,6 +36,8 @@ fn consecutive_matches_from_block_zero() {
     assert_eq!(s.admissions, s.entries);
     assert_eq!(s.lookups, 6);
     assert_eq!(s.lookup_hits, 4);
+    // llm-d's hit count: the best candidate's blocks, summed (10 + 3 + 6 + 10).
+    assert_eq!(s.hit_blocks, 29);
 }
 
 #[test]

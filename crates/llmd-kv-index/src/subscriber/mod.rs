@@ -419,7 +419,7 @@ async fn run_dialled(
                             if handshakes == 0 {
                                 tracing::info!(pod, endpoint, "subscribed to KV events");
                             } else {
-                                metrics::counter!(names::EVENTS_SUBSCRIBER_RECONNECTIONS.name, "pod" => pod.clone()).increment(1);
+                                metrics::counter!(names::EVENTS_SUBSCRIBER_RECONNECTIONS.name, "pod" => pod.clone(), "pod_identifier" => pod.clone()).increment(1);
                                 tracing::info!(pod, endpoint, "KV-event socket reconnected; checking the next batch for a restart");
                                 stream.reconnected = true;
                             }

@@ -182,11 +182,12 @@ impl PodStream {
             &names::EVENTS_SUBSCRIBER_RECONNECTIONS,
             &names::EVENTS_REPLAYED_BATCHES,
         ] {
-            metrics::counter!(def.name, "pod" => pod.clone()).increment(0);
+            metrics::counter!(def.name, "pod" => pod.clone(), "pod_identifier" => pod.clone())
+                .increment(0);
         }
         if replay_endpoint.is_some() {
             for reason in ReplayReason::ALL {
-                metrics::counter!(names::EVENTS_REPLAY_REQUESTS.name, "pod" => pod.clone(), "reason" => reason.as_str()).increment(0);
+                metrics::counter!(names::EVENTS_REPLAY_REQUESTS.name, "pod" => pod.clone(), "pod_identifier" => pod.clone(), "reason" => reason.as_str()).increment(0);
             }
         }
         Self {
@@ -242,7 +243,7 @@ impl PodStream {
             }
         };
         let model = self.model_of(&msg);
-        metrics::counter!(names::EVENTS_MESSAGES_RECEIVED.name, "pod" => self.pod.clone())
+        metrics::counter!(names::EVENTS_MESSAGES_RECEIVED.name, "pod" => self.pod.clone(), "pod_identifier" => self.pod.clone())
             .increment(1);
         count_skipped(&msg);
         let hash = payload_hash(&frames);
@@ -310,14 +311,14 @@ impl PodStream {
     }
 
     fn gap(&self, expected: u64, got: u64) {
-        metrics::counter!(names::EVENTS_SEQUENCE_GAPS.name, "pod" => self.pod.clone()).increment(1);
+        metrics::counter!(names::EVENTS_SEQUENCE_GAPS.name, "pod" => self.pod.clone(), "pod_identifier" => self.pod.clone()).increment(1);
         tracing::warn!(pod = self.pod, expected, got, "gap in KV-event sequence");
         self.handler.on_gap(&self.pod, expected, got);
     }
 
     /// A new instance: clear the pod, then replay the new instance's head (`0..got`).
     async fn restart(&mut self, last: u64, got: u64, why: &'static str) {
-        metrics::counter!(names::EVENTS_PUBLISHER_RESTARTS.name, "pod" => self.pod.clone())
+        metrics::counter!(names::EVENTS_PUBLISHER_RESTARTS.name, "pod" => self.pod.clone(), "pod_identifier" => self.pod.clone())
             .increment(1);
         tracing::info!(
             pod = self.pod,
@@ -361,7 +362,7 @@ impl PodStream {
                 Err(error) => self.decode_error(&error),
             }
         }
-        metrics::counter!(names::EVENTS_REPLAYED_BATCHES.name, "pod" => self.pod.clone())
+        metrics::counter!(names::EVENTS_REPLAYED_BATCHES.name, "pod" => self.pod.clone(), "pod_identifier" => self.pod.clone())
             .increment(recovered);
         let to = if to == u64::MAX {
             last_seq.map_or(expected, |s| s + 1)
@@ -381,7 +382,7 @@ impl PodStream {
     /// Asks the replay socket for everything from `from`; `None` when it fails.
     async fn replay(&self, from: u64, reason: ReplayReason) -> Option<ReplayAnswer> {
         let endpoint = self.replay_endpoint.as_deref()?;
-        metrics::counter!(names::EVENTS_REPLAY_REQUESTS.name, "pod" => self.pod.clone(), "reason" => reason.as_str()).increment(1);
+        metrics::counter!(names::EVENTS_REPLAY_REQUESTS.name, "pod" => self.pod.clone(), "pod_identifier" => self.pod.clone(), "reason" => reason.as_str()).increment(1);
         let started = Instant::now();
         let result = fetch_replay(
             endpoint,

@@ -18,10 +18,23 @@ pub async fn sim(flags: &[&str], metrics: Option<MetricsHandle>) -> SocketAddr {
         .addr
 }
 
+/// `--secure-proxy=false` (plain HTTP, as llm-d's deployments run the sidecar) unless the flags
+/// ask for TLS.
+pub fn plain_unless_tls<'a>(flags: &[&'a str]) -> Vec<&'a str> {
+    let mut v = flags.to_vec();
+    if !flags
+        .iter()
+        .any(|f| f.starts_with("--cert-path") || f.starts_with("--secure-proxy"))
+    {
+        v.push("--secure-proxy=false");
+    }
+    v
+}
+
 /// Starts the proxy with these flags.
 pub async fn proxy(flags: &[&str]) -> SocketAddr {
     let args = llmd_pd_proxy::Args::parse_from(
-        std::iter::once("llmd-pd-proxy").chain(flags.iter().copied()),
+        std::iter::once("llmd-pd-proxy").chain(plain_unless_tls(flags)),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     llmd_pd_proxy::start(

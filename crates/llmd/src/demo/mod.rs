@@ -157,6 +157,7 @@ pub async fn run(
             names::epp::ALL,
             names::kv_cache::ALL,
             names::pd_proxy::ALL,
+            names::gateway::ALL,
         ],
         &[],
     )?;

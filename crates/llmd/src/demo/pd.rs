@@ -179,6 +179,7 @@ pub(super) async fn pd_stack(
         &format!("http://{decode}"),
         "--allow-prefill",
         "127.0.0.1",
+        "--secure-proxy=false",
     ])?;
     let proxy_metrics = bind().await?;
     let proxy_metrics_addr = proxy_metrics.local_addr()?;

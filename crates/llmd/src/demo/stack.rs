@@ -180,6 +180,10 @@ pub(super) async fn epp(
             max_body_bytes: 32 << 20,
             pool_name: pool.into(),
             kubernetes: None,
+            metric_names: Default::default(),
+            metrics_staleness: None,
+            objectives: Vec::new(),
+            subset_filter: true,
             limits: Default::default(),
             grace_period: std::time::Duration::from_secs(1),
             service_name: Some(llmd_telemetry::names::services::SCHEDULER.to_owned()),
@@ -203,6 +207,8 @@ pub(super) async fn gateway(
         "llmd-gateway",
         "--epp",
         &format!("http://{}", epp.grpc),
+        "--span-service-name",
+        llmd_telemetry::names::services::GATEWAY,
     ])?;
     Ok(llmd_gateway::start(gw_args, bind().await?, stop.clone()).await?)
 }
