@@ -296,7 +296,10 @@ fn grouped_bars(
     let mut s = open(id, title, subtitle);
     y_axis(&mut s, &f, y_label, fmt);
     if series.len() > 1 {
-        legend(&mut s, &series.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>());
+        legend(
+            &mut s,
+            &series.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+        );
     }
     let group = f.x(1.0) - f.x(0.0);
     let bar = (group * 0.8 / series.len() as f64).min(48.0);
@@ -382,13 +385,13 @@ fn overlaid_histograms(
     let mut s = open(id, title, subtitle);
     y_axis(&mut s, &f, "requests", &|v| num(v));
     x_axis(&mut s, &f, x_label);
-    legend(&mut s, &series.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>());
+    legend(
+        &mut s,
+        &series.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+    );
     for (k, ((name, color, v), c)) in series.iter().zip(&counts).enumerate() {
         for (i, n) in c.iter().enumerate().filter(|(_, n)| **n > 0.0) {
-            let (x0, x1) = (
-                f.x(lo + width * i as f64),
-                f.x(lo + width * (i + 1) as f64),
-            );
+            let (x0, x1) = (f.x(lo + width * i as f64), f.x(lo + width * (i + 1) as f64));
             let y = f.y(*n);
             let _ = write!(
                 s,
@@ -575,12 +578,9 @@ fn bins(points: &[PdPoint]) -> Vec<Bin> {
     };
     let at = |p: &PdPoint| p.start_unix_nano.saturating_sub(t0) as f64 / 1e9;
     let span = points.iter().map(at).fold(0.0f64, f64::max);
-    // About 40 bars: one a second for the demo's runs, wider for a long --keep-running.
-    let width = if span <= 40.0 {
-        1.0
-    } else {
-        nice_step(span / 8.0).max(1.0)
-    };
+    // About 20 to 50 bars whatever the run's length (a short run's requests start within a
+    // second or two; a long --keep-running spans hours), at least 50 ms each.
+    let width = nice_step(span / 5.0).max(0.05);
     let n = (span / width).floor() as usize + 1;
     let mut sums = vec![(0usize, 0.0, 0.0, 0.0, 0usize, 0.0); n];
     for p in points {
@@ -628,14 +628,17 @@ fn breakdown_chart(points: &[PdPoint]) -> String {
     };
     let true_p50 = quantile(&points.iter().map(|p| p.true_ttft).collect::<Vec<_>>(), 0.5);
     let engine_p50 = quantile(
-        &points.iter().filter_map(|p| p.engine_ttft).collect::<Vec<_>>(),
+        &points
+            .iter()
+            .filter_map(|p| p.engine_ttft)
+            .collect::<Vec<_>>(),
         0.5,
     );
     let mut s = open(
         id,
         title,
         &format!(
-            "{} P/D requests, mean per {} s; p50 true TTFT {} ms, the decode engine's TTFT {} ms",
+            "{} P/D requests by arrival, mean per {} s; p50 true TTFT {} ms, the decode engine's TTFT {} ms",
             points.len(),
             num(bins[0].t1 - bins[0].t0),
             num(true_p50),
@@ -986,7 +989,10 @@ fn waterfall(index: usize, spans: &[&Received]) -> String {
 fn sample_traces(spans: &[Received]) -> Vec<(String, Vec<&Received>)> {
     let mut by_trace: HashMap<&[u8], Vec<&Received>> = HashMap::new();
     for s in spans {
-        by_trace.entry(s.span.trace_id.as_slice()).or_default().push(s);
+        by_trace
+            .entry(s.span.trace_id.as_slice())
+            .or_default()
+            .push(s);
     }
     let decision = |trace: &[&Received]| {
         trace
@@ -994,12 +1000,12 @@ fn sample_traces(spans: &[Received]) -> Vec<(String, Vec<&Received>)> {
             .find(|s| s.span.name == names::spans::EPP_PROFILE_HANDLER_PICK)
             .and_then(|s| s.attr(a::EPP_DECISION))
     };
-    let proxy = |trace: &[&Received]| {
+    fn proxy<'a>(trace: &[&'a Received]) -> Option<&'a Received> {
         trace
             .iter()
             .find(|s| s.span.name == names::spans::PD_PROXY_REQUEST)
             .copied()
-    };
+    }
     let has_root = |trace: &[&Received]| {
         trace
             .iter()
@@ -1048,7 +1054,10 @@ fn sample_traces(spans: &[Received]) -> Vec<(String, Vec<&Received>)> {
         }
     };
     if let Some((t, id)) = pd.last() {
-        take(format!("slowest P/D request (true TTFT {} ms)", num(*t)), id);
+        take(
+            format!("slowest P/D request (true TTFT {} ms)", num(*t)),
+            id,
+        );
     }
     if pd.len() > 1 {
         let (t, id) = pd[(pd.len() - 1) / 2];
@@ -1144,7 +1153,8 @@ svg text{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif}
 .svcs{display:flex;flex-wrap:wrap;gap:14px;font-size:12px;color:#555;margin:0 0 8px}
 .svcs i{display:inline-block;width:10px;height:10px;margin-right:5px;border-radius:2px}
 .explorer{display:flex;gap:14px;align-items:flex-start;flex-wrap:wrap}
-.traces{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:6px 10px;flex:1 1 1000px;max-width:1020px;overflow-x:auto}
+.traces{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:6px 10px;flex:1 1 760px;max-width:1020px}
+svg.waterfall{width:100%;height:auto}
 .traces h3{font-size:14px;margin:6px 0}
 svg.waterfall .row{fill:transparent}
 svg.waterfall g.span{cursor:pointer}
@@ -1153,12 +1163,12 @@ svg.waterfall g.span.sel .row{fill:#dbe7f5}
 svg.waterfall g.span:focus{outline:none}
 svg.waterfall .name{font-size:12px;fill:#222}
 svg.waterfall .svc{font-size:10.5px;fill:#777}
-aside#attrs{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:10px 14px;flex:1 1 380px;min-width:340px;max-width:560px;font-size:12.5px}
+aside#attrs{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:10px 14px;flex:0 1 440px;min-width:340px;font-size:12.5px;position:sticky;top:8px}
 aside#attrs h3{font-size:14px;margin:4px 0 8px;word-break:break-all}
 table.attrs{border-collapse:collapse;width:100%}
 table.attrs th{text-align:left;font-weight:normal;color:#555;padding:3px 8px 3px 0;vertical-align:top;word-break:break-all;width:45%}
 table.attrs td{padding:3px 4px;word-break:break-all}
-table.attrs td.ty{color:#999;font-size:11px;width:1%}
+table.attrs td.ty{color:#999;font-size:11px;width:1%;white-space:nowrap}
 table.attrs tr.key th,table.attrs tr.key td{font-weight:bold;color:#1f2d3d;background:#fff6e6}
 footer{color:#777;font-size:12px;padding:0 28px 24px}
 "#;
@@ -1252,7 +1262,10 @@ pub(super) fn page(fig: &Figures, spans: Option<&[Received]>) -> String {
         tile(
             &mut html,
             "EPP decisions",
-            &format!("{:.0} P/D, {:.0} decode-only", p.pd_decisions, p.decode_only),
+            &format!(
+                "{:.0} P/D, {:.0} decode-only",
+                p.pd_decisions, p.decode_only
+            ),
             &format!("threshold {} uncached tokens", p.threshold),
         );
     }
@@ -1263,10 +1276,7 @@ pub(super) fn page(fig: &Figures, spans: Option<&[Received]>) -> String {
             &mut html,
             "true TTFT p50",
             &format!("{} ms", num(quantile(&t, 0.5))),
-            &format!(
-                "the decode engine reports {} ms",
-                num(quantile(&e, 0.5))
-            ),
+            &format!("the decode engine reports {} ms", num(quantile(&e, 0.5))),
         );
     }
     if let Some(p) = &fig.pd {
@@ -1283,7 +1293,9 @@ pub(super) fn page(fig: &Figures, spans: Option<&[Received]>) -> String {
     }
     html.push_str("</div>");
 
-    html.push_str("<section id=\"part1\"><h2>Part 1: precise prefix-cache routing vs random routing</h2>");
+    html.push_str(
+        "<section id=\"part1\"><h2>Part 1: precise prefix-cache routing vs random routing</h2>",
+    );
     match &fig.prefix {
         Some(p) => {
             let _ = write!(
@@ -1313,10 +1325,7 @@ pub(super) fn page(fig: &Figures, spans: Option<&[Received]>) -> String {
              the coordinator: it is what a dashboard of vLLM alone would show.{}</p><div class=\"charts\">{}</div>",
             fig.pd
                 .as_ref()
-                .map(|p| format!(
-                    " {} requests, {} ok.",
-                    p.requests, p.ok
-                ))
+                .map(|p| format!(" {} requests, {} ok.", p.requests, p.ok))
                 .unwrap_or_default(),
             pd_charts(fig.pd.as_ref(), &points)
         );
@@ -1347,6 +1356,7 @@ mod tests {
         KeyValue {
             key: key.to_owned(),
             value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
         }
     }
 
@@ -1379,7 +1389,15 @@ mod tests {
         use names::services as svc;
         let s = names::spans::LOADGEN_REQUEST;
         let mut out = vec![
-            span(trace, 1, None, s, svc::LOADGEN, (at_ms, at_ms + 100), vec![]),
+            span(
+                trace,
+                1,
+                None,
+                s,
+                svc::LOADGEN,
+                (at_ms, at_ms + 100),
+                vec![],
+            ),
             span(
                 trace,
                 2,
@@ -1408,7 +1426,10 @@ mod tests {
         if decision == "prefill-decode" {
             proxy.extend([
                 kv(a::PD_TRUE_TTFT_MS, Value::DoubleValue(true_ttft)),
-                kv(a::PD_PREFILL_DURATION_MS, Value::DoubleValue(true_ttft - 10.5)),
+                kv(
+                    a::PD_PREFILL_DURATION_MS,
+                    Value::DoubleValue(true_ttft - 10.5),
+                ),
                 kv(a::PD_COORDINATOR_OVERHEAD_MS, Value::DoubleValue(0.5)),
                 kv(a::PD_DECODE_TTFT_MS, Value::DoubleValue(10.0)),
             ]);
@@ -1451,7 +1472,13 @@ mod tests {
             cached_share: hit,
             epp_hit_rate: hit,
             per_pod: pods,
-            matched: vec![(0.0, 5.0), (1.0, 0.0), (8.0, 3.0), (16.0, 90.0), (32.0, 0.0)],
+            matched: vec![
+                (0.0, 5.0),
+                (1.0, 0.0),
+                (8.0, 3.0),
+                (16.0, 90.0),
+                (32.0, 0.0),
+            ],
             ttft_ms: vec![10.0, 12.0, 30.0, 31.0],
             ttft_p: [12.0, 30.0, 31.0],
         };
@@ -1468,7 +1495,12 @@ mod tests {
                 decode_only: 1.0,
                 threshold: 200,
                 transfers: 4.0,
-                xfer_time: vec![(0.005, 0.0), (0.01, 4.0), (0.025, 0.0), (f64::INFINITY, 0.0)],
+                xfer_time: vec![
+                    (0.005, 0.0),
+                    (0.01, 4.0),
+                    (0.025, 0.0),
+                    (f64::INFINITY, 0.0),
+                ],
                 xfer_bytes: vec![(2048.0, 0.0), (8.0e6, 4.0), (f64::INFINITY, 0.0)],
                 xfer_time_mean_ms: Some(7.5),
                 xfer_bytes_mean: Some(6.0e6),
@@ -1499,7 +1531,9 @@ mod tests {
         }
         // The slowest and the median P/D request and the decode-only one, in that order.
         let picker = &html[html.find("trace-picker").unwrap()..];
-        let slowest = picker.find("slowest P/D request (true TTFT 80 ms)").unwrap();
+        let slowest = picker
+            .find("slowest P/D request (true TTFT 80 ms)")
+            .unwrap();
         let median = picker.find("median P/D request (true TTFT 50 ms)").unwrap();
         let decode_only = picker.find("a decode-only request").unwrap();
         assert!(slowest < median && median < decode_only);
@@ -1509,8 +1543,16 @@ mod tests {
         let t = &html[html.find("<template id=\"span-0-2\">").unwrap()..];
         let t = &t[..t.find("</template>").unwrap()];
         assert!(t.contains(names::spans::EPP_PROFILE_HANDLER_PICK), "{t}");
-        for key in ["decision", "cache_hit_ratio", "pd_threshold", "user_input_bytes"] {
-            assert!(t.contains(&format!("<tr class=\"key\"><th>{key}</th>")), "{key}: {t}");
+        for key in [
+            "decision",
+            "cache_hit_ratio",
+            "pd_threshold",
+            "user_input_bytes",
+        ] {
+            assert!(
+                t.contains(&format!("<tr class=\"key\"><th>{key}</th>")),
+                "{key}: {t}"
+            );
         }
         assert!(t.contains("prefill-decode") && t.contains("4096"), "{t}");
         // Nothing fetched from anywhere.
@@ -1518,9 +1560,10 @@ mod tests {
     }
 
     #[test]
-    fn the_breakdown_stacks_the_proxys_timings_per_second() {
+    fn the_breakdown_stacks_the_proxys_timings_per_time_bin() {
+        // 1.5 s of requests: bins of 100 ms, the first two requests in the first.
         let mut spans = request(1, 0, "prefill-decode", 50.0);
-        spans.extend(request(2, 200, "prefill-decode", 70.0));
+        spans.extend(request(2, 20, "prefill-decode", 70.0));
         spans.extend(request(3, 1500, "prefill-decode", 90.0));
         let points = pd_points(&spans);
         let b = bins(&points);
@@ -1549,14 +1592,39 @@ mod tests {
 
     #[test]
     fn labels_are_escaped_and_buckets_named_by_their_bounds() {
-        let svg = grouped_bars("x", "<b>", "", "y", &["a&b".to_owned()], &[("s", "#000", vec![1.0])], &|v| num(v));
+        let svg = grouped_bars(
+            "x",
+            "<b>",
+            "",
+            "y",
+            &["a&b".to_owned()],
+            &[("s", "#000", vec![1.0])],
+            &|v| num(v),
+        );
         assert!(svg.contains("&lt;b&gt;") && svg.contains("a&amp;b"));
         assert_eq!(
-            matched_categories(&[(0.0, 1.0), (1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (16.0, 1.0), (f64::INFINITY, 1.0)]),
+            matched_categories(&[
+                (0.0, 1.0),
+                (1.0, 1.0),
+                (2.0, 1.0),
+                (4.0, 1.0),
+                (16.0, 1.0),
+                (f64::INFINITY, 1.0)
+            ]),
             ["0", "1", "2", "3-4", "5-16", "> 16"]
         );
-        let svg = bucket_bars("t", "t", "", &[(0.005, 0.0), (0.01, 3.0), (0.025, 1.0), (0.05, 0.0)], &|s| format!("{} ms", num(s * 1e3)), "#000");
-        assert!(svg.contains(">5 ms-10 ms<") && svg.contains(">10 ms-25 ms<"), "{svg}");
+        let svg = bucket_bars(
+            "t",
+            "t",
+            "",
+            &[(0.005, 0.0), (0.01, 3.0), (0.025, 1.0), (0.05, 0.0)],
+            &|s| format!("{} ms", num(s * 1e3)),
+            "#000",
+        );
+        assert!(
+            svg.contains(">5 ms-10 ms<") && svg.contains(">10 ms-25 ms<"),
+            "{svg}"
+        );
         assert!(!svg.contains("25 ms-50 ms"));
     }
 }

@@ -39,7 +39,7 @@ use anyhow::{Context, bail};
 use llmd_telemetry::names;
 use tokio_util::sync::CancellationToken;
 
-use pd::{pd_background, pd_part};
+use pd::{decode_only_probe, pd_background, pd_part};
 use prefix::{prefix_load, prefix_part};
 use stack::{bind, write_prometheus_config};
 use trace::print_trace;
@@ -188,8 +188,7 @@ pub async fn run(
     let mut background = Vec::new();
     let mut figures = html::Figures::default();
     if args.runs(Part::Prefix) {
-        let (stack, tokenizer, measured) =
-            prefix_part(&args, &metrics, &stop, &mut failed).await?;
+        let (stack, tokenizer, measured) = prefix_part(&args, &metrics, &stop, &mut failed).await?;
         figures.prefix = Some(measured);
         background.push(prefix_load(
             stack.gateway,
@@ -202,12 +201,22 @@ pub async fn run(
     }
     if args.runs(Part::Pd) {
         let (stack, measured) = pd_part(&args, &metrics, &stop, &mut failed).await?;
+        let measured_decode_only = measured.decode_only;
         figures.pd = Some(measured);
         background.push(pd_background(&stack, args.background_rate)?);
         if let Some((spans, guard)) = &spans {
             tokio::task::block_in_place(|| guard.flush());
             trace::print_breakdown(&spans.snapshot());
             print_trace(spans, guard).await;
+        }
+        if args.html.is_some() && spans.is_some() && measured_decode_only == 0.0 {
+            println!(
+                "\n(the load made no decode-only decision: one short request follows, for the \
+                 page's trace explorer; it is not in the results above)"
+            );
+            if let Err(error) = decode_only_probe(&stack, &stop).await {
+                failed.push(format!("part 2: {error:#}"));
+            }
         }
     }
     let spans = spans.map(|(spans, guard)| {

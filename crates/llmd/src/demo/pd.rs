@@ -346,7 +346,12 @@ pub(super) async fn pd_part(
         decode_only,
         threshold: args.pd_threshold,
         transfers,
-        xfer_time: bucket_delta(&before, &after, names::vllm::NIXL_XFER_TIME.name, &on_decode),
+        xfer_time: bucket_delta(
+            &before,
+            &after,
+            names::vllm::NIXL_XFER_TIME.name,
+            &on_decode,
+        ),
         xfer_bytes: bucket_delta(
             &before,
             &after,
@@ -396,4 +401,51 @@ pub(super) fn pd_background(stack: &PdStack, rate: f64) -> anyhow::Result<llmd_l
         bail!("internal: not a run command");
     };
     Ok(*run)
+}
+
+/// One short request through the P/D stack after part 2's measured load, so that the page's
+/// trace explorer has a decode-only trace when the load's prompts were all long enough for P/D
+/// (a short run). Not counted in part 2's results, which were read before it.
+pub(super) async fn decode_only_probe(
+    stack: &PdStack,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let endpoint = format!("http://{}/v1", stack.gateway);
+    let tok = stack
+        .tokenizer
+        .as_ref()
+        .map_or_else(|| "bytes".to_owned(), |t| t.display().to_string());
+    let flags = [
+        "llmd-loadgen",
+        "run",
+        "--endpoint",
+        endpoint.as_str(),
+        "--model",
+        crate::fetch::MODEL,
+        "--span-service-name",
+        names::services::LOADGEN,
+        "--tokenizer",
+        tok.as_str(),
+        "--input-tokens",
+        "40",
+        "--output-tokens",
+        "8",
+        "--stream",
+        "--load",
+        "concurrency",
+        "--concurrency",
+        "1",
+        "--requests",
+        "1",
+        "--no-preflight",
+        "--quiet",
+    ];
+    let llmd_loadgen::Command::Run(run) = llmd_loadgen::Args::try_parse_from(flags)?.command else {
+        bail!("internal: not a run command");
+    };
+    let report = llmd_loadgen::run_load(&run, stop.clone()).await?;
+    if report.overall.ok != 1 {
+        bail!("the short request after part 2 failed");
+    }
+    Ok(())
 }

@@ -134,7 +134,10 @@ pub(super) fn bucket_delta(
     let cumulative = |e: &Exposition| {
         let mut by_le: Vec<(f64, f64)> = Vec::new();
         for s in e.find(&name, labels) {
-            let Some(le) = s.label("le").and_then(llmd_telemetry::exposition::parse_value) else {
+            let Some(le) = s
+                .label("le")
+                .and_then(llmd_telemetry::exposition::parse_value)
+            else {
                 continue;
             };
             match by_le.iter_mut().find(|(l, _)| *l == le) {
