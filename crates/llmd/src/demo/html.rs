@@ -1025,11 +1025,18 @@ fn sample_traces(spans: &[Received]) -> Vec<(String, Vec<&Received>)> {
                     pd.push((t, id));
                 }
             }
-            (Some(p), Some("decode-only")) => {
-                let (s, e) = p.window();
-                decode_only.push((e.saturating_sub(s) as f64, id));
+            // The proxy passes a decode-only request through without a span of its own: by
+            // the whole request's time, as the load generator saw it.
+            (_, Some("decode-only")) => {
+                let root = trace
+                    .iter()
+                    .find(|s| s.span.name == names::spans::LOADGEN_REQUEST);
+                if let Some(r) = root {
+                    let (s, e) = r.window();
+                    decode_only.push((e.saturating_sub(s) as f64, id));
+                }
             }
-            (None, _)
+            (None, None)
                 if trace
                     .iter()
                     .any(|s| s.span.name == names::spans::EPP_SCORER_PREFIX_CACHE) =>
@@ -1266,7 +1273,7 @@ pub(super) fn page(fig: &Figures, spans: Option<&[Received]>) -> String {
                 "{:.0} P/D, {:.0} decode-only",
                 p.pd_decisions, p.decode_only
             ),
-            &format!("threshold {} uncached tokens", p.threshold),
+            &format!("threshold {} uncached characters", p.threshold),
         );
     }
     if !points.is_empty() {
@@ -1422,8 +1429,21 @@ mod tests {
                 ],
             ),
         ];
+        if decision == "decode-only" {
+            // The proxy passes it through without spans of its own.
+            out.push(span(
+                trace,
+                6,
+                Some(2),
+                names::spans::LLM_REQUEST,
+                svc::VLLM_DECODE,
+                (at_ms + 5, at_ms + 97),
+                vec![kv(a::GEN_AI_LATENCY_TTFT, Value::DoubleValue(0.008))],
+            ));
+            return out;
+        }
         let mut proxy = vec![kv("outcome", Value::StringValue("ok".to_owned()))];
-        if decision == "prefill-decode" {
+        {
             proxy.extend([
                 kv(a::PD_TRUE_TTFT_MS, Value::DoubleValue(true_ttft)),
                 kv(
@@ -1539,7 +1559,7 @@ mod tests {
         assert!(slowest < median && median < decode_only);
         // Every span of the three traces has its attribute template; the pick span's carry
         // the EPP's decision and its inputs, marked as key attributes.
-        assert_eq!(html.matches("<template id=\"span-").count(), 18);
+        assert_eq!(html.matches("<template id=\"span-").count(), 6 + 6 + 4);
         let t = &html[html.find("<template id=\"span-0-2\">").unwrap()..];
         let t = &t[..t.find("</template>").unwrap()];
         assert!(t.contains(names::spans::EPP_PROFILE_HANDLER_PICK), "{t}");

@@ -91,7 +91,8 @@ pub struct DemoArgs {
     /// Multiplies the part 2 load patterns' pauses.
     #[arg(long, default_value_t = 0.2)]
     pub pace: f64,
-    /// Prompts above this many uncached tokens (as the EPP estimates them) go prefill/decode.
+    /// Prompts with at least this many uncached characters (the pd-profile-handler's threshold,
+    /// as llm-d counts it: (1 - cache hit ratio) x input bytes) go prefill/decode.
     #[arg(long, default_value_t = 200)]
     pub pd_threshold: u32,
     /// Leave the stacks running after the summary, with a light load so that dashboards move
