@@ -757,14 +757,14 @@ fn pd_charts(p: Option<&PdFigures>, points: &[PdPoint]) -> String {
     };
     out.push_str(&bucket_bars(
         "p2-nixl-time",
-        "NIXL transfer time",
+        "NIXL transfer time (ms)",
         &format!(
             "vllm:nixl_xfer_time_seconds of the decode engine: {} rank-transfers, mean {} ms",
             num(p.transfers),
             p.xfer_time_mean_ms.map_or_else(|| "-".to_owned(), num)
         ),
         &p.xfer_time,
-        &|s| format!("{} ms", num(s * 1e3)),
+        &|s| num(s * 1e3),
         PREFILL,
     ));
     out.push_str(&bucket_bars(
@@ -1160,7 +1160,7 @@ svg text{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif}
 .svcs{display:flex;flex-wrap:wrap;gap:14px;font-size:12px;color:#555;margin:0 0 8px}
 .svcs i{display:inline-block;width:10px;height:10px;margin-right:5px;border-radius:2px}
 .explorer{display:flex;gap:14px;align-items:flex-start;flex-wrap:wrap}
-.traces{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:6px 10px;flex:1 1 760px;max-width:1020px}
+.traces{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:6px 10px;flex:1 1 640px;max-width:1020px}
 svg.waterfall{width:100%;height:auto}
 .traces h3{font-size:14px;margin:6px 0}
 svg.waterfall .row{fill:transparent}
