@@ -9,6 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "no cargo on PATH: install a Rust toolchain (rustup), then run this again" >&2
+  exit 1
+fi
+
 echo "== set-up (scripts/setup.sh)"
 bash scripts/setup.sh
 
