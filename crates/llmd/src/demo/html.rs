@@ -1442,18 +1442,16 @@ mod tests {
             ));
             return out;
         }
-        let mut proxy = vec![kv("outcome", Value::StringValue("ok".to_owned()))];
-        {
-            proxy.extend([
-                kv(a::PD_TRUE_TTFT_MS, Value::DoubleValue(true_ttft)),
-                kv(
-                    a::PD_PREFILL_DURATION_MS,
-                    Value::DoubleValue(true_ttft - 10.5),
-                ),
-                kv(a::PD_COORDINATOR_OVERHEAD_MS, Value::DoubleValue(0.5)),
-                kv(a::PD_DECODE_TTFT_MS, Value::DoubleValue(10.0)),
-            ]);
-        }
+        let proxy = vec![
+            kv("outcome", Value::StringValue("ok".to_owned())),
+            kv(a::PD_TRUE_TTFT_MS, Value::DoubleValue(true_ttft)),
+            kv(
+                a::PD_PREFILL_DURATION_MS,
+                Value::DoubleValue(true_ttft - 10.5),
+            ),
+            kv(a::PD_COORDINATOR_OVERHEAD_MS, Value::DoubleValue(0.5)),
+            kv(a::PD_DECODE_TTFT_MS, Value::DoubleValue(10.0)),
+        ];
         out.push(span(
             trace,
             4,
