@@ -32,6 +32,26 @@ pub(super) async fn sim(flags: &[&str], stop: &CancellationToken) -> anyhow::Res
     sim_on(flags, bind().await?, stop).await
 }
 
+/// The process registry's exposition, rendered at most once per 100 ms and shared by every
+/// engine's view. An EPP scrapes all its pods at once, every 500 ms: without this each scrape
+/// rendered the whole registry (about 300 kB, every component's series) for the few lines of
+/// one engine, 45 ms each in a debug build on a busy 2-core machine, and scrapes that took
+/// longer than the EPP's 500 ms timeout left pods unroutable (503s in the demo's own load).
+fn rendered(metrics: &MetricsHandle) -> std::sync::Arc<String> {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    static LAST: Mutex<Option<(Instant, Arc<String>)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((at, text)) = last.as_ref()
+        && at.elapsed() < Duration::from_millis(100)
+    {
+        return text.clone();
+    }
+    let text = Arc::new(metrics.render());
+    *last = Some((Instant::now(), text.clone()));
+    text
+}
+
 /// Serves, at `/metrics`, the `vllm:*` series of engine `rank` from the process registry: what
 /// that simulator's `/metrics` would show if it ran in its own process.
 pub(super) async fn engine_metrics(
@@ -46,7 +66,7 @@ pub(super) async fn engine_metrics(
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let text = handle.render();
+            let text = rendered(&handle);
             let label = label.clone();
             async move {
                 let own: String = text
