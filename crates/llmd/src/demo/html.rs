@@ -638,7 +638,7 @@ fn breakdown_chart(points: &[PdPoint]) -> String {
         id,
         title,
         &format!(
-            "{} P/D requests by arrival, mean per {} s; p50 true TTFT {} ms, the decode engine's TTFT {} ms",
+            "{} P/D requests by arrival, mean per {} s; p50: true TTFT {} ms, decode engine's {} ms",
             points.len(),
             num(bins[0].t1 - bins[0].t0),
             num(true_p50),
