@@ -38,6 +38,16 @@ RANGE = "$__range"
 DECODE_ENGINES = f"on (instance, engine) group by (instance, engine) (vllm:nixl_xfer_time_seconds_count{{{M}}} > 0)"
 
 
+# Both handlers' decision counters: llm-d's pd-profile-handler and its current
+# disagg-profile-handler count the same decision types under two names; a pool runs one of them.
+DECISIONS = ("llm_d_inference_scheduler_pd_decision_total", "llm_d_inference_scheduler_disagg_decision_total")
+PD_ONLY = 'decision_type="prefill-decode"'
+
+
+def either(fn: str, sel: str, window: str) -> str:
+    return " or ".join(f"{fn}({m}{{{sel}}}[{window}])" for m in DECISIONS)
+
+
 def rate(metric: str, sel: str = "", window: str = RI) -> str:
     braces = "{" + sel + "}" if sel else ""
     return f"rate({metric}{braces}[{window}])"
@@ -486,9 +496,9 @@ def epp_routing() -> dict:
     )
     b.stat(
         "P/D share of decisions",
-        "Share of the P/D profile handler's decisions that split the request into prefill and decode (time range).",
-        f'sum(increase(llm_d_inference_scheduler_pd_decision_total{{{M}, decision_type="prefill-decode"}}[{RANGE}]))'
-        f" / sum(increase(llm_d_inference_scheduler_pd_decision_total{{{M}}}[{RANGE}]))",
+        "Share of the profile handler's decisions that split the request into prefill and decode "
+        "(pd-profile-handler and disagg-profile-handler alike; time range).",
+        f'sum({either("increase", M + ", " + PD_ONLY, RANGE)}) / sum({either("increase", M, RANGE)})',
         "percentunit",
     )
     b.series(
@@ -524,8 +534,8 @@ def epp_routing() -> dict:
     )
     b.series(
         "P/D vs decode-only decisions",
-        "Decisions of the P/D profile handler per second, by decision type.",
-        [target(f"sum by (decision_type) ({rate('llm_d_inference_scheduler_pd_decision_total', M)})", "{{decision_type}}")],
+        "Decisions of the P/D profile handler (pd-profile-handler or disagg-profile-handler) per second, by decision type.",
+        [target(f"sum by (decision_type) ({either('rate', M, RI)})", "{{decision_type}}")],
         "ops",
         stack="normal",
         fill=40,

@@ -495,8 +495,14 @@ def test_pd_guide_roles_and_tensor_parallelism(g):
         if eng["name"] == "vllm":
             assert eng["resources"]["limits"]["nvidia.com/gpu"] == int(tp)
     cfg = yaml.safe_load(one(epp_docs, "ConfigMap")["data"]["config.yaml"])
-    assert [p for p in cfg["plugins"] if p["type"] == "pd-profile-handler"]
+    # llm-d's current P/D shape: the decision uses the chosen decode pod's uncached tokens.
+    assert [p for p in cfg["plugins"] if p["type"] == "disagg-profile-handler"]
+    (decider,) = [p for p in cfg["plugins"] if p["type"] == "prefix-based-pd-decider"]
+    assert decider["parameters"]["nonCachedTokens"] > 0
     assert {p["name"] for p in cfg["schedulingProfiles"]} == {"prefill", "decode"}
+    for profile in cfg["schedulingProfiles"]:
+        refs = [r["pluginRef"] for r in profile["plugins"]]
+        assert "precise-prefix-cache-scorer" in refs, profile["name"]
 
 
 @pytest.mark.parametrize("g", [g for g in GUIDES if g.name == "precise-prefix-cache-aware"], ids=lambda g: g.id)

@@ -160,7 +160,7 @@ def exposed(llmd_bin, tmp_path_factory) -> dict[str, list[dict[str, str]]]:
     tok = str(snapshots[0])
     work = tmp_path_factory.mktemp("llm-d-metrics")
     p = {k: pu.free_port() for k in ("prefill", "decode", "proxy", "proxy_m", "zmq", "dead",
-                                     *(f"{e}_{x}" for e in "abc" for x in ("grpc", "health", "metrics", "gw")))}
+                                     *(f"{e}_{x}" for e in "abc" for x in ("grpc", "health", "metrics", "gw", "gw_m")))}
     stack = Stack(llmd_bin, work)
     try:
         sim = ["sim", "--host", "127.0.0.1", "--model", MODEL, "--tokenizer", tok, "--hash-seed", "7",
@@ -219,6 +219,7 @@ def exposed(llmd_bin, tmp_path_factory) -> dict[str, list[dict[str, str]]]:
                 args += ["--kv-events-bind", f"tcp://127.0.0.1:{p['zmq']}"]
             stack.start(f"epp-{e}", args)
             stack.start(f"gateway-{e}", ["gateway", "--host", "127.0.0.1", "--port", str(p[f"{e}_gw"]),
+                                         "--metrics-port", str(p[f"{e}_gw_m"]),
                                          "--epp", f"http://127.0.0.1:{p[f'{e}_grpc']}"])
         for port in (p["prefill"], p["decode"], p["proxy_m"], p["a_metrics"], p["b_metrics"], p["c_metrics"]):
             wait_http(f"http://127.0.0.1:{port}/metrics", stack)

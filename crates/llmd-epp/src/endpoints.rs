@@ -398,6 +398,31 @@ pub fn parse_load_with(
     })
 }
 
+/// Why a scrape of a model server's `/metrics` failed.
+enum ScrapeFailure {
+    Timeout(String),
+    Connect(String),
+    Status(String),
+    Parse(String),
+}
+
+impl ScrapeFailure {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Connect(_) => "connect",
+            Self::Status(_) => "status",
+            Self::Parse(_) => "parse",
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Self::Timeout(m) | Self::Connect(m) | Self::Status(m) | Self::Parse(m) => m,
+        }
+    }
+}
+
 /// Scrapes every endpoint's `/metrics` every `interval` until cancelled.
 ///
 /// After each round it sets GIE's pool gauges (`inference_pool_ready_pods` and the averages),
@@ -443,25 +468,41 @@ pub async fn scrape_loop(
         });
         let results = futures::future::join_all(scrapes).await;
         for (e, r) in eps.iter().zip(results) {
-            match r
-                .map_err(|e| e.to_string())
-                .and_then(|t| parse_load_with(&t, &names).map_err(|e| e.to_string()))
-            {
-                Ok(load) => {
-                    pool.set_load(&e.id, load);
-                    failing.remove(&*e.id);
-                }
-                Err(error) => {
-                    // Not routable until a scrape succeeds again.
-                    pool.mark_unhealthy(&e.id, interval * 2);
-                    if failing.insert(e.id.to_string()) {
-                        tracing::warn!(
-                            endpoint = &*e.id,
-                            error,
-                            "metrics scrape failed; the endpoint is not routed to until it answers"
-                        );
+            let failure = match r {
+                Ok(text) => match parse_load_with(&text, &names) {
+                    Ok(load) => {
+                        pool.set_load(&e.id, load);
+                        failing.remove(&*e.id);
+                        continue;
                     }
+                    Err(error) => ScrapeFailure::Parse(error.to_string()),
+                },
+                Err(error) if error.is_timeout() => {
+                    ScrapeFailure::Timeout(llmd_wire::error_chain::chain(&error))
                 }
+                Err(error) if error.is_status() => {
+                    ScrapeFailure::Status(llmd_wire::error_chain::chain(&error))
+                }
+                Err(error) => ScrapeFailure::Connect(llmd_wire::error_chain::chain(&error)),
+            };
+            metrics::counter!(
+                llmd_telemetry::names::epp::METRICS_SCRAPE_FAILURES.name,
+                llmd_telemetry::names::labels::REASON => failure.reason()
+            )
+            .increment(1);
+            // A pod too busy to answer in time is still there: it keeps its last load, which
+            // the scorers treat as stale once it is. One that refuses or answers garbage is
+            // not routed to until a scrape succeeds again.
+            if !matches!(failure, ScrapeFailure::Timeout(_)) {
+                pool.mark_unhealthy(&e.id, interval * 2);
+            }
+            if failing.insert(e.id.to_string()) {
+                tracing::warn!(
+                    endpoint = &*e.id,
+                    reason = failure.reason(),
+                    error = failure.message(),
+                    "metrics scrape failed (logged once until it succeeds again)"
+                );
             }
         }
         let ready: Vec<Load> = pool

@@ -75,12 +75,9 @@ async fn precise_guides_send_shared_prefixes_to_the_pod_holding_them() {
     ] {
         let zmq = format!("tcp://127.0.0.1:{}", free_port());
         let cfg = config(name, &[("TOKENIZER", &tok), ("ZMQ", &zmq)]);
-        let mut e = epp(&cfg, Vec::new(), None, None).await;
-        assert_eq!(
-            e.epp.kv_events_bound.as_deref(),
-            Some(zmq.as_str()),
-            "{name}: kvEventsConfig.zmqEndpoint is bound"
-        );
+        // The pods start first and connect to an address nobody binds yet: ZMQ retries until
+        // the EPP binds it. The EPP knows them from the start (the bound socket applies only
+        // topics naming known pods).
         let (a, _sa) = sim(&sim_flags(&tok, &zmq)).await;
         let (b, _sb) = sim(&sim_flags(&tok, &zmq)).await;
         let specs: Vec<_> = [&a, &b]
@@ -92,7 +89,12 @@ async fn precise_guides_send_shared_prefixes_to_the_pod_holding_them() {
             })
             .collect();
         let pods: Vec<String> = specs.iter().map(|s| s.host_port()).collect();
-        e.epp.scheduler.pool().replace(specs);
+        let mut e = epp(&cfg, specs, None, None).await;
+        assert_eq!(
+            e.epp.kv_events_bound.as_deref(),
+            Some(zmq.as_str()),
+            "{name}: kvEventsConfig.zmqEndpoint is bound"
+        );
         let kv = e.epp.scheduler.kv().unwrap().index.clone();
         warm_up(&kv, &pods).await;
         common::matched(e.epp.metrics, "warm up").await;

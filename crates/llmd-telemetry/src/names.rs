@@ -1,4 +1,4 @@
-//! Every metric, span and span-attribute name of `shared/design.md` §4, written down once.
+//! Every metric, span and span-attribute name of the project, written down once: the telemetry contract (`docs/metrics.md` is generated from it).
 //!
 //! These names are wire-visible: Grafana dashboards, alerts and other llm-d components query them.
 //! Call sites use these constants (`names::pd_proxy::TRUE_TTFT.name`), never a string literal,
@@ -237,6 +237,15 @@ pub mod epp {
         "llm_d_inference_scheduler_disagg_decision_total",
         "Total number of disaggregation routing decisions made, by decision type.",
         &[MODEL_NAME, DECISION_TYPE],
+    );
+
+    /// llmd: failed scrapes of model servers' `/metrics`, by reason (`timeout`: the pod stays
+    /// routable on its last load until that is stale; `connect`, `status`, `parse`: the pod is
+    /// out of routing until a scrape succeeds).
+    pub const METRICS_SCRAPE_FAILURES: MetricDef = counter(
+        "llmd_epp_metrics_scrape_failures_total",
+        "Failed scrapes of model servers' /metrics, by reason.",
+        &[REASON],
     );
 
     /// GIE's token-count buckets.
@@ -636,6 +645,7 @@ pub mod epp {
         &PROMPT_CACHED_TOKENS,
         &POOL_AVG_RUNNING_REQUESTS,
         &DISAGG_DECISION_TOTAL,
+        &METRICS_SCRAPE_FAILURES,
         &REQUEST_SIZES,
         &RESPONSE_SIZES,
         &RUNNING_REQUESTS,
@@ -1408,7 +1418,7 @@ pub mod vllm {
     ];
 }
 
-/// OpenTelemetry `service.name` of each component (`shared/design.md` §4): the names the llm-d
+/// OpenTelemetry `service.name` of each component : the names the llm-d
 /// P/D demo's trace console lists. A component running alone exports under its process's
 /// service name (`OTEL_SERVICE_NAME`, or these defaults); components sharing a process (the
 /// demo, in-process test stacks) put their own name on their spans in [`services::SPAN_ATTR`],

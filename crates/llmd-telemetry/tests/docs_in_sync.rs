@@ -46,7 +46,7 @@ fn render() -> String {
         "# Telemetry contract: metric and span names\n\n\
          Generated from `crates/llmd-telemetry/src/names.rs` by `tests/docs_in_sync.rs`; do not \
          edit by hand. These names are wire-visible (dashboards, alerts and other llm-d \
-         components use them): `shared/design.md` §4 is the contract.\n\n",
+         components use them): this page is the contract.\n\n",
     );
     table(
         &mut out,

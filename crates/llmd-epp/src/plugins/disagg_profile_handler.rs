@@ -166,7 +166,7 @@ impl ProfileHandler for DisaggProfileHandler {
         let stages = Stages {
             decode: &self.decode,
             prefill: self.decider.as_ref().map(|_| self.prefill.as_str()),
-            threshold: None,
+            threshold: self.decider.as_ref().and_then(|d| d.threshold()),
         };
         disagg::handle(&self.id, profiles, cs, candidates, stages, &|cs, decode| {
             self.decider

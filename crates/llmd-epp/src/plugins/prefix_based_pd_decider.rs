@@ -69,4 +69,8 @@ impl Decider for PrefixBasedPdDecider {
         }
         prompt.saturating_sub(cached) >= self.non_cached
     }
+
+    fn threshold(&self) -> Option<u64> {
+        Some(self.non_cached)
+    }
 }

@@ -107,6 +107,12 @@ pub trait Scorer: Send + Sync {
 pub trait Decider: Send + Sync {
     /// True: run the prefill profile.
     fn disaggregate(&self, cs: &CycleState<'_>, decode: &Endpoint) -> bool;
+
+    /// The threshold it decides by, recorded on the pick span as `pd_threshold` (in the
+    /// decider's own unit), if it has one.
+    fn threshold(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Orders scored candidates; the first is the destination, the rest fallbacks.

@@ -1273,7 +1273,7 @@ pub(super) fn page(fig: &Figures, spans: Option<&[Received]>) -> String {
                 "{:.0} P/D, {:.0} decode-only",
                 p.pd_decisions, p.decode_only
             ),
-            &format!("threshold {} uncached characters", p.threshold),
+            &format!("threshold: {} tokens the decode pod lacks", p.threshold),
         );
     }
     if !points.is_empty() {

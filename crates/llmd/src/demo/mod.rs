@@ -91,8 +91,9 @@ pub struct DemoArgs {
     /// Multiplies the part 2 load patterns' pauses.
     #[arg(long, default_value_t = 0.2)]
     pub pace: f64,
-    /// Prompts with at least this many uncached characters (the pd-profile-handler's threshold,
-    /// as llm-d counts it: (1 - cache hit ratio) x input bytes) go prefill/decode.
+    /// Prompts of which the chosen decode pod lacks at least this many tokens go
+    /// prefill/decode (`prefix-based-pd-decider`'s `nonCachedTokens`; 0 disables P/D, as in
+    /// llm-d).
     #[arg(long, default_value_t = 200)]
     pub pd_threshold: u32,
     /// Leave the stacks running after the summary, with a light load so that dashboards move

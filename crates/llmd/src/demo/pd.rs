@@ -15,10 +15,11 @@ use super::stack::{
 };
 use super::{DemoArgs, HASH_SEED, ok_share};
 
-/// The P/D EPP: the precise prefix-cache scorer in both profiles (so `cache_hit_ratio` is the
-/// chosen decode pod's, and the decision counts its uncached tokens), as llm-d's P/D guide does.
-/// Without the real tokenizer (offline, nothing cached) it decides on an estimate of the prompt
-/// instead.
+/// The P/D EPP, as llm-d's current P/D guide configures it: the precise prefix-cache scorer in
+/// both profiles (so `cache_hit_ratio` is the chosen decode pod's) and `disagg-profile-handler`
+/// with `prefix-based-pd-decider`, which disaggregates when the chosen decode pod lacks at least
+/// `threshold` tokens of the prompt. Without the real tokenizer (offline, nothing cached) the
+/// prompt is estimated at 4 bytes a token.
 pub(super) fn pd_config(threshold: u32, tokenizer: Option<&Path>) -> String {
     let (prefix_plugin, prefix_ref) = match tokenizer {
         Some(tok) => (
@@ -37,8 +38,11 @@ plugins:
   - type: prefill-filter
   - type: queue-scorer
   - type: max-score-picker
-  - type: pd-profile-handler
-    parameters: {{threshold: {threshold}}}
+  - name: pd-decider
+    type: prefix-based-pd-decider
+    parameters: {{nonCachedTokens: {threshold}}}
+  - type: disagg-profile-handler
+    parameters: {{deciders: {{prefill: pd-decider}}}}
 schedulingProfiles:
   - name: decode
     plugins: [{{pluginRef: decode-filter}}, {prefix_ref}{{pluginRef: queue-scorer}}, {{pluginRef: max-score-picker}}]
@@ -267,14 +271,18 @@ pub(super) async fn pd_part(
     };
     let g = &report.overall;
     let ok_pct = 100.0 * ok_share(g);
-    let pd = d(
-        names::epp::PD_DECISION_TOTAL.name,
-        &[("decision_type", "prefill-decode")],
-    );
-    let decode_only = d(
-        names::epp::PD_DECISION_TOTAL.name,
-        &[("decision_type", "decode-only")],
-    );
+    // pd-profile-handler and disagg-profile-handler count the same decisions under two names.
+    let decisions = |kind: &str| {
+        [
+            names::epp::PD_DECISION_TOTAL.name,
+            names::epp::DISAGG_DECISION_TOTAL.name,
+        ]
+        .iter()
+        .map(|name| d(name, &[("decision_type", kind)]))
+        .sum::<f64>()
+    };
+    let pd = decisions("prefill-decode");
+    let decode_only = decisions("decode-only");
     println!();
     println!("== part 2 results");
     println!(
@@ -426,7 +434,7 @@ pub(super) async fn decode_only_probe(
         names::services::LOADGEN,
         "--tokenizer",
         tok.as_str(),
-        // Well under the threshold in characters, chat JSON included.
+        // Far fewer tokens than --pd-threshold: the decode pod lacks too few for P/D.
         "--input-tokens",
         "10",
         "--output-tokens",
@@ -444,8 +452,8 @@ pub(super) async fn decode_only_probe(
     let llmd_loadgen::Command::Run(run) = llmd_loadgen::Args::try_parse_from(flags)?.command else {
         bail!("internal: not a run command");
     };
-    // A few tries: on a busy machine the EPP may hold the only decode pod back for a second
-    // after a slow metrics scrape (503, no ready endpoint).
+    // A few tries: on a busy machine the only decode pod may be briefly unroutable (503, no
+    // ready endpoint).
     for _ in 0..5 {
         let report = llmd_loadgen::run_load(&run, stop.clone()).await?;
         if report.overall.ok == 1 || stop.is_cancelled() {
