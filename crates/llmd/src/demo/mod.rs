@@ -16,14 +16,16 @@
 //!
 //! Then one P/D request's trace as a waterfall (collected by an in-process OTLP receiver, and
 //! also sent to `--otlp-endpoint` when given). Every component's `/metrics` URL is printed and
-//! a Prometheus scrape configuration is written before the load starts. The demo exits
-//! non-zero when its own sanity checks fail.
+//! a Prometheus scrape configuration is written before the load starts. `--html FILE` draws
+//! what was measured into one self-contained page ([`html`]), which `--keep-running` also
+//! serves live. The demo exits non-zero when its own sanity checks fail.
 //!
 //! One process has one metrics registry: the simulators keep their series apart with distinct
 //! `engine` labels (`--data-parallel-rank`, as vLLM's data-parallel engines do), and each
 //! simulator's own `/metrics` URL serves only its engine's `vllm:*` series, so that the EPP's
 //! load scorers see each pod's own queue.
 
+mod html;
 mod pd;
 mod prefix;
 mod stack;
@@ -33,11 +35,11 @@ pub use trace::span_receiver;
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use llmd_telemetry::names;
 use tokio_util::sync::CancellationToken;
 
-use pd::{pd_background, pd_part};
+use pd::{decode_only_probe, pd_background, pd_part};
 use prefix::{prefix_load, prefix_part};
 use stack::{bind, write_prometheus_config};
 use trace::print_trace;
@@ -105,6 +107,11 @@ pub struct DemoArgs {
     /// Print a line per part 2 request.
     #[arg(long)]
     pub lines: bool,
+    /// Also draw what the demo measured into this HTML file: part 1's comparison, part 2's
+    /// true-TTFT breakdown over time and NIXL transfers, and a trace explorer (one
+    /// self-contained file, no network). With --keep-running the page is also served live.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 impl DemoArgs {
@@ -181,26 +188,53 @@ pub async fn run(
 
     let mut failed = Vec::new();
     let mut background = Vec::new();
+    let mut figures = html::Figures::default();
     if args.runs(Part::Prefix) {
-        let (stack, tokenizer) = prefix_part(&args, &metrics, &stop, &mut failed).await?;
+        let (stack, tokenizer, measured) = prefix_part(&args, &metrics, &stop, &mut failed).await?;
+        figures.prefix = Some(measured);
         background.push(prefix_load(
             stack.gateway,
             &tokenizer,
             &args,
             31_536_000.0,
             Some(args.background_rate),
+            None,
         )?);
     }
     if args.runs(Part::Pd) {
-        let stack = pd_part(&args, &metrics, &stop, &mut failed).await?;
+        let (stack, measured) = pd_part(&args, &metrics, &stop, &mut failed).await?;
+        let measured_decode_only = measured.decode_only;
+        figures.pd = Some(measured);
         background.push(pd_background(&stack, args.background_rate)?);
         if let Some((spans, guard)) = &spans {
             tokio::task::block_in_place(|| guard.flush());
             trace::print_breakdown(&spans.snapshot());
             print_trace(spans, guard).await;
         }
+        if args.html.is_some() && spans.is_some() && measured_decode_only == 0.0 {
+            println!(
+                "\n(the load made no decode-only decision: one short request follows, for the \
+                 page's trace explorer; it is not in the results above)"
+            );
+            if let Err(error) = decode_only_probe(&stack, &stop).await {
+                failed.push(format!("part 2: {error:#}"));
+            }
+        }
+    }
+    let spans = spans.map(|(spans, guard)| {
+        tokio::task::block_in_place(|| guard.flush());
+        spans
+    });
+    if let Some(path) = &args.html {
+        let all = spans.as_ref().map(|s| s.snapshot());
+        std::fs::write(path, html::page(&figures, all.as_deref()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("\npage: {} (what the demo measured, drawn)", path.display());
     }
     if args.keep_running && !stop.is_cancelled() {
+        figures.live = true;
+        let url = serve_page(figures, spans, &stop).await?;
+        println!("\npage: {url} (what the demo measured, drawn; live)");
         for load in background
             .into_iter()
             .filter(|_| args.background_rate > 0.0)
@@ -225,4 +259,41 @@ pub async fn run(
     }
     println!("\ndemo OK");
     Ok(())
+}
+
+/// Serves the page at `/` on a loopback port, drawn afresh for each request (the trace
+/// explorer and the P/D breakdown then include the light load's requests); returns its URL.
+async fn serve_page(
+    figures: html::Figures,
+    spans: Option<llmd_telemetry::testing::Spans>,
+    stop: &CancellationToken,
+) -> anyhow::Result<String> {
+    let listener = bind().await?;
+    let url = format!("http://{}/", listener.local_addr()?);
+    let figures = std::sync::Arc::new(figures);
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let (figures, spans) = (figures.clone(), spans.clone());
+            async move {
+                let body = tokio::task::spawn_blocking(move || {
+                    let all = spans.as_ref().map(|s| s.snapshot());
+                    html::page(&figures, all.as_deref())
+                })
+                .await
+                .unwrap_or_else(|e| format!("<!doctype html><p>the page failed: {e}</p>"));
+                axum::response::Html(body)
+            }
+        }),
+    );
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::warn!(%error, "the demo's page server stopped");
+        }
+    });
+    Ok(url)
 }

@@ -9,7 +9,10 @@ use llmd_epp::endpoints::Role;
 use llmd_telemetry::{MetricsHandle, names};
 use tokio_util::sync::CancellationToken;
 
-use super::stack::{bind, delta, engine_metrics, epp, gateway, sim, sim_on, snapshot, spec};
+use super::html::PdFigures;
+use super::stack::{
+    bind, bucket_delta, delta, engine_metrics, epp, gateway, sim, sim_on, snapshot, spec,
+};
 use super::{DemoArgs, HASH_SEED, ok_share};
 
 /// The P/D EPP, as llm-d's current P/D guide configures it: the precise prefix-cache scorer in
@@ -213,13 +216,14 @@ pub(super) async fn pd_stack(
     })
 }
 
-/// Part 2: the `pd-concurrent` load through the P/D stack, and its breakdown.
+/// Part 2: the `pd-concurrent` load through the P/D stack, and its breakdown; returns the stack
+/// and what it measured for the page.
 pub(super) async fn pd_part(
     args: &DemoArgs,
     metrics: &MetricsHandle,
     stop: &CancellationToken,
     failed: &mut Vec<String>,
-) -> anyhow::Result<PdStack> {
+) -> anyhow::Result<(PdStack, PdFigures)> {
     println!("\n== llmd demo, part 2: prefill/decode on loopback");
     let stack = pd_stack(args, metrics, stop).await?;
     println!(
@@ -343,7 +347,30 @@ pub(super) async fn pd_part(
     if true_ttft.is_none() {
         failed.push("part 2: the proxy measured no true TTFT".to_owned());
     }
-    Ok(stack)
+    let figures = PdFigures {
+        requests: g.requests,
+        ok: g.ok,
+        pd_decisions: pd,
+        decode_only,
+        threshold: args.pd_threshold,
+        transfers,
+        xfer_time: bucket_delta(
+            &before,
+            &after,
+            names::vllm::NIXL_XFER_TIME.name,
+            &on_decode,
+        ),
+        xfer_bytes: bucket_delta(
+            &before,
+            &after,
+            names::vllm::NIXL_BYTES_TRANSFERRED.name,
+            &on_decode,
+        ),
+        xfer_time_mean_ms: xfer,
+        xfer_bytes_mean: bytes,
+        started_at: report.started_at.clone(),
+    };
+    Ok((stack, figures))
 }
 
 /// A light P/D load for --keep-running: long prompts (P/D) and short ones (decode-only).
@@ -382,4 +409,57 @@ pub(super) fn pd_background(stack: &PdStack, rate: f64) -> anyhow::Result<llmd_l
         bail!("internal: not a run command");
     };
     Ok(*run)
+}
+
+/// One short request through the P/D stack after part 2's measured load, so that the page's
+/// trace explorer has a decode-only trace when the load's prompts were all long enough for P/D
+/// (a short run). Not counted in part 2's results, which were read before it.
+pub(super) async fn decode_only_probe(
+    stack: &PdStack,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let endpoint = format!("http://{}/v1", stack.gateway);
+    let tok = stack
+        .tokenizer
+        .as_ref()
+        .map_or_else(|| "bytes".to_owned(), |t| t.display().to_string());
+    let flags = [
+        "llmd-loadgen",
+        "run",
+        "--endpoint",
+        endpoint.as_str(),
+        "--model",
+        crate::fetch::MODEL,
+        "--span-service-name",
+        names::services::LOADGEN,
+        "--tokenizer",
+        tok.as_str(),
+        // Far fewer tokens than --pd-threshold: the decode pod lacks too few for P/D.
+        "--input-tokens",
+        "10",
+        "--output-tokens",
+        "8",
+        "--stream",
+        "--load",
+        "concurrency",
+        "--concurrency",
+        "1",
+        "--requests",
+        "1",
+        "--no-preflight",
+        "--quiet",
+    ];
+    let llmd_loadgen::Command::Run(run) = llmd_loadgen::Args::try_parse_from(flags)?.command else {
+        bail!("internal: not a run command");
+    };
+    // A few tries: on a busy machine the only decode pod may be briefly unroutable (503, no
+    // ready endpoint).
+    for _ in 0..5 {
+        let report = llmd_loadgen::run_load(&run, stop.clone()).await?;
+        if report.overall.ok == 1 || stop.is_cancelled() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    bail!("the short request after part 2 failed five times (see the log)")
 }

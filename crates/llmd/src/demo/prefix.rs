@@ -9,7 +9,10 @@ use llmd_epp::endpoints::Role;
 use llmd_telemetry::{MetricsHandle, names};
 use tokio_util::sync::CancellationToken;
 
-use super::stack::{bind, delta, engine_metrics, epp, gateway, sim_on, snapshot, spec};
+use super::html::{PrefixFigures, RunFigures};
+use super::stack::{
+    bind, bucket_delta, delta, engine_metrics, epp, gateway, sim_on, snapshot, spec,
+};
 use super::{
     DemoArgs, HASH_SEED, PREFIX_GPU_BLOCKS, PREFIX_GROUPS, PREFIX_TOKENS, SUFFIX_TOKENS, ok_share,
     pct, ratio,
@@ -125,13 +128,14 @@ pub(super) async fn prefix_stack(
 }
 
 /// The shared-prefix load of part 1 (`rate`: open loop at this rate instead of `workers` in
-/// flight, for --keep-running).
+/// flight, for --keep-running; `requests`: where to write every request's measurements).
 pub(super) fn prefix_load(
     gateway: SocketAddr,
     tokenizer: &Path,
     args: &DemoArgs,
     duration_s: f64,
     rate: Option<f64>,
+    requests: Option<&Path>,
 ) -> anyhow::Result<llmd_loadgen::RunArgs> {
     let endpoint = format!("http://{gateway}/v1");
     let tok = tokenizer.display().to_string();
@@ -176,6 +180,10 @@ pub(super) fn prefix_load(
         Some(r) => flags.extend(["--load", "poisson", "--rate", r.as_str()]),
         None => flags.extend(["--load", "concurrency", "--concurrency", workers.as_str()]),
     }
+    let requests = requests.map(|p| p.display().to_string());
+    if let Some(path) = &requests {
+        flags.extend(["--output-requests", path.as_str()]);
+    }
     let llmd_loadgen::Command::Run(run) = llmd_loadgen::Args::try_parse_from(flags)?.command else {
         bail!("internal: not a run command");
     };
@@ -192,6 +200,44 @@ pub(super) struct PrefixResult {
     /// Shares of requests by matched blocks of the chosen pod: 0, 1-8, 9-16, 17+.
     matched: [f64; 4],
     per_pod: Vec<f64>,
+    /// The EPP's matched-blocks histogram: (upper bound, requests in the bucket).
+    matched_buckets: Vec<(f64, f64)>,
+    /// The client's TTFT of every successful request, ms.
+    ttft_ms: Vec<f64>,
+}
+
+impl PrefixResult {
+    fn figures(&self) -> RunFigures {
+        let g = &self.report.overall;
+        RunFigures {
+            requests: g.requests,
+            ok: g.ok,
+            engine_hit_rate: self.engine_hit_rate,
+            cached_share: ratio(g.cached_tokens as f64, g.input_tokens as f64),
+            epp_hit_rate: self.epp_hit_rate,
+            per_pod: self.per_pod.clone(),
+            matched: self.matched_buckets.clone(),
+            ttft_ms: self.ttft_ms.clone(),
+            ttft_p: [g.ttft_ms.p50, g.ttft_ms.p90, g.ttft_ms.p99],
+        }
+    }
+}
+
+/// The client's TTFT of every successful request in a load generator's `--output-requests`
+/// file (which is removed).
+fn read_ttfts(path: &Path) -> anyhow::Result<Vec<f64>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let _ = std::fs::remove_file(path);
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let o: llmd_loadgen::client::Outcome =
+            serde_json::from_str(line).with_context(|| format!("a line of {}", path.display()))?;
+        if let (true, Some(t)) = (o.ok(), o.ttft_ms) {
+            out.push(t);
+        }
+    }
+    Ok(out)
 }
 
 pub(super) async fn prefix_run(
@@ -201,10 +247,22 @@ pub(super) async fn prefix_run(
     metrics: &MetricsHandle,
     stop: &CancellationToken,
 ) -> anyhow::Result<PrefixResult> {
-    let load = prefix_load(stack.gateway, tokenizer, args, args.duration_s, None)?;
+    let dir = std::env::temp_dir().join(format!("llmd-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let requests = dir.join(format!("part1-{}.jsonl", stack.ranks.first().unwrap_or(&0)));
+    let load = prefix_load(
+        stack.gateway,
+        tokenizer,
+        args,
+        args.duration_s,
+        None,
+        Some(&requests),
+    )?;
     let before = snapshot(metrics)?;
     let report = llmd_loadgen::run_load(&load, stop.clone()).await?;
     let after = snapshot(metrics)?;
+    let ttft_ms = read_ttfts(&requests)?;
+    let _ = std::fs::remove_dir(&dir);
     let d = |name: &str, labels: &[(&str, &str)]| delta(&before, &after, name, labels);
     let mut queries = 0.0;
     let mut hits = 0.0;
@@ -232,17 +290,20 @@ pub(super) async fn prefix_run(
             share(scored - b16),
         ],
         per_pod,
+        matched_buckets: bucket_delta(&before, &after, blocks, &[]),
+        ttft_ms,
     })
 }
 
 /// Part 1: precise prefix-cache routing, then random routing, side by side. Returns the stack
-/// left running (the precise one) and its tokenizer, for --keep-running.
+/// left running (the precise one) and its tokenizer, for --keep-running, and what it measured
+/// for the page.
 pub(super) async fn prefix_part(
     args: &DemoArgs,
     metrics: &MetricsHandle,
     stop: &CancellationToken,
     failed: &mut Vec<String>,
-) -> anyhow::Result<(PrefixStack, PathBuf)> {
+) -> anyhow::Result<(PrefixStack, PathBuf, PrefixFigures)> {
     println!("\n== llmd demo, part 1: precise prefix-cache routing on loopback");
     let tokenizer = crate::fetch::tokenizer_dir(args.tokenizer.as_deref()).await?;
     println!(
@@ -349,5 +410,10 @@ pub(super) async fn prefix_part(
             pct(b.engine_hit_rate)
         ));
     }
-    Ok((precise, tokenizer))
+    let figures = PrefixFigures {
+        precise: a.figures(),
+        random: b.figures(),
+        started_at: a.report.started_at.clone(),
+    };
+    Ok((precise, tokenizer, figures))
 }

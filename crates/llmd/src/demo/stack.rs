@@ -32,6 +32,26 @@ pub(super) async fn sim(flags: &[&str], stop: &CancellationToken) -> anyhow::Res
     sim_on(flags, bind().await?, stop).await
 }
 
+/// The process registry's exposition, rendered at most once per 100 ms and shared by every
+/// engine's view. An EPP scrapes all its pods at once, every 500 ms: without this each scrape
+/// rendered the whole registry (about 300 kB, every component's series) for the few lines of
+/// one engine, 45 ms each in a debug build on a busy 2-core machine, and scrapes that took
+/// longer than the EPP's 500 ms timeout left pods unroutable (503s in the demo's own load).
+fn rendered(metrics: &MetricsHandle) -> std::sync::Arc<String> {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    static LAST: Mutex<Option<(Instant, Arc<String>)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((at, text)) = last.as_ref()
+        && at.elapsed() < Duration::from_millis(100)
+    {
+        return text.clone();
+    }
+    let text = Arc::new(metrics.render());
+    *last = Some((Instant::now(), text.clone()));
+    text
+}
+
 /// Serves, at `/metrics`, the `vllm:*` series of engine `rank` from the process registry: what
 /// that simulator's `/metrics` would show if it ran in its own process.
 pub(super) async fn engine_metrics(
@@ -46,7 +66,7 @@ pub(super) async fn engine_metrics(
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let text = handle.render();
+            let text = rendered(&handle);
             let label = label.clone();
             async move {
                 let own: String = text
@@ -120,6 +140,44 @@ pub(super) fn delta(
     labels: &[(&str, &str)],
 ) -> f64 {
     after.sum(name, labels) - before.sum(name, labels)
+}
+
+/// A histogram family's growth per bucket between two snapshots, summed over the series that
+/// match `labels`: (upper bound, observations in that bucket alone), `+Inf` last.
+pub(super) fn bucket_delta(
+    before: &Exposition,
+    after: &Exposition,
+    family: &str,
+    labels: &[(&str, &str)],
+) -> Vec<(f64, f64)> {
+    let name = format!("{family}_bucket");
+    let cumulative = |e: &Exposition| {
+        let mut by_le: Vec<(f64, f64)> = Vec::new();
+        for s in e.find(&name, labels) {
+            let Some(le) = s
+                .label("le")
+                .and_then(llmd_telemetry::exposition::parse_value)
+            else {
+                continue;
+            };
+            match by_le.iter_mut().find(|(l, _)| *l == le) {
+                Some(b) => b.1 += s.value,
+                None => by_le.push((le, s.value)),
+            }
+        }
+        by_le
+    };
+    let (b, mut a) = (cumulative(before), cumulative(after));
+    a.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut out = Vec::with_capacity(a.len());
+    let mut below = 0.0;
+    for (le, n) in a {
+        let was = b.iter().find(|(l, _)| *l == le).map_or(0.0, |x| x.1);
+        let grew = n - was;
+        out.push((le, (grew - below).max(0.0)));
+        below = grew;
+    }
+    out
 }
 
 pub(super) fn snapshot(metrics: &MetricsHandle) -> anyhow::Result<Exposition> {

@@ -184,6 +184,64 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
+/// One complete P/D request's figures, from its `llm_d.pd_proxy.request` span (ms) and the
+/// decode engine's `llm_request` span under its decode leg.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct PdPoint {
+    /// When the proxy received the request, ns since the epoch.
+    pub start_unix_nano: u64,
+    pub true_ttft: f64,
+    pub prefill: f64,
+    pub overhead: f64,
+    pub decode_ttft: f64,
+    /// The decode engine's own TTFT of the same request, ms.
+    pub engine_ttft: Option<f64>,
+}
+
+/// Every complete P/D request in `spans` (outcome ok, the four timings present), in the order
+/// received.
+pub(super) fn pd_points(spans: &[llmd_telemetry::testing::Received]) -> Vec<PdPoint> {
+    use llmd_telemetry::names::attrs as a;
+    use std::collections::HashMap;
+    // Children by (parent span id, name): one pass, so that a long --keep-running run's spans
+    // cost no more than linear time.
+    let mut children: HashMap<(&[u8], &str), &llmd_telemetry::testing::Received> = HashMap::new();
+    for s in spans {
+        children
+            .entry((s.span.parent_span_id.as_slice(), s.span.name.as_str()))
+            .or_insert(s);
+    }
+    let child = |parent: &[u8], name: &str| children.get(&(parent, name)).copied();
+    let mut out = Vec::new();
+    for r in spans
+        .iter()
+        .filter(|s| s.span.name == names::spans::PD_PROXY_REQUEST)
+        .filter(|s| s.attr("outcome").as_deref() == Some("ok"))
+    {
+        let (Some(true_ttft), Some(prefill), Some(overhead), Some(decode_ttft)) = (
+            r.number(a::PD_TRUE_TTFT_MS),
+            r.number(a::PD_PREFILL_DURATION_MS),
+            r.number(a::PD_COORDINATOR_OVERHEAD_MS),
+            r.number(a::PD_DECODE_TTFT_MS),
+        ) else {
+            continue;
+        };
+        let engine_ttft = child(&r.span.span_id, names::spans::PD_PROXY_DECODE)
+            .and_then(|leg| child(&leg.span.span_id, names::spans::LLM_REQUEST))
+            .and_then(|e| e.number(a::GEN_AI_LATENCY_TTFT))
+            .map(|s| s * 1e3);
+        out.push(PdPoint {
+            start_unix_nano: r.span.start_time_unix_nano,
+            true_ttft,
+            prefill,
+            overhead,
+            decode_ttft,
+            engine_ttft,
+        });
+    }
+    out
+}
+
 /// Per-request figures of the P/D requests, from their traces.
 #[derive(Debug, Default)]
 pub(super) struct PdBreakdown {
@@ -201,37 +259,17 @@ pub(super) struct PdBreakdown {
 
 /// The breakdown of every complete P/D request in `spans`.
 pub(super) fn pd_breakdown(spans: &[llmd_telemetry::testing::Received]) -> PdBreakdown {
-    use llmd_telemetry::names::attrs as a;
     let mut out = PdBreakdown::default();
-    let by_parent = |parent: &[u8], name: &str| {
-        spans
-            .iter()
-            .find(|s| s.span.parent_span_id == parent && s.span.name == name)
-    };
-    for r in spans
-        .iter()
-        .filter(|s| s.span.name == names::spans::PD_PROXY_REQUEST)
-        .filter(|s| s.attr("outcome").as_deref() == Some("ok"))
-    {
-        let (Some(t), Some(p), Some(c), Some(d)) = (
-            r.number(a::PD_TRUE_TTFT_MS),
-            r.number(a::PD_PREFILL_DURATION_MS),
-            r.number(a::PD_COORDINATOR_OVERHEAD_MS),
-            r.number(a::PD_DECODE_TTFT_MS),
-        ) else {
-            continue;
-        };
-        out.true_ttft.push(t);
-        out.prefill.push(p);
-        out.overhead.push(c);
-        out.decode_ttft.push(d);
-        out.residual.push(t - (p + c + d));
-        let engine = by_parent(&r.span.span_id, names::spans::PD_PROXY_DECODE)
-            .and_then(|leg| by_parent(&leg.span.span_id, names::spans::LLM_REQUEST))
-            .and_then(|e| e.number(a::GEN_AI_LATENCY_TTFT));
-        if let Some(e) = engine {
-            out.engine_ttft.push(e * 1e3);
-            out.hop.push(d - e * 1e3);
+    for p in pd_points(spans) {
+        out.true_ttft.push(p.true_ttft);
+        out.prefill.push(p.prefill);
+        out.overhead.push(p.overhead);
+        out.decode_ttft.push(p.decode_ttft);
+        out.residual
+            .push(p.true_ttft - (p.prefill + p.overhead + p.decode_ttft));
+        if let Some(e) = p.engine_ttft {
+            out.engine_ttft.push(e);
+            out.hop.push(p.decode_ttft - e);
         }
     }
     out
