@@ -170,6 +170,9 @@ impl Exchange {
         if let Some(d) = self.decode_ttft() {
             span.record(attrs::PD_DECODE_TTFT_MS, ms(d));
         }
+        if let Some(c) = self.overhead_to_first_token() {
+            span.record(attrs::PD_COORDINATOR_TTFT_MS, ms(c));
+        }
         span.record("outcome", outcome);
     }
 }

@@ -240,6 +240,7 @@ async fn disaggregated(State(inner): State<Arc<Inner>>, req: Request) -> Respons
         llm_d.pd_proxy.true_ttft_ms = tracing::field::Empty,
         llm_d.pd_proxy.decode_ttft_ms = tracing::field::Empty,
         llm_d.pd_proxy.coordinator_overhead_ms = tracing::field::Empty,
+        llm_d.pd_proxy.coordinator_to_first_token_ms = tracing::field::Empty,
         llm_d.pd_proxy.prefill_duration_ms = tracing::field::Empty,
         llm_d.pd_proxy.decode_duration_ms = tracing::field::Empty,
         llm_d.pd_proxy.total_duration_ms = tracing::field::Empty,

@@ -1522,6 +1522,9 @@ pub mod attrs {
     pub const PD_REQUEST_ID: &str = "llm_d.pd_proxy.request_id";
     /// Decode leg start to its first token (ms).
     pub const PD_DECODE_TTFT_MS: &str = "llm_d.pd_proxy.decode_ttft_ms";
+    /// The proxy's own time up to the first token (ms): `true_ttft = prefill_duration +
+    /// this + decode_ttft` exactly (`coordinator_overhead_ms` covers the whole request).
+    pub const PD_COORDINATOR_TTFT_MS: &str = "llm_d.pd_proxy.coordinator_to_first_token_ms";
 
     /// HTTP status of the response (an int, OpenTelemetry's semantic-convention name).
     pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";

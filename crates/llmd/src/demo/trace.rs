@@ -221,7 +221,7 @@ pub(super) fn pd_points(spans: &[llmd_telemetry::testing::Received]) -> Vec<PdPo
         let (Some(true_ttft), Some(prefill), Some(overhead), Some(decode_ttft)) = (
             r.number(a::PD_TRUE_TTFT_MS),
             r.number(a::PD_PREFILL_DURATION_MS),
-            r.number(a::PD_COORDINATOR_OVERHEAD_MS),
+            r.number(a::PD_COORDINATOR_TTFT_MS),
             r.number(a::PD_DECODE_TTFT_MS),
         ) else {
             continue;
@@ -294,17 +294,14 @@ pub(super) fn print_breakdown(spans: &[llmd_telemetry::testing::Received]) {
     };
     row("true TTFT (proxy receives → first token)", &mut b.true_ttft);
     row("  = prefill leg", &mut b.prefill);
-    row(
-        "  + coordinator overhead (the proxy's own time)",
-        &mut b.overhead,
-    );
+    row("  + coordinator overhead until then", &mut b.overhead);
     row(
         "  + decode TTFT (decode leg → first token)",
         &mut b.decode_ttft,
     );
     let mut abs: Vec<f64> = b.residual.iter().map(|r| r.abs()).collect();
     println!(
-        "  identity residual |true − sum|                {:>9.3} {:>9.3}  (the proxy's time after the first token)",
+        "  identity residual |true − sum|               {:>9.3} {:>9.3}",
         quantile(&mut abs, 0.5),
         quantile(&mut abs, 0.99)
     );
