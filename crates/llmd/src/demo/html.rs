@@ -853,6 +853,7 @@ fn is_key_attribute(key: &str) -> bool {
         a::PD_TRUE_TTFT_MS,
         a::PD_PREFILL_DURATION_MS,
         a::PD_COORDINATOR_OVERHEAD_MS,
+        a::PD_COORDINATOR_TTFT_MS,
         a::PD_DECODE_TTFT_MS,
         a::GEN_AI_LATENCY_TTFT,
     ]
@@ -1449,7 +1450,8 @@ mod tests {
                 a::PD_PREFILL_DURATION_MS,
                 Value::DoubleValue(true_ttft - 10.5),
             ),
-            kv(a::PD_COORDINATOR_OVERHEAD_MS, Value::DoubleValue(0.5)),
+            kv(a::PD_COORDINATOR_OVERHEAD_MS, Value::DoubleValue(0.7)),
+            kv(a::PD_COORDINATOR_TTFT_MS, Value::DoubleValue(0.5)),
             kv(a::PD_DECODE_TTFT_MS, Value::DoubleValue(10.0)),
         ];
         out.push(span(
