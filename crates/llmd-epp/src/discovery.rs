@@ -89,6 +89,7 @@ pub async fn run(
     target: Arc<Pool>,
     on_change: impl Fn(Change) + Send + 'static,
     cancel: CancellationToken,
+    listed: tokio::sync::watch::Sender<bool>,
 ) {
     let (mut watch, task) = llmd_k8s::watch_pool(client, pool.k8s(), pool.resync, cancel.clone());
     let apply = async move {
@@ -102,6 +103,8 @@ pub async fn run(
             }
             let change = target.replace(endpoints_of(&snapshot, pool.kv_events_port));
             last = Some(snapshot);
+            // The pool has been listed once: readiness no longer waits for it.
+            listed.send_if_modified(|done| !std::mem::replace(done, true));
             if change != Change::default() {
                 tracing::info!(
                     pool = pool.name,

@@ -427,6 +427,9 @@ impl ScrapeFailure {
 ///
 /// After each round it sets GIE's pool gauges (`inference_pool_ready_pods` and the averages),
 /// counting an endpoint ready while its last good scrape is at most three intervals old.
+///
+/// `scraped` is set to true once the first round has finished (the EPP's readiness waits for
+/// it).
 pub async fn scrape_loop(
     pool: Arc<Pool>,
     pool_name: String,
@@ -434,6 +437,7 @@ pub async fn scrape_loop(
     interval: Duration,
     timeout: Duration,
     cancel: CancellationToken,
+    scraped: tokio::sync::watch::Sender<bool>,
 ) {
     let client = reqwest::Client::builder()
         .timeout(timeout)
@@ -511,6 +515,7 @@ pub async fn scrape_loop(
             .filter_map(|e| e.fresh_load(interval * 3))
             .collect();
         pool_gauges(&pool_name, &ready);
+        scraped.send_if_modified(|done| !std::mem::replace(done, true));
     }
 }
 

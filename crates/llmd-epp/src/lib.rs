@@ -366,10 +366,13 @@ impl std::fmt::Debug for KubeSource {
     }
 }
 
+/// The liveness service name (the chart's liveness probe asks for it).
+const LIVENESS: &str = "liveness";
+
 /// The gRPC health service names the EPP answers for (GIE's and the ext_proc service's).
 const HEALTH_SERVICES: &[&str] = &[
     "",
-    "liveness",
+    LIVENESS,
     "readiness",
     "inference-extension",
     "envoy.service.ext_proc.v3.ExternalProcessor",
@@ -481,6 +484,10 @@ pub async fn start(
             Ok::<(), std::convert::Infallible>(())
         });
     }
+    // Readiness: the pool listed once (at start for a file or fixed endpoints; by the first
+    // watch snapshot from Kubernetes) and one round of metrics scrapes done.
+    let (listed_tx, mut listed) = tokio::sync::watch::channel(kubernetes.is_none());
+    let (scraped_tx, mut scraped) = tokio::sync::watch::channel(false);
     if let Some(k) = kubernetes {
         let follow = discovery::run(
             k.client,
@@ -488,6 +495,7 @@ pub async fn start(
             pool.clone(),
             move |c| on_change(c),
             shutdown.clone(),
+            listed_tx,
         );
         tasks.spawn("kubernetes discovery", async move {
             follow.await;
@@ -501,6 +509,7 @@ pub async fn start(
         scrape_interval,
         Duration::from_millis(900).min(scrape_interval.max(Duration::from_millis(500))),
         shutdown.clone(),
+        scraped_tx,
     );
     tasks.spawn("metrics scrape", async move {
         scrape.await;
@@ -508,16 +517,37 @@ pub async fn start(
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    for name in HEALTH_SERVICES {
+    // Liveness answers SERVING from the start; everything else (readiness, the ext_proc
+    // service, the default) only once the EPP can route: the pool listed and scraped once.
+    // All turn NOT_SERVING as soon as the EPP stops (asked to, or because a task failed), so
+    // the data plane stops sending while requests in flight drain.
+    health_reporter
+        .set_service_status(LIVENESS, tonic_health::ServingStatus::Serving)
+        .await;
+    for name in HEALTH_SERVICES.iter().filter(|n| **n != LIVENESS) {
         health_reporter
-            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .set_service_status(*name, tonic_health::ServingStatus::NotServing)
             .await;
     }
-    // NOT_SERVING as soon as the EPP stops (asked to, or because a task failed), so the data
-    // plane stops sending while requests in flight drain.
     let stop = shutdown.clone();
     tasks.spawn("health", async move {
-        stop.cancelled().await;
+        let ready = async {
+            // An error means the sender is gone: its task ended, and the EPP with it.
+            let _ = listed.wait_for(|l| *l).await;
+            let _ = scraped.wait_for(|s| *s).await;
+        };
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = ready => {
+                tracing::info!("ready: the pool is listed and its metrics scraped");
+                for name in HEALTH_SERVICES {
+                    health_reporter
+                        .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                        .await;
+                }
+                stop.cancelled().await;
+            }
+        }
         for name in HEALTH_SERVICES {
             health_reporter
                 .set_service_status(*name, tonic_health::ServingStatus::NotServing)

@@ -113,15 +113,8 @@ async fn sigterm_drains_the_streams_in_flight() {
         .unwrap();
     let mut health = HealthClient::new(channel.clone());
     let serving = |s: i32| s == ServingStatus::Serving as i32;
-    let check = health
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(serving(check.status));
-    // A watch opened before the signal sees the change, as the data plane's health checker does.
+    // A watch opened before the signal sees the change, as the data plane's health checker
+    // does. It first sees the EPP become ready (the pool scraped once).
     let mut watch = health
         .watch(HealthCheckRequest {
             service: String::new(),
@@ -129,7 +122,14 @@ async fn sigterm_drains_the_streams_in_flight() {
         .await
         .unwrap()
         .into_inner();
-    assert!(serving(watch.message().await.unwrap().unwrap().status));
+    while !serving(
+        tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .status,
+    ) {}
 
     // One request routed; its response is streaming when the signal comes.
     let mut client = ExternalProcessorClient::new(channel);
@@ -274,4 +274,109 @@ async fn a_dead_pods_prefix_is_routed_elsewhere() {
         common::metric("llmd_epp_metrics_scrape_failures_total", &["connect"]) >= 1.0,
         "the failed scrape is counted"
     );
+}
+
+/// Readiness: liveness answers SERVING at once, readiness (and the ext_proc service) only after
+/// the first round of metrics scrapes, here held up by a pod whose `/metrics` never answers
+/// (the round ends with the scrape's timeout); both turn NOT_SERVING on shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_after_the_pool_is_scraped() {
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let config = "plugins:\n  - type: random-picker\nschedulingProfiles:\n  - name: default\n    plugins: [{pluginRef: random-picker}]\n";
+    let endpoints = EndpointsFile::parse(&format!(
+        "endpoints: [{{address: 127.0.0.1, port: {silent_port}, model: {MODEL}}}]"
+    ))
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let health_listener = listener().await;
+    let health_addr = health_listener.local_addr().unwrap();
+    let epp = llmd_epp::start(
+        Options {
+            scrape_interval: Duration::from_secs(1),
+            ..Options::new(EndpointPickerConfig::parse(config).unwrap(), endpoints)
+        },
+        Listeners {
+            grpc: listener().await,
+            health: Some(health_listener),
+            metrics: listener().await,
+        },
+        Some(common::metrics()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{health_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let checker = health.clone();
+    let status = |service: &str| {
+        let mut health = checker.clone();
+        let service = service.to_owned();
+        async move {
+            health
+                .check(HealthCheckRequest { service })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    let started = Instant::now();
+    assert_eq!(status("liveness").await, ServingStatus::Serving as i32);
+    let early = status("readiness").await;
+    let mut became_ready = None;
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "readiness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        if m.status == ServingStatus::Serving as i32 {
+            became_ready = Some(started.elapsed());
+            break;
+        }
+    }
+    assert_eq!(
+        early,
+        ServingStatus::NotServing as i32,
+        "readiness before the first scrape round ended"
+    );
+    let took = became_ready.expect("never ready");
+    assert_eq!(
+        status("envoy.service.ext_proc.v3.ExternalProcessor").await,
+        ServingStatus::Serving as i32
+    );
+    eprintln!(
+        "ready {:.0} ms after start (the silent pod's scrape times out)",
+        took.as_secs_f64() * 1e3
+    );
+    shutdown.cancel();
+    let m = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.status, ServingStatus::NotServing as i32);
+    drop(watch);
+    hold.abort();
+    let _ = epp.wait().await;
 }
