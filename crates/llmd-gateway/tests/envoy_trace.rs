@@ -128,6 +128,11 @@ fn check_trace(spans: &[Received], client_span: Option<&str>, pd: bool) -> Recei
             let leg = one(spans, leg, None);
             assert_eq!(leg.parent_id_hex(), pod.span_id_hex());
             inside(leg, gw);
+            let engine = engines
+                .iter()
+                .find(|e| e.parent_id_hex() == leg.span_id_hex())
+                .unwrap_or_else(|| panic!("no engine span under {}", leg.span.name));
+            inside(engine, gw);
         }
     }
     for s in spans {
