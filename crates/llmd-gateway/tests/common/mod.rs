@@ -159,18 +159,24 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Envoy's ext_proc filter counters (`/stats`), by name after `ext_proc.`.
-    pub async fn ext_proc_stats(&self) -> std::collections::BTreeMap<String, u64> {
-        let text = reqwest::get(format!(
-            "http://127.0.0.1:{}/stats?filter=ext_proc",
+    /// Envoy's counters and gauges (`/stats`) whose name contains `filter`, as Envoy prints them.
+    pub async fn stats(&self, filter: &str) -> String {
+        reqwest::get(format!(
+            "http://127.0.0.1:{}/stats?filter={filter}",
             self.admin
         ))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-        text.lines()
+        .unwrap()
+    }
+
+    /// Envoy's ext_proc filter counters (`/stats`), by name after `ext_proc.`.
+    pub async fn ext_proc_stats(&self) -> std::collections::BTreeMap<String, u64> {
+        self.stats("ext_proc")
+            .await
+            .lines()
             .filter_map(|l| {
                 let (name, value) = l.split_once(": ")?;
                 let short = name.rsplit_once("ext_proc.")?.1;
@@ -194,8 +200,27 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Envoy with docs/envoy/envoy-ext-proc.yaml in front of this EPP, ready.
+/// Envoy with docs/envoy/envoy-ext-proc.yaml in front of this EPP, ready. Its tracer exports
+/// to a port where nothing listens (Envoy drops what it cannot send).
 pub async fn envoy(bin: &std::path::Path, epp: SocketAddr) -> Envoy {
+    envoy_with(bin, epp, free_port(), &[]).await
+}
+
+/// Envoy as [`envoy`], its tracer exporting to the OTLP/gRPC receiver at `otlp_port` one span
+/// at a time (runtime `tracing.opentelemetry.min_flush_spans: 1`; the default batches five),
+/// so that a test sees each span as soon as Envoy finishes it.
+pub async fn envoy_traced(bin: &std::path::Path, epp: SocketAddr, otlp_port: u16) -> Envoy {
+    let runtime = "{layered_runtime: {layers: [{name: test, static_layer: \
+                   {tracing.opentelemetry.min_flush_spans: 1}}]}}";
+    envoy_with(bin, epp, otlp_port, &["--config-yaml", runtime]).await
+}
+
+async fn envoy_with(
+    bin: &std::path::Path,
+    epp: SocketAddr,
+    otlp_port: u16,
+    extra: &[&str],
+) -> Envoy {
     let template = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../docs/envoy/envoy-ext-proc.yaml"),
@@ -205,7 +230,8 @@ pub async fn envoy(bin: &std::path::Path, epp: SocketAddr) -> Envoy {
     let config = template
         .replace("${LISTEN_PORT}", &listen.to_string())
         .replace("${ADMIN_PORT}", &admin.to_string())
-        .replace("${EPP_PORT}", &epp.port().to_string());
+        .replace("${EPP_PORT}", &epp.port().to_string())
+        .replace("${OTLP_PORT}", &otlp_port.to_string());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, config).unwrap();
@@ -219,6 +245,7 @@ pub async fn envoy(bin: &std::path::Path, epp: SocketAddr) -> Envoy {
             "--concurrency",
             "1",
         ])
+        .args(extra)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
