@@ -51,6 +51,7 @@ CASES = [
     ("llmd-epp-monitoring", EPP, {"serviceMonitor": {"enabled": True}, "otel": {"endpoint": "http://c:4317"},
                                   "kvEvents": {"mode": "podDiscovery"}, "tokenizer": {"download": {"enabled": False},
                                   "volume": {"persistentVolumeClaim": {"claimName": "hf"}}}}, "llmd-epp"),
+    ("llmd-epp-replicas", EPP, {"replicas": 2, "kvEvents": {"mode": "podDiscovery"}}, "llmd-epp"),
     ("llmd-model-server-defaults", MS, {}, "llmd-model-server"),
     ("llmd-model-server-pd-tls-sim", MS, {"engine": "sim", "pd": {"enabled": True, "proxy": {"tls": {"secretName": "t"},
                                           "allowPrefill": ["10.0.0.0/8"]}},
@@ -852,3 +853,14 @@ def test_llm_d_values_with_a_missing_config_file_fail():
     values = {"inferenceExtension": {"pluginsConfigFile": "nope.yaml", "pluginsCustomConfig": {"other.yaml": "plugins: []"}}}
     with pytest.raises(Exception, match="nope.yaml"):
         render(EPP, values, name="gaie", namespace=NS)
+
+
+def test_replicas_get_a_disruption_budget_that_selects_them(rendered):
+    assert not kind(rendered["llmd-epp-defaults"], "PodDisruptionBudget"), "one replica: no budget"
+    docs = rendered["llmd-epp-replicas"]
+    (pdb,) = kind(docs, "PodDisruptionBudget")
+    dep = one(docs, "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert pdb["spec"]["maxUnavailable"] == 1
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
