@@ -4,7 +4,10 @@
 //! no NOT_SERVING, no drain, as a SIGKILL or a node loss does). What the test shows: requests in
 //! flight on the dead replica fail (counted and printed with their errors), Envoy stops asking it
 //! within its detection window (health-check interval × unhealthy threshold), and every request
-//! started after that window succeeds on the survivor.
+//! started after that window succeeds on the survivor. Two cases: killed with streams open on
+//! it (`killing_one_of_two_replicas_under_load`), and killed between bursts of load, when what
+//! fails is the requests routed to it before Envoy notices (`killing_one_of_two_idle_replicas`).
+//! Run with `--no-capture` to see the counts.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -279,8 +282,55 @@ fn tally<'a>(
     (ok, failed, why)
 }
 
+/// `WORKERS` clients, each sending one request after the other until `stop`.
+fn load(url: &str, stop: Instant) -> tokio::task::JoinHandle<Vec<Outcome>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.to_owned());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                while Instant::now() < stop {
+                    let start = Instant::now();
+                    let result = one(&http, &url).await;
+                    outcomes.push(Outcome {
+                        start,
+                        end: Instant::now(),
+                        result,
+                    });
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        for w in workers {
+            outcomes.extend(w.await.unwrap());
+        }
+        outcomes
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_of_two_replicas_under_load() {
+    kill_one_of_two(true).await;
+}
+
+/// The same kill between two bursts of load, no stream open on the replica: what it costs is
+/// the requests routed to it before Envoy notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_two_idle_replicas() {
+    kill_one_of_two(false).await;
+}
+
+/// Starts the pods, two replicas and Envoy, runs the load, kills one replica `BEFORE_KILL`
+/// into it (with streams open when `under_load`; else after the first burst has finished and
+/// before the second starts), and checks what came of every request.
+async fn kill_one_of_two(under_load: bool) {
     let Some(bin) = envoy_bin() else { return };
     let pods = [sim().await, sim().await];
     let mut doomed = Replica::start(&pods);
@@ -308,31 +358,14 @@ async fn killing_one_of_two_replicas_under_load() {
     );
 
     let url = format!("http://{}/v1/completions", envoy.addr);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
     let t0 = Instant::now();
-    let stop = t0 + BEFORE_KILL + AFTER_KILL;
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            let (http, url) = (http.clone(), url.clone());
-            tokio::spawn(async move {
-                let mut outcomes = Vec::new();
-                while Instant::now() < stop {
-                    let start = Instant::now();
-                    let result = one(&http, &url).await;
-                    outcomes.push(Outcome {
-                        start,
-                        end: Instant::now(),
-                        result,
-                    });
-                }
-                outcomes
-            })
-        })
-        .collect();
-
+    let first = if under_load {
+        load(&url, t0 + BEFORE_KILL + AFTER_KILL)
+    } else {
+        let burst = load(&url, t0 + BEFORE_KILL - Duration::from_secs(1));
+        let done = burst.await.unwrap();
+        tokio::spawn(async move { done })
+    };
     tokio::time::sleep_until((t0 + BEFORE_KILL).into()).await;
     // ext_proc streams Envoy opened to the doomed replica (`rq_total`; `rq_success` counts
     // none: an ext_proc stream ends with the request, not with a gRPC OK).
@@ -344,10 +377,11 @@ async fn killing_one_of_two_replicas_under_load() {
     let doomed_active_at_kill = envoy.host_stat(doomed.grpc, "rq_active").await;
     let kill = Instant::now();
     tokio::task::block_in_place(|| doomed.kill());
+    let second = (!under_load).then(|| load(&url, kill + AFTER_KILL));
 
-    let mut outcomes = Vec::new();
-    for w in workers {
-        outcomes.extend(w.await.unwrap());
+    let mut outcomes = first.await.unwrap();
+    if let Some(second) = second {
+        outcomes.extend(second.await.unwrap());
     }
     let doomed_flags = envoy.host_stat(doomed.grpc, "health_flags").await;
     let survivor_flags = envoy.host_stat(survivor.grpc, "health_flags").await;
@@ -359,21 +393,29 @@ async fn killing_one_of_two_replicas_under_load() {
             .iter()
             .filter(|o| o.start >= kill && o.start < kill + DETECTION_WINDOW),
     );
+    // The last request started after the kill that failed: how long Envoy took to notice.
+    let last_failure = outcomes
+        .iter()
+        .filter(|o| o.start >= kill && o.result.is_err())
+        .map(|o| o.start - kill)
+        .max();
     let after = tally(
         outcomes
             .iter()
             .filter(|o| o.start >= kill + DETECTION_WINDOW),
     );
     eprintln!(
-        "{WORKERS} workers, {BEFORE_KILL:?} before the kill, {AFTER_KILL:?} after; \
+        "{}: {WORKERS} workers, {BEFORE_KILL:?} before the kill, {AFTER_KILL:?} after; \
          detection window {DETECTION_WINDOW:?}\n\
          completed before the kill: {} ok, {} failed {:?}\n\
          in flight at the kill:     {} ok, {} failed {:?}\n\
          started in the window:     {} ok, {} failed {:?}\n\
          started after the window:  {} ok, {} failed {:?}\n\
+         last failed request started {last_failure:?} after the kill\n\
          killed replica: {served_before_kill} ext_proc streams before the kill, \
          {doomed_active_at_kill} open at the kill, now {doomed_flags}; \
          survivor: {survivor_flags}",
+        if under_load { "under load" } else { "idle" },
         before.0,
         before.1,
         before.2,
