@@ -6,7 +6,7 @@
 //! (`nonCachedTokens`, `promptTokens`) with the approximate prefix cache, always with
 //! `threshold: 0`; the least loaded pod by `load-aware-scorer`; repeated prompts kept on their
 //! pod by the simulator guide's default plugins. The `llmd-epp` binary takes llm-d's flags as
-//! GIE's chart renders them, and refuses `--secure-serving=true` until TLS lands.
+//! GIE's chart renders them, and refuses what it does not implement.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -533,8 +533,7 @@ async fn the_binary_takes_llm_d_flags_and_refuses_what_it_lacks() {
 
     // What would change behaviour and is not implemented: refused at startup, saying why.
     for (extra, why) in [
-        (vec!["--secure-serving"], "not implemented yet"),
-        (vec!["--secure-serving=true"], "not implemented yet"),
+        (vec!["--tls-min-version", "VersionTLS11"], "VersionTLS12"),
         (vec!["--metrics-endpoint-auth=true"], "not implemented"),
         (vec!["--endpoint-selector", "app=vllm"], "--endpoints-file"),
         (

@@ -41,7 +41,7 @@ pub mod prefill;
 pub mod proxy;
 pub mod server;
 pub mod sse;
-pub mod tls;
+pub use llmd_wire::tls;
 pub mod upstream;
 
 use std::net::SocketAddr;

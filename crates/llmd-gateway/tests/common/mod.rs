@@ -34,6 +34,15 @@ pub async fn sim(extra: &[&str]) -> SocketAddr {
 
 /// An EPP over these pods (roles given) with this config.
 pub async fn epp(config: &str, pods: &[(SocketAddr, Role)]) -> SocketAddr {
+    epp_tls(config, pods, None).await
+}
+
+/// [`epp`] with TLS on its ext_proc port.
+pub async fn epp_tls(
+    config: &str,
+    pods: &[(SocketAddr, Role)],
+    tls: Option<llmd_epp::TlsOptions>,
+) -> SocketAddr {
     let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let endpoints = pods
         .iter()
@@ -64,6 +73,7 @@ pub async fn epp(config: &str, pods: &[(SocketAddr, Role)]) -> SocketAddr {
             limits: Default::default(),
             grace_period: std::time::Duration::from_secs(1),
             service_name: None,
+            tls,
         },
         llmd_epp::Listeners {
             grpc: bind().await,
