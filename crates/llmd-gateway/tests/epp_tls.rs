@@ -186,3 +186,38 @@ async fn a_rotated_certificate_is_served_to_new_connections() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(handshake(e).await.0, leaf_b);
 }
+
+#[tokio::test]
+async fn envoy_with_the_shipped_config_dials_a_tls_epp() {
+    let Some(bin) = common::envoy_bin() else {
+        return;
+    };
+    let pod = sim(&[]).await;
+    let e = epp_tls(
+        CONFIG,
+        &[(pod, Role::Both)],
+        Some(llmd_epp::TlsOptions::self_signed()),
+    )
+    .await;
+    let envoy = common::envoy_tls_to_epp(&bin, e).await;
+    for i in 0..3 {
+        let r = complete(envoy.addr, &format!("via envoy over TLS {i}")).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    assert_eq!(
+        recorded(pod)
+            .await
+            .iter()
+            .filter(|r| r.to_string().contains("via envoy over TLS"))
+            .count(),
+        3
+    );
+    // Envoy's own counters: the EPP cluster's connection was a TLS handshake.
+    let stats = envoy.stats("cluster.epp.ssl.handshake").await;
+    let handshakes: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cluster.epp.ssl.handshake: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(handshakes >= 1, "{stats}");
+}
