@@ -221,3 +221,66 @@ async fn envoy_with_the_shipped_config_dials_a_tls_epp() {
         .unwrap_or(0);
     assert!(handshakes >= 1, "{stats}");
 }
+
+/// The cost of TLS on the ext_proc leg, printed (no assertion on time): per request over one
+/// kept connection, and per new connection (TCP, h2 and, with TLS, the handshake, then one
+/// request). Run: `cargo nextest run -p llmd-gateway --test epp_tls tls_cost --run-ignored
+/// only --no-capture`.
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn tls_cost() {
+    use llmd_wire::ext_proc::{Client, RequestHead};
+    const REQUESTS: usize = 2_000;
+    const CONNECTIONS: usize = 200;
+    let pod = sim(&[]).await;
+    let plain = epp(CONFIG, &[(pod, Role::Both)]).await;
+    let tls = epp_tls(
+        CONFIG,
+        &[(pod, Role::Both)],
+        Some(llmd_epp::TlsOptions::self_signed()),
+    )
+    .await;
+    let headers = http::HeaderMap::new();
+    let head = RequestHead {
+        method: "POST",
+        path: "/v1/completions",
+        authority: b"llmd",
+        scheme: "http",
+        headers: &headers,
+    };
+    let body = bytes::Bytes::from(
+        json!({"model": common::MODEL, "prompt": "hello", "max_tokens": 1}).to_string(),
+    );
+    let timeout = Duration::from_secs(10);
+    let mut results = Vec::new();
+    for (name, uri) in [
+        ("plaintext", format!("http://{plain}")),
+        ("tls", format!("https://{tls}")),
+    ] {
+        let client = Client::connect_lazy(&uri, timeout).unwrap();
+        for _ in 0..50 {
+            client.request(&head, &body).await.unwrap();
+        }
+        let t = std::time::Instant::now();
+        for _ in 0..REQUESTS {
+            client.request(&head, &body).await.unwrap();
+        }
+        let per_request = t.elapsed() / REQUESTS as u32;
+        let t = std::time::Instant::now();
+        for _ in 0..CONNECTIONS {
+            let fresh = Client::connect_lazy(&uri, timeout).unwrap();
+            fresh.request(&head, &body).await.unwrap();
+        }
+        let per_connection = t.elapsed() / CONNECTIONS as u32;
+        println!(
+            "{name}: {per_request:?} per request over one connection, {per_connection:?} per new connection + first request"
+        );
+        results.push((per_request, per_connection));
+    }
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    println!(
+        "tls/plaintext: per request {:.2}x, per new connection {:.2}x",
+        ratio(results[1].0, results[0].0),
+        ratio(results[1].1, results[0].1)
+    );
+}
