@@ -625,6 +625,26 @@ async fn the_binary_serves_tls_with_secure_serving() {
         ),
         RequestDecision::Immediate(i) => panic!("{i:?}"),
     }
+    // gRPC health on the ext_proc port is served over the same TLS.
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{grpc}"))
+        .unwrap()
+        .connect_with_connector(llmd_wire::tls::grpc_connector(
+            llmd_wire::tls::client_config(None, true).unwrap(),
+        ))
+        .await
+        .unwrap();
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     // Plaintext gRPC to the TLS port gets nowhere.
     let plain = Client::connect_lazy(&format!("http://{grpc}"), Duration::from_secs(2)).unwrap();
     assert!(plain.request(&head, &body).await.is_err());
