@@ -25,7 +25,7 @@ pub struct LlmdFlags {
     /// Serve the ext_proc port over TLS, h2 by ALPN (llm-d: --secure-serving): with
     /// --cert-path, its certificate; without, a self-signed one made at start (the data plane
     /// must then skip verification, as llm-d's Envoy configuration does). The gRPC health
-    /// port stays plaintext (as GIE's); health on the ext_proc port is served over TLS.
+    /// port stays plaintext (kubelet gRPC probes speak no TLS); health on the ext_proc port is served over TLS.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     pub secure_serving: bool,
     /// With --secure-serving: a directory holding `tls.crt` (PEM chain) and `tls.key` (PEM

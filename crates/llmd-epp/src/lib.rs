@@ -331,7 +331,7 @@ pub struct Options {
     pub tls: Option<TlsOptions>,
 }
 
-/// TLS on the ext_proc port (h2 by ALPN; the separate health port stays plaintext, as GIE's).
+/// TLS on the ext_proc port (h2 by ALPN; the separate health port stays plaintext: kubelet gRPC probes speak no TLS).
 #[derive(Debug, Clone)]
 pub struct TlsOptions {
     /// A directory holding `tls.crt` and `tls.key` (a `kubernetes.io/tls` secret's mount);
