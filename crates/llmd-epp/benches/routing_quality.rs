@@ -175,6 +175,7 @@ async fn run_policy(
             limits: Default::default(),
             grace_period: std::time::Duration::from_secs(1),
             service_name: None,
+            tls: None,
         },
         Listeners {
             grpc: bind().await,

@@ -5,8 +5,8 @@
 //! unchanged; what would change behaviour and is not implemented is refused at startup with
 //! the reason ([`LlmdFlags::check`]).
 //!
-//! `--secure-serving` is off by default here (llm-d's default is on): the ext_proc port is
-//! plaintext until TLS lands, and `--secure-serving=true` is refused until then.
+//! `--secure-serving` serves the ext_proc port over TLS (h2 by ALPN) with `--cert-path`'s
+//! `tls.crt`/`tls.key` (re-read when they change) or a self-signed certificate made at start.
 //! `--metrics-endpoint-auth` is likewise off by default (llm-d: on); a Prometheus that sends a
 //! bearer token is still served.
 
@@ -22,20 +22,25 @@ pub struct LlmdFlags {
     /// Logging and tracing.
     #[command(flatten)]
     pub logging: LoggingFlags,
-    /// TLS on the ext_proc port: plaintext until TLS lands here, so only false is accepted
-    /// (llm-d: --secure-serving, default true there).
+    /// Serve the ext_proc port over TLS, h2 by ALPN (llm-d: --secure-serving): with
+    /// --cert-path, its certificate; without, a self-signed one made at start (the data plane
+    /// must then skip verification, as llm-d's Envoy configuration does). The gRPC health
+    /// port stays plaintext (kubelet gRPC probes speak no TLS); health on the ext_proc port is served over TLS.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     pub secure_serving: bool,
-    /// The ext_proc TLS certificate directory (llm-d: --cert-path; refused until TLS lands).
+    /// With --secure-serving: a directory holding `tls.crt` (PEM chain) and `tls.key` (PEM
+    /// PKCS#8, PKCS#1 or SEC1), a `kubernetes.io/tls` secret's mount; re-read every 10 s when
+    /// a file changed (a bad new pair is logged and the old one kept) (llm-d: --cert-path).
     #[arg(long)]
     pub cert_path: Option<PathBuf>,
-    /// Accepted, no effect without TLS (llm-d: --enable-cert-reload).
+    /// `false`: never re-read --cert-path (llm-d: --enable-cert-reload; here on unless false).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, hide = true)]
     pub enable_cert_reload: Option<bool>,
-    /// Accepted, no effect without TLS (llm-d: --tls-min-version).
+    /// Accepted, no effect: rustls' defaults apply, TLS 1.2 and 1.3 with its safe suites
+    /// (llm-d: --tls-min-version).
     #[arg(long, hide = true)]
     pub tls_min_version: Option<String>,
-    /// Accepted, no effect without TLS (llm-d: --tls-cipher-suites).
+    /// Accepted, no effect: rustls' safe suites (llm-d: --tls-cipher-suites).
     #[arg(long, hide = true)]
     pub tls_cipher_suites: Option<String>,
     /// Authenticate /metrics scrapes: not implemented, so only false is accepted; a scraper's
@@ -95,11 +100,18 @@ pub struct LlmdFlags {
 impl LlmdFlags {
     /// Refuses what would change behaviour and is not implemented.
     pub fn check(&self) -> Result<(), String> {
-        if self.secure_serving {
-            return Err("--secure-serving=true: TLS on the ext_proc port is not implemented yet; run with --secure-serving=false (plaintext, as the data plane must then be configured) until it lands".into());
+        if self.cert_path.is_some() && !self.secure_serving {
+            tracing::warn!(
+                "--cert-path has no effect with --secure-serving=false: the ext_proc port is plaintext"
+            );
         }
-        if self.cert_path.is_some() {
-            return Err("--cert-path: TLS on the ext_proc port is not implemented yet".into());
+        if self.tls_min_version.as_deref() == Some("VersionTLS10")
+            || self.tls_min_version.as_deref() == Some("VersionTLS11")
+        {
+            return Err(format!(
+                "--tls-min-version={}: TLS below 1.2 is not offered (rustls); use VersionTLS12 or VersionTLS13",
+                self.tls_min_version.as_deref().unwrap_or_default()
+            ));
         }
         if self.metrics_endpoint_auth {
             return Err("--metrics-endpoint-auth=true: authenticating /metrics scrapes is not implemented; set it false (a scraper's token is accepted and ignored)".into());
@@ -127,6 +139,15 @@ impl LlmdFlags {
             );
         }
         Ok(())
+    }
+
+    /// The ext_proc port's TLS, if --secure-serving.
+    pub fn tls(&self) -> Option<crate::TlsOptions> {
+        self.secure_serving.then(|| crate::TlsOptions {
+            cert_path: self.cert_path.clone(),
+            reload_interval: (self.enable_cert_reload != Some(false))
+                .then_some(crate::CERT_RELOAD_INTERVAL),
+        })
     }
 
     /// Applies the logging and tracing flags (see [`LoggingFlags::apply`]).

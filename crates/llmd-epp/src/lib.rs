@@ -247,6 +247,9 @@ pub enum Error {
     /// No usable Kubernetes configuration.
     #[error("kubernetes client: {0}")]
     Kubernetes(String),
+    /// The ext_proc port's TLS certificate.
+    #[error("ext_proc TLS: {0}")]
+    Tls(#[from] llmd_wire::tls::TlsError),
     /// A server task stopped.
     #[error(transparent)]
     Stopped(#[from] llmd_telemetry::lifecycle::TaskFailed),
@@ -324,7 +327,32 @@ pub struct Options {
     /// The EPP's `service.name` on its spans when it shares a process with other components;
     /// `None`: the process's own.
     pub service_name: Option<String>,
+    /// Serve the ext_proc port over TLS (`llmd epp --secure-serving`); `None`: plaintext.
+    pub tls: Option<TlsOptions>,
 }
+
+/// TLS on the ext_proc port (h2 by ALPN; the separate health port stays plaintext: kubelet gRPC probes speak no TLS).
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    /// A directory holding `tls.crt` and `tls.key` (a `kubernetes.io/tls` secret's mount);
+    /// `None`: a self-signed certificate made at start (clients must skip verification).
+    pub cert_path: Option<PathBuf>,
+    /// How often the files are checked for a rotated pair (`None`: never re-read).
+    pub reload_interval: Option<Duration>,
+}
+
+impl TlsOptions {
+    /// A self-signed certificate.
+    pub fn self_signed() -> Self {
+        Self {
+            cert_path: None,
+            reload_interval: None,
+        }
+    }
+}
+
+/// How often `--cert-path` is checked for a rotated certificate.
+pub const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Options {
     /// Options for `config` over a fixed set of endpoints, with the defaults of `llmd epp`.
@@ -345,6 +373,7 @@ impl Options {
             pool_name: "static".into(),
             kubernetes: None,
             service_name: None,
+            tls: None,
         }
     }
 }
@@ -403,7 +432,23 @@ pub async fn start(
         pool_name,
         kubernetes,
         service_name,
+        tls,
     } = options;
+    let tls = match tls {
+        Some(t) => {
+            let certs = match &t.cert_path {
+                Some(dir) => llmd_wire::tls::CertDir::load(dir)?,
+                None => llmd_wire::tls::CertDir::self_signed()?,
+            };
+            if let (Some(every), Some(_)) = (t.reload_interval, &t.cert_path) {
+                certs.watch(every, shutdown.clone());
+            }
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                certs.grpc_server_config()?,
+            )))
+        }
+        None => None,
+    };
     let mut tasks = llmd_telemetry::lifecycle::Tasks::new(shutdown.clone());
     let pool = Arc::new(Pool::default());
     let initial = pool.replace(endpoints.endpoints);
@@ -571,16 +616,27 @@ pub async fn start(
     );
     let stop = shutdown.clone();
     let hs = health_service.clone();
+    let secure = tls.is_some();
     tasks.spawn("ext_proc server", async move {
-        let server = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .add_service(ExternalProcessorServer::new(svc))
-            .add_service(hs)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listeners.grpc)
-                    .with_nodelay(Some(true)),
-                stop.clone().cancelled_owned(),
-            );
-        drained(server, stop, grace_period).await
+            .add_service(hs);
+        match tls {
+            Some(acceptor) => {
+                let incoming = llmd_wire::tls::incoming(listeners.grpc, acceptor, stop.clone());
+                let server =
+                    router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+                drained(server, stop, grace_period).await
+            }
+            None => {
+                let server = router.serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listeners.grpc)
+                        .with_nodelay(Some(true)),
+                    stop.clone().cancelled_owned(),
+                );
+                drained(server, stop, grace_period).await
+            }
+        }
     });
     if let Some(health) = listeners.health {
         let stop = shutdown.clone();
@@ -617,7 +673,7 @@ pub async fn start(
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
     });
-    tracing::info!(%grpc, metrics = %metrics_addr, endpoints = pool.snapshot().len(), "llmd-epp serving");
+    tracing::info!(%grpc, tls = secure, metrics = %metrics_addr, endpoints = pool.snapshot().len(), "llmd-epp serving");
     Ok(Epp {
         grpc,
         metrics: metrics_addr,
@@ -771,6 +827,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
                 .unwrap_or(Duration::from_secs(args.grace_period_seconds)),
             pool_name: args.pool_name.clone().unwrap_or_else(|| "static".into()),
             kubernetes,
+            tls: args.llm_d.tls(),
             ..Options::new(config, endpoints)
         },
         listeners,

@@ -72,6 +72,7 @@ async fn inference_pool_pods_become_endpoints() {
             limits: Default::default(),
             grace_period: std::time::Duration::from_secs(1),
             service_name: None,
+            tls: None,
             kubernetes: Some(KubeSource {
                 client,
                 pool: PoolRef {

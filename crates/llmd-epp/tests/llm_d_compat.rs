@@ -6,7 +6,7 @@
 //! (`nonCachedTokens`, `promptTokens`) with the approximate prefix cache, always with
 //! `threshold: 0`; the least loaded pod by `load-aware-scorer`; repeated prompts kept on their
 //! pod by the simulator guide's default plugins. The `llmd-epp` binary takes llm-d's flags as
-//! GIE's chart renders them, and refuses `--secure-serving=true` until TLS lands.
+//! GIE's chart renders them, and refuses what it does not implement.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -533,8 +533,7 @@ async fn the_binary_takes_llm_d_flags_and_refuses_what_it_lacks() {
 
     // What would change behaviour and is not implemented: refused at startup, saying why.
     for (extra, why) in [
-        (vec!["--secure-serving"], "not implemented yet"),
-        (vec!["--secure-serving=true"], "not implemented yet"),
+        (vec!["--tls-min-version", "VersionTLS11"], "VersionTLS12"),
         (vec!["--metrics-endpoint-auth=true"], "not implemented"),
         (vec!["--endpoint-selector", "app=vllm"], "--endpoints-file"),
         (
@@ -571,4 +570,97 @@ async fn the_binary_takes_llm_d_flags_and_refuses_what_it_lacks() {
         );
         assert!(out.contains(why), "{extra:?}: {out}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_tls_with_secure_serving() {
+    use llmd_wire::ext_proc::{Client, RequestDecision, RequestHead};
+    let (s, _stop) = plain_sim(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let eps = dir.path().join("endpoints.yaml");
+    std::fs::write(
+        &eps,
+        format!(
+            "endpoints: [{{address: 127.0.0.1, port: {}, model: {MODEL}}}]\n",
+            s.addr.port()
+        ),
+    )
+    .unwrap();
+    let eps = eps.to_str().unwrap();
+    let base = [
+        "--endpoints-file",
+        eps,
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--grpc-health-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--log-format",
+        "json",
+    ];
+    // llm-d's flag, bare: a self-signed certificate, TLS on the ext_proc port.
+    let args: Vec<&str> = base.iter().copied().chain(["--secure-serving"]).collect();
+    let (mut child, serving, out, addrs) = run_binary(&args);
+    assert!(serving, "{out}");
+    let (grpc, _) = addrs.unwrap();
+    let headers = http::HeaderMap::new();
+    let head = RequestHead {
+        method: "POST",
+        path: "/v1/completions",
+        authority: b"llmd",
+        scheme: "http",
+        headers: &headers,
+    };
+    let body = bytes::Bytes::from(completion("over TLS", 1));
+    let tls = Client::connect_lazy(&format!("https://{grpc}"), Duration::from_secs(10)).unwrap();
+    match tls.request(&head, &body).await.unwrap() {
+        RequestDecision::Continue(c) => assert_eq!(
+            c.headers
+                .get(llmd_wire::headers::DESTINATION_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some(format!("127.0.0.1:{}", s.addr.port()).as_str())
+        ),
+        RequestDecision::Immediate(i) => panic!("{i:?}"),
+    }
+    // gRPC health on the ext_proc port is served over the same TLS.
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{grpc}"))
+        .unwrap()
+        .connect_with_connector(llmd_wire::tls::grpc_connector(
+            llmd_wire::tls::client_config(None, true).unwrap(),
+        ))
+        .await
+        .unwrap();
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    // Plaintext gRPC to the TLS port gets nowhere.
+    let plain = Client::connect_lazy(&format!("http://{grpc}"), Duration::from_secs(2)).unwrap();
+    assert!(plain.request(&head, &body).await.is_err());
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A --cert-path without the secret's files: refused at startup, naming the file.
+    let missing = dir.path().join("no-secret");
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--secure-serving", "--cert-path", missing.to_str().unwrap()])
+        .collect();
+    let (mut child, serving, out, _) = run_binary(&args);
+    assert!(!serving, "{out}");
+    assert!(out.contains("tls.crt"), "{out}");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -25,13 +25,20 @@ pub struct Args {
     /// Port serving Prometheus metrics at `/metrics` (`llmd gateway` / `llmd-gateway` only).
     #[arg(long, default_value_t = 9091)]
     pub metrics_port: u16,
-    /// The ext_proc server (the EPP's gRPC port).
+    /// The ext_proc server (the EPP's gRPC port): `http://host:port` in plaintext, or
+    /// `https://host:port` over TLS (h2 by ALPN) without verifying the EPP's certificate, as
+    /// llm-d's Envoy configuration dials its EPP (the EPP's default is a self-signed one);
+    /// --epp-ca-file verifies it.
     #[arg(
         long,
         env = "LLMD_GATEWAY_EPP",
         default_value = "http://127.0.0.1:9002"
     )]
     pub epp: String,
+    /// With an `https://` --epp: verify the EPP's certificate against the CA certificates in
+    /// this PEM file (only those) instead of accepting any certificate.
+    #[arg(long)]
+    pub epp_ca_file: Option<std::path::PathBuf>,
     /// How long an answer of the EPP to a message the gateway sent may take, ms. The timer runs
     /// only while such an answer is outstanding: a silent upstream is not an EPP timeout.
     #[arg(long, default_value_t = 10_000)]

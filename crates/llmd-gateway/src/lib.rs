@@ -54,7 +54,13 @@ pub async fn start(
         source,
     })?;
     let config = config::Config::from_args(&args)?;
-    let epp = llmd_wire::ext_proc::Client::connect_lazy(&args.epp, config.epp_timeout)
+    let epp_tls = match &args.epp_ca_file {
+        Some(ca) => {
+            Some(llmd_wire::tls::client_config(Some(ca), false).map_err(|e| Error::Epp(e.into()))?)
+        }
+        None => None,
+    };
+    let epp = llmd_wire::ext_proc::Client::connect_lazy_tls(&args.epp, config.epp_timeout, epp_tls)
         .map_err(Error::Epp)?;
     let upstream = forward::client(&config);
     let g = Arc::new(Gateway {

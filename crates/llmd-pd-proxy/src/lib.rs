@@ -27,7 +27,7 @@
 //! | `upstream` | the two upstream clients and the headers forwarded and relayed |
 //! | `nixl` | the nixlv2 body transforms and the `cached_tokens` rewrite |
 //! | `pool` | the InferencePool's pods into the allowlist (`--inference-pool`) |
-//! | `tls` | rustls: the HTTPS listener with certificate reload, HTTPS to the engines |
+//! | `tls` | `llmd_wire::tls` (shared with the EPP): the HTTPS listener with certificate reload, HTTPS to the engines |
 
 pub mod allowlist;
 pub mod assemble;
@@ -41,7 +41,7 @@ pub mod prefill;
 pub mod proxy;
 pub mod server;
 pub mod sse;
-pub mod tls;
+pub use llmd_wire::tls;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -117,6 +117,7 @@ pub async fn epp(
             limits: Default::default(),
             grace_period: std::time::Duration::from_secs(1),
             service_name: None,
+            tls: None,
         },
         Listeners {
             grpc: bind().await,

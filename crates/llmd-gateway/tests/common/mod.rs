@@ -34,6 +34,15 @@ pub async fn sim(extra: &[&str]) -> SocketAddr {
 
 /// An EPP over these pods (roles given) with this config.
 pub async fn epp(config: &str, pods: &[(SocketAddr, Role)]) -> SocketAddr {
+    epp_tls(config, pods, None).await
+}
+
+/// [`epp`] with TLS on its ext_proc port.
+pub async fn epp_tls(
+    config: &str,
+    pods: &[(SocketAddr, Role)],
+    tls: Option<llmd_epp::TlsOptions>,
+) -> SocketAddr {
     let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let endpoints = pods
         .iter()
@@ -64,6 +73,7 @@ pub async fn epp(config: &str, pods: &[(SocketAddr, Role)]) -> SocketAddr {
             limits: Default::default(),
             grace_period: std::time::Duration::from_secs(1),
             service_name: None,
+            tls,
         },
         llmd_epp::Listeners {
             grpc: bind().await,
@@ -203,7 +213,13 @@ fn free_port() -> u16 {
 /// Envoy with docs/envoy/envoy-ext-proc.yaml in front of this EPP, ready. Its tracer exports
 /// to a port where nothing listens (Envoy drops what it cannot send).
 pub async fn envoy(bin: &std::path::Path, epp: SocketAddr) -> Envoy {
-    envoy_with(bin, epp, free_port(), &[]).await
+    envoy_with(bin, epp, free_port(), &[], false).await
+}
+
+/// [`envoy`] dialling the EPP over TLS: the config file's commented `transport_socket` line
+/// (an UpstreamTlsContext without verification) uncommented.
+pub async fn envoy_tls_to_epp(bin: &std::path::Path, epp: SocketAddr) -> Envoy {
+    envoy_with(bin, epp, free_port(), &[], true).await
 }
 
 /// Envoy as [`envoy`], its tracer exporting to the OTLP/gRPC receiver at `otlp_port` one span
@@ -212,7 +228,7 @@ pub async fn envoy(bin: &std::path::Path, epp: SocketAddr) -> Envoy {
 pub async fn envoy_traced(bin: &std::path::Path, epp: SocketAddr, otlp_port: u16) -> Envoy {
     let runtime = "{layered_runtime: {layers: [{name: test, static_layer: \
                    {tracing.opentelemetry.min_flush_spans: 1}}]}}";
-    envoy_with(bin, epp, otlp_port, &["--config-yaml", runtime]).await
+    envoy_with(bin, epp, otlp_port, &["--config-yaml", runtime], false).await
 }
 
 async fn envoy_with(
@@ -220,6 +236,7 @@ async fn envoy_with(
     epp: SocketAddr,
     otlp_port: u16,
     extra: &[&str],
+    tls_to_epp: bool,
 ) -> Envoy {
     let template = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -232,6 +249,13 @@ async fn envoy_with(
         .replace("${ADMIN_PORT}", &admin.to_string())
         .replace("${EPP_PORT}", &epp.port().to_string())
         .replace("${OTLP_PORT}", &otlp_port.to_string());
+    let config = if tls_to_epp {
+        let commented = "      # transport_socket: ";
+        assert!(config.contains(commented), "no TLS line to uncomment");
+        config.replace(commented, "      transport_socket: ")
+    } else {
+        config
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, config).unwrap();

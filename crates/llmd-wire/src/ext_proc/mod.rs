@@ -77,6 +77,9 @@ pub enum ExtProcError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The TLS client configuration cannot be built.
+    #[error("ext_proc client TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The server did not accept the stream in time.
     #[error("the ext_proc server did not accept the stream within {0:?}")]
     OpenTimeout(Duration),
@@ -187,18 +190,37 @@ impl Client {
         }
     }
 
-    /// A client of the server at `uri` (`http://host:port`), connecting on first use with
-    /// `timeout` as the connect timeout too.
+    /// A client of the server at `uri` (`http://host:port`, or `https://host:port` for TLS
+    /// without verifying the server's certificate, as llm-d's Envoy configuration dials its
+    /// EPP), connecting on first use with `timeout` as the connect timeout too.
     pub fn connect_lazy(uri: &str, timeout: Duration) -> Result<Self, ExtProcError> {
-        let channel = tonic::transport::Endpoint::from_shared(uri.to_owned())
+        Self::connect_lazy_tls(uri, timeout, None)
+    }
+
+    /// [`Client::connect_lazy`] with the TLS client configuration for an `https://` URI
+    /// (`None`: TLS without certificate verification; see [`crate::tls::client_config`]).
+    pub fn connect_lazy_tls(
+        uri: &str,
+        timeout: Duration,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Self, ExtProcError> {
+        let endpoint = tonic::transport::Endpoint::from_shared(uri.to_owned())
             .map_err(|source| ExtProcError::Uri {
                 uri: uri.to_owned(),
                 source,
             })?
             .connect_timeout(timeout)
             .tcp_nodelay(true)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .connect_lazy();
+            .initial_connection_window_size(CONNECTION_WINDOW);
+        let channel = if endpoint.uri().scheme_str() == Some("https") {
+            let config = match tls {
+                Some(config) => config,
+                None => crate::tls::client_config(None, true)?,
+            };
+            endpoint.connect_with_connector_lazy(crate::tls::grpc_connector(config))
+        } else {
+            endpoint.connect_lazy()
+        };
         Ok(Self::new(channel, timeout))
     }
 

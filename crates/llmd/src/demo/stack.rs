@@ -210,6 +210,7 @@ pub(super) async fn epp(
             limits: Default::default(),
             grace_period: std::time::Duration::from_secs(1),
             service_name: Some(llmd_telemetry::names::services::SCHEDULER.to_owned()),
+            tls: None,
         },
         llmd_epp::Listeners {
             grpc: bind().await?,

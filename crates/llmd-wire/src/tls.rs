@@ -1,5 +1,7 @@
-//! TLS (rustls with the ring provider), off by default.
+//! TLS (rustls with the ring provider), shared by the P/D proxy (its HTTPS listener and
+//! upstream legs), the EPP (its ext_proc port) and the ext_proc client (the gateway's EPP leg).
 //!
+//! The P/D proxy:
 //! - **Listener**: `--secure-proxy` (llm-d's, on by default) serves HTTPS: with
 //!   `--cert-path DIR`, DIR's certificate; without, a self-signed one made at startup (as
 //!   llm-d does; clients must skip verification). `--secure-proxy=false` serves plain HTTP.
@@ -289,12 +291,29 @@ impl CertDir {
 
     /// A server configuration serving this certificate, TLS 1.2 and 1.3, ALPN h2 and http/1.1.
     pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
+        self.server_config_alpn(&[b"h2", b"http/1.1"])
+    }
+
+    /// A server configuration for gRPC: ALPN h2 only.
+    pub fn grpc_server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
+        self.server_config_alpn(&[b"h2"])
+    }
+
+    fn server_config_alpn(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+    ) -> Result<rustls::ServerConfig, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
+    }
+
+    /// The certificate chain served now (its leaf first).
+    pub fn current_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current.read().1.cert.clone()
     }
 }
 
@@ -302,4 +321,124 @@ impl ResolvesServerCert for CertDir {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.read().1.clone())
     }
+}
+
+/// A TLS handshake on a server port that takes longer than this is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One accepted, handshaken TLS connection, as tonic's server takes it (tonic's own TLS
+/// support cannot swap certificates, so the EPP serves tonic over this instead).
+#[derive(Debug)]
+pub struct TlsConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.get_ref().0.connect_info()
+    }
+}
+
+/// The connections of a TLS listener for tonic's `serve_with_incoming*`: TCP accepted with
+/// `TCP_NODELAY`, each handshake run on its own task (a slow client delays nobody) within
+/// [`HANDSHAKE_TIMEOUT`]; failed handshakes are logged at debug and skipped. Accepting stops
+/// when `stop` is cancelled or the stream is dropped.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stop: CancellationToken,
+) -> impl futures::Stream<Item = Result<TlsConn, std::io::Error>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<TlsConn>(64);
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tx.closed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(TlsConn(tls)).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|conn| (Ok(conn), rx))
+    })
+}
+
+/// A connector for tonic's `Endpoint::connect_with_connector*`: `http://` URIs in plaintext,
+/// `https://` over TLS with `config` (ALPN h2), `TCP_NODELAY` on.
+pub fn grpc_connector(
+    config: rustls::ClientConfig,
+) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http2()
+        .wrap_connector(http)
 }
