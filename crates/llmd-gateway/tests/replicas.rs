@@ -100,6 +100,7 @@ impl Replica {
                         limits: Default::default(),
                         grace_period: Duration::from_secs(1),
                         service_name: None,
+                        tls: None,
                     },
                     llmd_epp::Listeners {
                         grpc: bind().await,
