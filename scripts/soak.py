@@ -163,6 +163,14 @@ def main() -> int:
             print(json.dumps(sample), flush=True)
             if load.poll() is not None:
                 break
+        # What the EPP decided over the run: P/D and decode-only decisions.
+        decisions: dict[str, float] = {}
+        text = urllib.request.urlopen(f"http://127.0.0.1:{p['epp_m']}/metrics", timeout=10).read().decode()
+        for line in text.splitlines():
+            if line.startswith("llm_d_inference_scheduler_disagg_decision_total{"):
+                kind = line.split('decision_type="', 1)[1].split('"', 1)[0]
+                decisions[kind] = decisions.get(kind, 0) + float(line.rsplit(" ", 1)[1])
+        print(json.dumps({"epp_decisions": decisions}), flush=True)
         outcome = json.loads(report.read_text()) if report.exists() else {}
         overall = outcome.get("overall", {})
         print(json.dumps({"load": {k: overall.get(k) for k in ("requests", "ok", "errors", "request_throughput")},
