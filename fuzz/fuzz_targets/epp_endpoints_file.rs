@@ -18,6 +18,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(config) = EndpointPickerConfig::parse(text) {
-        let _ = llmd_epp::scheduler::Scheduler::new(&config, std::sync::Arc::new(Pool::default()));
+        let _ = llmd_epp::scheduling::Scheduler::new(
+            &config,
+            std::sync::Arc::new(Pool::default()),
+            None,
+        );
     }
 });

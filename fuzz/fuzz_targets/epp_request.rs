@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let path = PATHS[*selector as usize % PATHS.len()];
     // The same bytes as the end of a response body: usage extraction never panics.
-    let _ = llmd_epp::extproc::find_usage(body);
+    let _ = llmd_epp::protocol::find_usage(body);
     if let Ok(req) = parse(path, body) {
         assert!(!req.model.is_empty());
         if let Prompt::Chat(chat) = &req.prompt {
