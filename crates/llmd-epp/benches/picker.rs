@@ -32,61 +32,11 @@ use llmd_epp::scheduling::{PickContext, Picker, Scheduler};
 use llmd_kv_index::events::Tier;
 use llmd_kv_index::hashing::BlockKey;
 use llmd_kv_index::index::IndexOps;
+use llmd_tokenizer::corpus::document;
 use llmd_tokenizer::locate;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const PODS: usize = 64;
-
-/// Pseudo-English text, deterministic per seed.
-fn document(seed: u64, words: usize) -> String {
-    const WORDS: &[&str] = &[
-        "the",
-        "serving",
-        "prefix",
-        "cache",
-        "of",
-        "large",
-        "language",
-        "models",
-        "routes",
-        "requests",
-        "to",
-        "pods",
-        "that",
-        "already",
-        "hold",
-        "their",
-        "blocks,",
-        "which",
-        "cuts",
-        "time",
-        "first",
-        "token.",
-        "Decode",
-        "prefill",
-        "disaggregation",
-        "KV",
-        "transfer",
-        "NIXL",
-        "(see",
-        "section",
-        "3.2)",
-        "p99",
-        "latency",
-        "=",
-        "42ms;",
-    ];
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = String::with_capacity(words * 7);
-    for i in 0..words {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
-        out.push(if i % 97 == 96 { '\n' } else { ' ' });
-    }
-    out
-}
 
 fn body(prompt: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"model": MODEL, "prompt": prompt, "max_tokens": 16}))

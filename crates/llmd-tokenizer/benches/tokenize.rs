@@ -18,60 +18,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
+use llmd_tokenizer::corpus::document;
 use llmd_tokenizer::{ModelTokenizer, locate};
 
 const MODELS: [&str; 2] = ["meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen3-0.6B"];
-
-/// The `scoring_pass` bench's document (same words, same generator).
-fn document(seed: u64, words: usize) -> String {
-    const WORDS: &[&str] = &[
-        "the",
-        "serving",
-        "prefix",
-        "cache",
-        "of",
-        "large",
-        "language",
-        "models",
-        "routes",
-        "requests",
-        "to",
-        "pods",
-        "that",
-        "already",
-        "hold",
-        "their",
-        "blocks,",
-        "which",
-        "cuts",
-        "time",
-        "first",
-        "token.",
-        "Decode",
-        "prefill",
-        "disaggregation",
-        "KV",
-        "transfer",
-        "NIXL",
-        "(see",
-        "section",
-        "3.2)",
-        "p99",
-        "latency",
-        "=",
-        "42ms;",
-    ];
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = String::with_capacity(words * 7);
-    for i in 0..words {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
-        out.push(if i % 97 == 96 { '\n' } else { ' ' });
-    }
-    out
-}
 
 /// Varied text: code, numbers, several scripts, special tokens.
 fn mixed(words: usize) -> String {

@@ -34,6 +34,7 @@
 //! ```
 
 pub mod chat;
+pub mod corpus;
 mod fast;
 mod locate;
 mod prompt_cache;
