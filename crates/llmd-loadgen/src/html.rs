@@ -18,15 +18,16 @@ const PAD_B: f64 = 36.0;
 const PAD_T: f64 = 28.0;
 const PAD_R: f64 = 16.0;
 
-fn esc(s: &str) -> String {
+/// Escapes text for HTML and SVG (text and attribute values).
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
 
-/// A round axis step for a range.
-fn nice_step(range: f64) -> f64 {
+/// A round axis step for a range (about five steps: 1, 2 or 5 times a power of ten).
+pub fn nice_step(range: f64) -> f64 {
     if !(range > 0.0 && range.is_finite()) {
         return 1.0;
     }

@@ -22,6 +22,7 @@ use llmd_telemetry::testing::Received;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 
 use super::trace::{PdPoint, pd_points};
+use llmd_loadgen::html::{esc, nice_step};
 
 /// What one part 1 run measured, for the page.
 #[derive(Debug, Clone, Default)]
@@ -89,33 +90,6 @@ const PREFILL: &str = "#4e79a7";
 const COORDINATOR: &str = "#f28e2b";
 const DECODE: &str = "#59a14f";
 const ENGINE: &str = "#b0283f";
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// A round axis step for a range (about five steps).
-fn nice_step(range: f64) -> f64 {
-    if !(range > 0.0 && range.is_finite()) {
-        return 1.0;
-    }
-    let raw = range / 5.0;
-    let mag = 10f64.powf(raw.log10().floor());
-    let norm = raw / mag;
-    let n = if norm <= 1.0 {
-        1.0
-    } else if norm <= 2.0 {
-        2.0
-    } else if norm <= 5.0 {
-        5.0
-    } else {
-        10.0
-    };
-    n * mag
-}
 
 fn num(x: f64) -> String {
     if x.abs() >= 100.0 || x == x.round() {
