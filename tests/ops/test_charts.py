@@ -52,6 +52,8 @@ CASES = [
                                   "kvEvents": {"mode": "podDiscovery"}, "tokenizer": {"download": {"enabled": False},
                                   "volume": {"persistentVolumeClaim": {"claimName": "hf"}}}}, "llmd-epp"),
     ("llmd-epp-replicas", EPP, {"replicas": 2, "kvEvents": {"mode": "podDiscovery"}}, "llmd-epp"),
+    ("llmd-epp-tls-secret-istio", EPP, {"tls": {"secretName": "epp-tls"}, "provider": {"name": "istio"}}, "llmd-epp"),
+    ("llmd-epp-plaintext-istio", EPP, {"tls": {"enabled": False}, "provider": {"name": "istio"}}, "llmd-epp"),
     ("llmd-model-server-defaults", MS, {}, "llmd-model-server"),
     ("llmd-model-server-pd-tls-sim", MS, {"engine": "sim", "pd": {"enabled": True, "proxy": {"tls": {"secretName": "t"},
                                           "allowPrefill": ["10.0.0.0/8"]}},
@@ -106,6 +108,9 @@ def test_rendered_objects_validate(cid, rendered):
             assert cr_errors(d) == [], f"{d['kind']} {d['metadata']['name']}"
         elif d["kind"] in ("ServiceMonitor", "PodMonitor"):
             assert d["apiVersion"] == "monitoring.coreos.com/v1"
+        elif d["kind"] == "DestinationRule":
+            assert d["apiVersion"] == "networking.istio.io/v1"
+            assert set(d["spec"]) <= {"host", "trafficPolicy"} and d["spec"]["host"].endswith(".svc.cluster.local")
         else:
             try:
                 kube_validate(d)
@@ -864,3 +869,51 @@ def test_replicas_get_a_disruption_budget_that_selects_them(rendered):
     assert pdb["spec"]["maxUnavailable"] == 1
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+# ---- TLS on the ext_proc port, and the gateway side that dials it --------------------------------
+
+def ext_proc_tls(docs) -> tuple[bool, str, dict | None]:
+    """(the EPP serves TLS, the Service port's appProtocol, the DestinationRule's trafficPolicy)."""
+    f = flags(one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    port = next(p for p in one(docs, "Service")["spec"]["ports"] if p["name"] == "grpc-ext-proc")
+    rules = kind(docs, "DestinationRule")
+    return f["--secure-serving"] == "true", port["appProtocol"], rules[0]["spec"].get("trafficPolicy") if rules else None
+
+
+def test_ext_proc_serves_tls_by_default_and_istio_dials_it(rendered):
+    """llm-d's default: TLS on ext_proc. The Service says h2 over TLS, and with provider istio the
+    DestinationRule originates TLS without verification (the certificate is self-signed); the
+    health port stays cleartext for kubelet's gRPC probes."""
+    secure, proto, _ = ext_proc_tls(rendered["llmd-epp-defaults"])
+    assert secure and proto == "http2"
+    assert not kind(rendered["llmd-epp-defaults"], "DestinationRule"), "no provider: no gateway objects"
+    docs = rendered["llmd-epp-tls-secret-istio"]
+    secure, proto, policy = ext_proc_tls(docs)
+    assert secure and proto == "http2" and policy == {"tls": {"mode": "SIMPLE", "insecureSkipVerify": True}}
+    rule = one(docs, "DestinationRule")
+    svc = one(docs, "Service")
+    assert rule["spec"]["host"] == f"{svc['metadata']['name']}.{NS}.svc.cluster.local"
+    health = next(p for p in svc["spec"]["ports"] if p["name"] == "grpc-health")
+    assert health["appProtocol"] == "kubernetes.io/h2c"
+    # The secret is mounted where --cert-path points.
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    vol = next(v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "epp-tls")
+    mount = next(m for m in c["volumeMounts"] if m["name"] == vol["name"])
+    assert flags(c)["--cert-path"] == mount["mountPath"] and mount["readOnly"]
+    # Every guide runs behind Istio with the EPP's default TLS.
+    for g in GUIDES:
+        epp_docs, _ = guide_docs(g)
+        assert ext_proc_tls(epp_docs) == (True, "http2", {"tls": {"mode": "SIMPLE", "insecureSkipVerify": True}}), g.id
+
+
+def test_plaintext_ext_proc_is_cleartext_end_to_end(rendered):
+    """Control: tls.enabled=false is plaintext on both sides (h2c, no TLS origination), and
+    llm-d's inferenceExtension.flags.secure-serving wins over tls.enabled, rendered once."""
+    assert ext_proc_tls(rendered["llmd-epp-plaintext-istio"]) == (False, "kubernetes.io/h2c", None)
+    docs = render(EPP, {"inferenceExtension": {"flags": {"secure-serving": False}}, "provider": {"name": "istio"}},
+                  name="gaie", namespace=NS)
+    assert ext_proc_tls(docs) == (False, "kubernetes.io/h2c", None)
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert sum(a.startswith("--secure-serving") for a in args) == 1, args

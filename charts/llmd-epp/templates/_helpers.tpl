@@ -169,3 +169,15 @@ The config file's text: inferenceExtension.pluginsCustomConfig[pluginsConfigFile
 {{- $prom := default dict $mon.prometheus -}}
 {{- if or .Values.serviceMonitor.enabled $prom.enabled -}}true{{- end -}}
 {{- end -}}
+
+{{/* "true" when the ext_proc port serves TLS: llm-d's inferenceExtension.flags.secure-serving
+when given, else tls.enabled. */}}
+{{- define "llmd-epp.secure" -}}
+{{- $ie := fromYaml (include "llmd-epp.ie" .) -}}
+{{- $flags := default dict $ie.flags -}}
+{{- if hasKey $flags "secure-serving" -}}
+{{- index $flags "secure-serving" | toString | lower | eq "true" -}}
+{{- else -}}
+{{- .Values.tls.enabled -}}
+{{- end -}}
+{{- end }}

@@ -5,8 +5,9 @@
 //! unchanged; what would change behaviour and is not implemented is refused at startup with
 //! the reason ([`LlmdFlags::check`]).
 //!
-//! `--secure-serving` serves the ext_proc port over TLS (h2 by ALPN) with `--cert-path`'s
-//! `tls.crt`/`tls.key` (re-read when they change) or a self-signed certificate made at start.
+//! `--secure-serving` (on by default, as in llm-d) serves the ext_proc port over TLS (h2 by
+//! ALPN) with `--cert-path`'s `tls.crt`/`tls.key` (re-read when they change) or a
+//! self-signed certificate made at start; `--secure-serving=false` serves plaintext.
 //! `--metrics-endpoint-auth` is likewise off by default (llm-d: on); a Prometheus that sends a
 //! bearer token is still served.
 
@@ -22,11 +23,12 @@ pub struct LlmdFlags {
     /// Logging and tracing.
     #[command(flatten)]
     pub logging: LoggingFlags,
-    /// Serve the ext_proc port over TLS, h2 by ALPN (llm-d: --secure-serving): with
-    /// --cert-path, its certificate; without, a self-signed one made at start (the data plane
-    /// must then skip verification, as llm-d's Envoy configuration does). The gRPC health
-    /// port stays plaintext (kubelet gRPC probes speak no TLS); health on the ext_proc port is served over TLS.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
+    /// Serve the ext_proc port over TLS, h2 by ALPN (llm-d: --secure-serving, the same default):
+    /// with --cert-path, its certificate; without, a self-signed one made at start (the data
+    /// plane must then skip verification, as llm-d's gateway configurations do). `false`:
+    /// plaintext h2c. The gRPC health port stays plaintext (kubelet gRPC probes speak no TLS);
+    /// health on the ext_proc port is served over TLS.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = true)]
     pub secure_serving: bool,
     /// With --secure-serving: a directory holding `tls.crt` (PEM chain) and `tls.key` (PEM
     /// PKCS#8, PKCS#1 or SEC1), a `kubernetes.io/tls` secret's mount; re-read every 10 s when

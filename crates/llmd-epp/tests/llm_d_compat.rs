@@ -573,7 +573,7 @@ async fn the_binary_takes_llm_d_flags_and_refuses_what_it_lacks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_serves_tls_with_secure_serving() {
+async fn the_binary_serves_tls_by_default() {
     use llmd_wire::ext_proc::{Client, RequestDecision, RequestHead};
     let (s, _stop) = plain_sim(&[]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -601,9 +601,9 @@ async fn the_binary_serves_tls_with_secure_serving() {
         "--log-format",
         "json",
     ];
-    // llm-d's flag, bare: a self-signed certificate, TLS on the ext_proc port.
-    let args: Vec<&str> = base.iter().copied().chain(["--secure-serving"]).collect();
-    let (mut child, serving, out, addrs) = run_binary(&args);
+    // No TLS flag: TLS on the ext_proc port with a self-signed certificate, llm-d's default
+    // (--secure-serving=true).
+    let (mut child, serving, out, addrs) = run_binary(&base);
     assert!(serving, "{out}");
     let (grpc, _) = addrs.unwrap();
     let headers = http::HeaderMap::new();

@@ -25,14 +25,14 @@ pub struct Args {
     /// Port serving Prometheus metrics at `/metrics` (`llmd gateway` / `llmd-gateway` only).
     #[arg(long, default_value_t = 9091)]
     pub metrics_port: u16,
-    /// The ext_proc server (the EPP's gRPC port): `http://host:port` in plaintext, or
-    /// `https://host:port` over TLS (h2 by ALPN) without verifying the EPP's certificate, as
-    /// llm-d's Envoy configuration dials its EPP (the EPP's default is a self-signed one);
-    /// --epp-ca-file verifies it.
+    /// The ext_proc server (the EPP's gRPC port): `https://host:port` over TLS (h2 by ALPN)
+    /// without verifying the EPP's certificate, as llm-d's gateways dial their EPP (`llmd epp`
+    /// serves TLS by default, with a self-signed certificate); --epp-ca-file verifies it.
+    /// `http://host:port` for an EPP run with --secure-serving=false.
     #[arg(
         long,
         env = "LLMD_GATEWAY_EPP",
-        default_value = "http://127.0.0.1:9002"
+        default_value = "https://127.0.0.1:9002"
     )]
     pub epp: String,
     /// With an `https://` --epp: verify the EPP's certificate against the CA certificates in

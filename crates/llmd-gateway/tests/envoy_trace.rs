@@ -18,7 +18,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{MODEL, envoy_bin, envoy_traced, epp, pd_setup, sim};
+use common::{MODEL, envoy_bin, envoy_traced, epp_tls, pd_setup, sim};
 use llmd_epp::config::ROUND_ROBIN_CONFIG;
 use llmd_epp::endpoints::Role;
 use llmd_telemetry::names::{services, spans as names};
@@ -196,11 +196,14 @@ async fn envoy_continues_the_trace_and_the_pods_continue_envoy() {
     let guard = llmd_telemetry::init("llmd-gateway-tests", &config).unwrap();
 
     // Decode-only: one pod behind the EPP. Streamed, not streamed, and with no client trace.
+    // The shipped config as it is: TLS to an EPP serving it, as `llmd epp` does by default.
     let pod = sim(&[]).await;
+    let tls = Some(llmd_epp::TlsOptions::self_signed());
     let decode_only = envoy_traced(
         &bin,
-        epp(ROUND_ROBIN_CONFIG, &[(pod, Role::Both)]).await,
+        epp_tls(ROUND_ROBIN_CONFIG, &[(pod, Role::Both)], tls).await,
         otlp_port,
+        true,
     )
     .await;
     let streamed = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
@@ -211,7 +214,8 @@ async fn envoy_continues_the_trace_and_the_pods_continue_envoy() {
 
     // P/D: the proxy in front of the decode sim, a prefill sim, the P/D EPP.
     let (_prefill, _decode, pd_epp) = pd_setup().await;
-    let pd = envoy_traced(&bin, pd_epp, otlp_port).await;
+    // P/D over a plaintext EPP (`--secure-serving=false`; the config's TLS line deleted).
+    let pd = envoy_traced(&bin, pd_epp, otlp_port, false).await;
     let pd_trace = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b716920333a");
     complete(pd.addr, Some(pd_trace), true).await;
 

@@ -210,25 +210,32 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Envoy with docs/envoy/envoy-ext-proc.yaml in front of this EPP, ready. Its tracer exports
-/// to a port where nothing listens (Envoy drops what it cannot send).
+/// Envoy with docs/envoy/envoy-ext-proc.yaml in front of this EPP (plaintext: the config's
+/// `transport_socket` line deleted, as the file says for `--secure-serving=false`), ready. Its
+/// tracer exports to a port where nothing listens (Envoy drops what it cannot send).
 pub async fn envoy(bin: &std::path::Path, epp: SocketAddr) -> Envoy {
     envoy_with(bin, epp, free_port(), &[], false).await
 }
 
-/// [`envoy`] dialling the EPP over TLS: the config file's commented `transport_socket` line
-/// (an UpstreamTlsContext without verification) uncommented.
+/// [`envoy`] with the shipped config as it is: TLS to the EPP (an UpstreamTlsContext without
+/// verification).
 pub async fn envoy_tls_to_epp(bin: &std::path::Path, epp: SocketAddr) -> Envoy {
     envoy_with(bin, epp, free_port(), &[], true).await
 }
 
 /// Envoy as [`envoy`], its tracer exporting to the OTLP/gRPC receiver at `otlp_port` one span
 /// at a time (runtime `tracing.opentelemetry.min_flush_spans: 1`; the default batches five),
-/// so that a test sees each span as soon as Envoy finishes it.
-pub async fn envoy_traced(bin: &std::path::Path, epp: SocketAddr, otlp_port: u16) -> Envoy {
+/// so that a test sees each span as soon as Envoy finishes it. `tls_to_epp`: the shipped
+/// config as it is; else its `transport_socket` line deleted.
+pub async fn envoy_traced(
+    bin: &std::path::Path,
+    epp: SocketAddr,
+    otlp_port: u16,
+    tls_to_epp: bool,
+) -> Envoy {
     let runtime = "{layered_runtime: {layers: [{name: test, static_layer: \
                    {tracing.opentelemetry.min_flush_spans: 1}}]}}";
-    envoy_with(bin, epp, otlp_port, &["--config-yaml", runtime], false).await
+    envoy_with(bin, epp, otlp_port, &["--config-yaml", runtime], tls_to_epp).await
 }
 
 async fn envoy_with(
@@ -249,12 +256,15 @@ async fn envoy_with(
         .replace("${ADMIN_PORT}", &admin.to_string())
         .replace("${EPP_PORT}", &epp.port().to_string())
         .replace("${OTLP_PORT}", &otlp_port.to_string());
+    let tls_line = config
+        .lines()
+        .find(|l| l.trim_start().starts_with("transport_socket:"))
+        .expect("the shipped config dials the EPP over TLS")
+        .to_owned();
     let config = if tls_to_epp {
-        let commented = "      # transport_socket: ";
-        assert!(config.contains(commented), "no TLS line to uncomment");
-        config.replace(commented, "      transport_socket: ")
-    } else {
         config
+    } else {
+        config.replace(&format!("{tls_line}\n"), "")
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("envoy.yaml");

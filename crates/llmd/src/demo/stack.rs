@@ -210,7 +210,8 @@ pub(super) async fn epp(
             limits: Default::default(),
             grace_period: std::time::Duration::from_secs(1),
             service_name: Some(llmd_telemetry::names::services::SCHEDULER.to_owned()),
-            tls: None,
+            // TLS on ext_proc, as `llmd epp` serves it by default (self-signed, not verified).
+            tls: Some(llmd_epp::TlsOptions::self_signed()),
         },
         llmd_epp::Listeners {
             grpc: bind().await?,
@@ -230,7 +231,7 @@ pub(super) async fn gateway(
     let gw_args = <llmd_gateway::Args as Parser>::try_parse_from([
         "llmd-gateway",
         "--epp",
-        &format!("http://{}", epp.grpc),
+        &format!("https://{}", epp.grpc),
         "--span-service-name",
         llmd_telemetry::names::services::GATEWAY,
     ])?;
