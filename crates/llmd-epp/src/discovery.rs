@@ -51,8 +51,9 @@ impl PoolRef {
     }
 }
 
-/// The endpoints of a snapshot: each ready pod on the pool's first target port, sorted by
-/// `address:port`.
+/// The endpoints of a snapshot: each ready pod on every target port of the pool (GIE v1: port
+/// `i` is data-parallel rank `i`, an engine with its own queue, `/metrics` and KV-event
+/// publisher at the base port + `i`), sorted by `address:port`.
 pub fn endpoints_of(snapshot: &PoolSnapshot, kv_events_port: Option<u16>) -> Vec<EndpointSpec> {
     let kv = KvEventPorts {
         publisher: kv_events_port,
@@ -61,7 +62,6 @@ pub fn endpoints_of(snapshot: &PoolSnapshot, kv_events_port: Option<u16>) -> Vec
     let mut out: Vec<EndpointSpec> = snapshot
         .endpoints(kv)
         .into_iter()
-        .filter(|e| e.rank == 0)
         .map(|e| EndpointSpec {
             role: match e.labels.get(ROLE_LABEL).map(String::as_str) {
                 Some("prefill") => Role::Prefill,

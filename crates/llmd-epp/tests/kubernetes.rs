@@ -31,11 +31,7 @@ async fn inference_pool_pods_become_endpoints() {
         engines.push(tokio::net::TcpListener::bind((ip, port)).await.unwrap());
     }
     for engine in engines {
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(|| async { "vllm:num_requests_waiting 0\n" }),
-        );
-        tokio::spawn(async move { axum::serve(engine, app).await });
+        serve_metrics(engine);
     }
     let at = |n: u8| format!("127.0.0.{n}:{port}");
     let api = FakeKube::start(
@@ -51,49 +47,8 @@ async fn inference_pool_pods_become_endpoints() {
     )
     .await
     .unwrap();
-    let client = api.client().unwrap();
-    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let shutdown = CancellationToken::new();
-    let epp = llmd_epp::start(
-        Options {
-            config: EndpointPickerConfig::parse(PD_CONFIG).unwrap(),
-            endpoints_file: None,
-            endpoints: EndpointsFile {
-                endpoints: Vec::new(),
-            },
-            kv_events_bind: None,
-            scrape_interval: std::time::Duration::from_secs(5),
-            max_body_bytes: 1 << 20,
-            metric_names: Default::default(),
-            metrics_staleness: None,
-            objectives: Vec::new(),
-            subset_filter: true,
-            pool_name: "llama".into(),
-            limits: Default::default(),
-            grace_period: std::time::Duration::from_secs(1),
-            service_name: None,
-            tls: None,
-            kubernetes: Some(KubeSource {
-                client,
-                pool: PoolRef {
-                    name: "llama".into(),
-                    namespace: "ai".into(),
-                    group: "inference.networking.k8s.io".into(),
-                    kv_events_port: Some(5557),
-                    resync: std::time::Duration::from_millis(100),
-                },
-            }),
-        },
-        Listeners {
-            grpc: bind().await,
-            health: None,
-            metrics: bind().await,
-        },
-        Some(common::metrics()),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let epp = start_epp(&api, PD_CONFIG, &shutdown).await;
     let pool = epp.scheduler.pool().clone();
     let mut client =
         envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(
@@ -179,5 +134,114 @@ async fn inference_pool_pods_become_endpoints() {
         Routed::Rejected(503, _) => {}
         other => panic!("expected 503, got {other:?}"),
     }
+    shutdown.cancel();
+}
+
+/// An EPP following the fake API server's pool `ai/llama` (KV events dialled on 5557, resync
+/// every 100 ms).
+async fn start_epp(api: &FakeKube, config: &str, shutdown: &CancellationToken) -> llmd_epp::Epp {
+    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    llmd_epp::start(
+        Options {
+            config: EndpointPickerConfig::parse(config).unwrap(),
+            endpoints_file: None,
+            endpoints: EndpointsFile {
+                endpoints: Vec::new(),
+            },
+            kv_events_bind: None,
+            scrape_interval: std::time::Duration::from_secs(5),
+            max_body_bytes: 1 << 20,
+            metric_names: Default::default(),
+            metrics_staleness: None,
+            objectives: Vec::new(),
+            subset_filter: true,
+            pool_name: "llama".into(),
+            limits: Default::default(),
+            grace_period: std::time::Duration::from_secs(1),
+            service_name: None,
+            tls: None,
+            kubernetes: Some(KubeSource {
+                client: api.client().unwrap(),
+                pool: PoolRef {
+                    name: "llama".into(),
+                    namespace: "ai".into(),
+                    group: "inference.networking.k8s.io".into(),
+                    kv_events_port: Some(5557),
+                    resync: std::time::Duration::from_millis(100),
+                },
+            }),
+        },
+        Listeners {
+            grpc: bind().await,
+            health: None,
+            metrics: bind().await,
+        },
+        Some(common::metrics()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap()
+}
+
+/// `/metrics` answering on this listener.
+fn serve_metrics(engine: tokio::net::TcpListener) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async { "vllm:num_requests_waiting 0\n" }),
+    );
+    tokio::spawn(async move { axum::serve(engine, app).await });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_target_port_is_an_endpoint_with_its_ranks_kv_events() {
+    // GIE v1: one pod, two target ports (data-parallel ranks 0 and 1, each an engine with its
+    // own queue and its own KV-event publisher at the base port + rank, as vLLM offsets it).
+    let ranks = [
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    let ports: Vec<u16> = ranks
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    for l in ranks {
+        serve_metrics(l);
+    }
+    let api = FakeKube::start(
+        fake::pool_ports("vllm", &ports),
+        vec![pod("d1", Some("127.0.0.1"), "decode", "vllm", true, false)],
+    )
+    .await
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let epp = start_epp(&api, llmd_epp::config::ROUND_ROBIN_CONFIG, &shutdown).await;
+    let pool = epp.scheduler.pool().clone();
+    wait_until("both ranks discovered", || pool.snapshot().len() == 2).await;
+    let eps = pool.snapshot();
+    let kv: HashMap<String, Option<String>> = eps
+        .iter()
+        .map(|e| (e.id.to_string(), e.spec.kv_events.clone()))
+        .collect();
+    let at = |rank: usize| format!("127.0.0.1:{}", ports[rank]);
+    assert_eq!(kv[&at(0)].as_deref(), Some("tcp://127.0.0.1:5557"));
+    assert_eq!(kv[&at(1)].as_deref(), Some("tcp://127.0.0.1:5558"));
+    let mut client =
+        envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(
+            format!("http://{}", epp.grpc),
+        )
+        .await
+        .unwrap();
+    let mut per_rank: HashMap<String, usize> = HashMap::new();
+    for i in 0..8 {
+        let r = route(
+            &mut client,
+            "/v1/completions",
+            &completion(&format!("q{i}"), 1),
+        )
+        .await;
+        *per_rank.entry(r.destination().to_owned()).or_default() += 1;
+    }
+    assert_eq!(per_rank.get(&at(0)), Some(&4), "{per_rank:?}");
+    assert_eq!(per_rank.get(&at(1)), Some(&4), "{per_rank:?}");
     shutdown.cancel();
 }
