@@ -11,11 +11,19 @@
 //! scheduling thread, never under a lock other models wait on), concurrent requests for the
 //! same model wait for that one load, and [`KvService::preload`] loads the configured one at
 //! start.
+//!
+//! A request's keys carry what vLLM folds into its block hashes besides the tokens: its
+//! `cache_salt` (block 0) and, when its `model` names a configured LoRA adapter, the adapter
+//! (every block), spelt as the configured vLLM generation spells them. A LoRA request is
+//! tokenized with its base model's tokenizer (the configured `tokenizer`, else the adapter's
+//! `baseModel`), never one named after the adapter. The prompt caches hold tokens and plain
+//! digests only: keys with extra keys are hashed afresh, so a salted request never reuses (or
+//! leaves behind) another request's digests.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use llmd_kv_index::hashing::{BlockKey, HashAlgo, RequestExtras};
+use llmd_kv_index::hashing::{BlockKey, HashAlgo, LoraKey, RequestExtras};
 use llmd_kv_index::index::IndexConfig;
 use llmd_kv_index::{KvIndex, KvIndexConfig};
 use llmd_tokenizer::{ChatRequest, ModelTokenizer, PromptCache};
@@ -39,6 +47,16 @@ pub struct KvService {
     pub index: Arc<KvIndex>,
     params: PrecisePrefixCacheParams,
     tokenizers: RwLock<HashMap<String, Slot>>,
+    /// `loraAdapters` by name: the key vLLM hashes, and the tokenizer to use.
+    adapters: HashMap<String, Adapter>,
+}
+
+/// A configured LoRA adapter.
+#[derive(Debug)]
+struct Adapter {
+    key: LoraKey,
+    /// The tokenizer its requests use (the scorer's `tokenizer`, else its `baseModel`).
+    tokenizer: String,
 }
 
 impl std::fmt::Debug for KvService {
@@ -86,10 +104,30 @@ impl KvService {
             },
         })
         .map_err(|e| ConfigError::Invalid(format!("{}: {e}", precise_prefix_cache_scorer::TYPE)))?;
+        let mut adapters = HashMap::new();
+        for a in &params.lora_adapters {
+            let tokenizer = params
+                .tokenizer
+                .clone()
+                .or_else(|| a.base_model.clone())
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "{}: loraAdapters {:?}: baseModel needed when there is no tokenizer",
+                        precise_prefix_cache_scorer::TYPE,
+                        a.name
+                    ))
+                })?;
+            let key = LoraKey {
+                name: a.name.clone(),
+                path: a.path.clone(),
+            };
+            adapters.insert(a.name.clone(), Adapter { key, tokenizer });
+        }
         Ok(Self {
             index: Arc::new(index),
             params,
             tokenizers: RwLock::new(HashMap::new()),
+            adapters,
         })
     }
 
@@ -117,9 +155,30 @@ impl KvService {
         }
     }
 
-    /// The tokenizer for requests to `model`: the configured one, else the model's own.
+    /// The name of the tokenizer for requests to `model`: the configured one, else a LoRA
+    /// adapter's base model, else the model's own.
+    pub fn tokenizer_name<'a>(&'a self, model: &'a str) -> &'a str {
+        if let Some(t) = &self.params.tokenizer {
+            return t;
+        }
+        self.adapters
+            .get(model)
+            .map_or(model, |a| a.tokenizer.as_str())
+    }
+
+    /// What vLLM folds into a request's block hashes besides its tokens.
+    pub fn extras(&self, req: &InferenceRequest) -> RequestExtras {
+        RequestExtras {
+            style: self.params.extra_key_style,
+            lora: self.adapters.get(&req.model).map(|a| a.key.clone()),
+            mm_items: Vec::new(),
+            cache_salt: req.cache_salt.clone(),
+        }
+    }
+
+    /// The tokenizer for requests to `model` (see [`Self::tokenizer_name`]).
     fn tokenizer(&self, model: &str) -> Option<Arc<TokenizerEntry>> {
-        let name = self.params.tokenizer.as_deref().unwrap_or(model);
+        let name = self.tokenizer_name(model);
         let slot = {
             let read = self.tokenizers.read();
             read.get(name).cloned()
@@ -140,7 +199,7 @@ impl KvService {
                     cache: PromptCache::new(4_000_000, 1024),
                 })),
                 Err(error) => {
-                    tracing::warn!(model, %error, "no tokenizer: prefix-cache scores are 0 for this model");
+                    tracing::warn!(model, tokenizer = name, %error, "no tokenizer: prefix-cache scores are 0 for this model");
                     None
                 }
             }
@@ -150,9 +209,9 @@ impl KvService {
 
     /// The block keys and token count of a request's prompt, as vLLM would hash them.
     pub fn keys(&self, req: &InferenceRequest) -> Result<(Vec<BlockKey>, usize), String> {
-        let none = RequestExtras::default();
+        let extras = self.extras(req);
         if let Prompt::Tokens(ids) = &req.prompt {
-            return Ok((self.index.request_keys(&req.model, ids, &none), ids.len()));
+            return Ok((self.index.request_keys(&req.model, ids, &extras), ids.len()));
         }
         let entry = self
             .tokenizer(&req.model)
@@ -171,7 +230,7 @@ impl KvService {
         }
         .map_err(|e| e.to_string())?;
         Ok((
-            self.index.prompt_keys(&req.model, &looked_up, &none),
+            self.index.prompt_keys(&req.model, &looked_up, &extras),
             looked_up.len(),
         ))
     }

@@ -40,6 +40,9 @@ pub struct InferenceRequest {
     pub max_tokens: Option<u64>,
     /// Bytes of user input (prompt text or message contents).
     pub user_input_bytes: usize,
+    /// `cache_salt`: vLLM keys it into the prompt's first block, so only requests with the
+    /// same salt share cached blocks.
+    pub cache_salt: Option<String>,
     /// The body as parsed.
     pub body: Map<String, Value>,
 }
@@ -109,6 +112,7 @@ pub fn parse(path: &str, body: &[u8]) -> Result<InferenceRequest, ParseError> {
             },
         }
     }
+    let cache_salt = parse_cache_salt(&map)?;
     let (prompt, user_input_bytes) = match api {
         Api::Completions => match map.get("prompt") {
             Some(Value::String(p)) => (Prompt::Text(p.clone()), p.len()),
@@ -166,8 +170,25 @@ pub fn parse(path: &str, body: &[u8]) -> Result<InferenceRequest, ParseError> {
         stream,
         max_tokens,
         user_input_bytes,
+        cache_salt,
         body: map,
     })
+}
+
+/// `cache_salt` as vLLM's request models take it (`validate_cache_salt` in
+/// `vllm/entrypoints/generate/base/protocol.py`, 0.33.0; a `str` field with `min_length=1` in
+/// 0.29): absent or `null` is no salt; anything but a non-empty string is refused with vLLM's
+/// message. vLLM 0.33 also refuses salts over 128 characters or containing `@`, `/`, `\` or
+/// NUL (0.29 allowed 1,024 characters of anything): that is left to the engine, which answers
+/// it with its own 400, so a salt an older vLLM accepts is not refused here.
+fn parse_cache_salt(map: &Map<String, Value>) -> Result<Option<String>, ParseError> {
+    match map.get("cache_salt") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(_) => Err(ParseError::Field(
+            "Parameter 'cache_salt' must be a non-empty string if provided.".into(),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +212,47 @@ mod tests {
         let r = parse("/v1/chat/completions", br#"{"model":"m","messages":[{"role":"user","content":"hello"}],"max_completion_tokens":5}"#).unwrap();
         assert_eq!(r.user_input_bytes, 5);
         assert_eq!(r.max_tokens, Some(5));
+        assert_eq!(r.cache_salt, None);
+    }
+
+    #[test]
+    fn cache_salt_is_read_as_vllm_reads_it() {
+        for (path, body, want) in [
+            (
+                "/v1/completions",
+                &br#"{"model":"m","prompt":"x","cache_salt":"tenant-7"}"#[..],
+                Some("tenant-7"),
+            ),
+            (
+                "/v1/chat/completions",
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"cache_salt":"a/b+c="}"#,
+                Some("a/b+c="),
+            ),
+            (
+                "/v1/completions",
+                br#"{"model":"m","prompt":"x","cache_salt":null}"#,
+                None,
+            ),
+        ] {
+            assert_eq!(parse(path, body).unwrap().cache_salt.as_deref(), want);
+        }
+        for bad in [r#""""#, "5", "true", r#"["s"]"#, r#"{"s":1}"#] {
+            for (path, rest) in [
+                ("/v1/completions", r#""prompt":"x""#),
+                (
+                    "/v1/chat/completions",
+                    r#""messages":[{"role":"user","content":"x"}]"#,
+                ),
+            ] {
+                let body = format!(r#"{{"model":"m",{rest},"cache_salt":{bad}}}"#);
+                let e = parse(path, body.as_bytes()).unwrap_err();
+                assert_eq!(
+                    e.to_string(),
+                    "Parameter 'cache_salt' must be a non-empty string if provided.",
+                    "{path} {bad}"
+                );
+            }
+        }
     }
 
     #[test]

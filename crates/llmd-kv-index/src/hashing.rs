@@ -142,7 +142,9 @@ pub enum ExtraKey {
 }
 
 /// How a vLLM generation spells its extra keys (`reference/vllm-hashing-and-events.md` §1.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Configured as `tagged` / `untagged`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ExtraKeyStyle {
     /// vLLM >= 0.31: `("lora", name, path)`, `("mm", identifier, offset)`, `("cache_salt", salt)`.
     #[default]

@@ -117,3 +117,43 @@ proptest! {
         prop_assert_ne!(ka, kb);
     }
 }
+
+/// `testdata/vllm-extra-keys.json`: salted and LoRA requests hashed by vLLM 0.33.0's and
+/// 0.29.0's own functions (`testdata/gen_extra_key_vectors.py`).
+const EXTRA_VECTORS: &str = include_str!("../testdata/vllm-extra-keys.json");
+
+#[test]
+fn salt_and_lora_cases_match_vllms_own_hashes_in_both_styles() {
+    use llmd_kv_index::hashing::{ExtraKeyStyle, LoraKey};
+    let v: serde_json::Value = serde_json::from_str(EXTRA_VECTORS).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 10);
+    for case in cases {
+        let id = case["id"].as_str().unwrap();
+        let style: ExtraKeyStyle = serde_json::from_value(case["style"].clone()).unwrap();
+        let tokens: Vec<u32> = case["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        let extras = RequestExtras {
+            style,
+            lora: case["lora"].as_object().map(|l| LoraKey {
+                name: l["name"].as_str().unwrap().into(),
+                path: l["path"].as_str().unwrap().into(),
+            }),
+            mm_items: vec![],
+            cache_salt: case["cache_salt"].as_str().map(str::to_owned),
+        };
+        let hasher = VllmHasher::new(case["python_hash_seed"].as_str(), 16).unwrap();
+        let want: Vec<BlockKey> = case["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| BlockKey(b["event_int"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(want.len(), 3, "{id}");
+        assert_eq!(hasher.keys(&tokens, &extras), want, "{id}");
+    }
+}

@@ -89,7 +89,9 @@ pub fn hash_prompt(req: &InferenceRequest, block_chars: usize, max_blocks: usize
     let block_chars = block_chars.max(1);
     let usable = input.len().min(block_chars.saturating_mul(max_blocks));
     let mut seed = req.model.as_bytes().to_vec();
-    if let Some(salt) = req.body.get("cache_salt").and_then(|v| v.as_str()) {
+    if let Some(salt) = &req.cache_salt {
+        // Length-prefixed, so that model "ab" + salt "c" is not model "a" + salt "bc".
+        seed.extend_from_slice(&(salt.len() as u64).to_le_bytes());
         seed.extend_from_slice(salt.as_bytes());
     }
     let mut prev = xxh3_64(&seed);

@@ -2,7 +2,7 @@
 //! newer `precise-prefix-cache-producer`), in both shapes:
 //!
 //! - ours (flat): `blockSize` (or `blockSizeTokens`), `hashSeed`, `hashAlgorithm`, `tokenizer`,
-//!   `maxIndexBytes`;
+//!   `maxIndexBytes`, `loraAdapters`, `extraKeyStyle`;
 //! - llm-d's (nested): `tokenProcessorConfig.{blockSize|blockSizeTokens, hashSeed,
 //!   hashAlgorithm}`, `indexerConfig.{tokenizersPoolConfig, kvBlockIndexConfig,
 //!   kvCacheBackendConfigs, prefixStoreConfig}`, `kvEventsConfig.{zmqEndpoint, topicFilter,
@@ -21,7 +21,18 @@
 //! tokenizer's model (`tokenizersPoolConfig.modelName`, the `tokenizer` plugin's `modelName`)
 //! is honoured. An index shared through Redis/Valkey, other tier weights, SGLang events and
 //! speculative indexing are refused.
+//!
+//! `loraAdapters` (our extension; both shapes) lists the LoRA adapters the engines serve, as
+//! vLLM's `--lora-modules name=path` does: a request whose `model` names one is keyed with the
+//! adapter as vLLM keys it (`("lora", name, path)` on every block in vLLM >= 0.31, the bare name
+//! in 0.20-0.29: `extraKeyStyle: tagged | untagged`), and tokenized with its base model's
+//! tokenizer (`tokenizer` when set, else the adapter's `baseModel`). vLLM >= 0.31 hashes the
+//! adapter's path, which KV events do not carry, so the path must be the one the engines were
+//! started with.
 
+use std::collections::HashSet;
+
+use llmd_kv_index::hashing::ExtraKeyStyle;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -43,6 +54,25 @@ pub struct PrecisePrefixCacheParams {
     pub max_index_bytes: usize,
     /// How KV events arrive.
     pub kv_events: KvEventsSettings,
+    /// The LoRA adapters the engines serve (`loraAdapters`).
+    pub lora_adapters: Vec<LoraAdapter>,
+    /// How the engines spell their extra keys (`extraKeyStyle`: vLLM >= 0.31 `tagged`).
+    pub extra_key_style: ExtraKeyStyle,
+}
+
+/// One LoRA adapter, as vLLM's `--lora-modules` names it (`loraAdapters[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoraAdapter {
+    /// The adapter's name: a request's `model` (vLLM's `lora_name`).
+    pub name: String,
+    /// The adapter's path exactly as the engines were given it (`--lora-modules name=path`;
+    /// vLLM's `lora_path`, hashed by vLLM >= 0.31).
+    pub path: String,
+    /// The base model, whose tokenizer the adapter's requests use when the scorer has no
+    /// `tokenizer` (vLLM's `base_model_name`).
+    #[serde(default)]
+    pub base_model: Option<String>,
 }
 
 impl Default for PrecisePrefixCacheParams {
@@ -54,6 +84,8 @@ impl Default for PrecisePrefixCacheParams {
             tokenizer: None,
             max_index_bytes: 512 << 20,
             kv_events: KvEventsSettings::default(),
+            lora_adapters: Vec::new(),
+            extra_key_style: ExtraKeyStyle::default(),
         }
     }
 }
@@ -100,6 +132,8 @@ struct Spec {
     hash_algorithm: Option<HashAlgorithm>,
     tokenizer: Option<String>,
     max_index_bytes: Option<usize>,
+    lora_adapters: Option<Vec<LoraAdapter>>,
+    extra_key_style: Option<ExtraKeyStyle>,
     // llm-d's (nested).
     token_processor_config: Option<TokenProcessorConfig>,
     #[serde(alias = "kvCacheIndexerConfig")]
@@ -549,6 +583,41 @@ pub fn resolve(
             _ => out.tokenizer = Some(model),
         }
     }
+    if let Some(style) = s.extra_key_style {
+        out.extra_key_style = style;
+    }
+    let mut names = HashSet::new();
+    for (i, a) in s.lora_adapters.iter().flatten().enumerate() {
+        let field = |f: &str| format!("loraAdapters[{i}].{f}");
+        if a.name.is_empty() {
+            return Err(invalid(spec, &field("name"), "must not be empty"));
+        }
+        if a.path.is_empty() {
+            return Err(invalid(
+                spec,
+                &field("path"),
+                "must not be empty (the path the engines' --lora-modules give the adapter)",
+            ));
+        }
+        if !names.insert(a.name.as_str()) {
+            return Err(invalid(
+                spec,
+                &field("name"),
+                &format!("{:?} is listed twice", a.name),
+            ));
+        }
+        if a.base_model.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid(spec, &field("baseModel"), "must not be empty"));
+        }
+        if out.tokenizer.is_none() && a.base_model.is_none() {
+            return Err(invalid(
+                spec,
+                &field("baseModel"),
+                "needed when the scorer has no `tokenizer`: the adapter's requests are tokenized with its base model's tokenizer",
+            ));
+        }
+    }
+    out.lora_adapters = s.lora_adapters.unwrap_or_default();
     Ok(out)
 }
 
@@ -647,6 +716,59 @@ plugins:
             "plugins: [{type: precise-prefix-cache-scorer, parameters: {tokenizer: a}}, {type: tokenizer, parameters: {modelName: b}}]\n",
         );
         assert!(first(&c).unwrap_err().to_string().contains("modelName"));
+    }
+
+    #[test]
+    fn lora_adapters_and_the_extra_key_style() {
+        let p = first(&cfg(
+            "plugins: [{type: precise-prefix-cache-scorer, parameters: {loraAdapters: [{name: sql, path: /adapters/sql, baseModel: meta-llama/Llama-3.1-8B}], extraKeyStyle: untagged}}]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            p.lora_adapters,
+            vec![LoraAdapter {
+                name: "sql".into(),
+                path: "/adapters/sql".into(),
+                base_model: Some("meta-llama/Llama-3.1-8B".into()),
+            }]
+        );
+        assert_eq!(p.extra_key_style, ExtraKeyStyle::Untagged);
+        // vLLM >= 0.31's tagged keys by default; the base model may come from `tokenizer`.
+        let p = first(&cfg(
+            "plugins: [{type: precise-prefix-cache-scorer, parameters: {tokenizer: t, loraAdapters: [{name: sql, path: /a}]}}]\n",
+        ))
+        .unwrap();
+        assert_eq!(p.extra_key_style, ExtraKeyStyle::Tagged);
+        assert_eq!(p.lora_adapters[0].base_model, None);
+        // Also beside llm-d's nested shape.
+        let p = first(&cfg(
+            "plugins: [{type: precise-prefix-cache-scorer, parameters: {tokenProcessorConfig: {blockSize: 64}, loraAdapters: [{name: sql, path: /a, baseModel: b}]}}]\n",
+        ))
+        .unwrap();
+        assert_eq!(p.lora_adapters.len(), 1);
+        for (params, field) in [
+            ("{loraAdapters: [{name: sql, pth: /a}]}", "pth"),
+            ("{loraAdapters: [{name: sql}]}", "path"),
+            ("{extraKeyStyle: tagd}", "tagd"),
+            (
+                "{loraAdapters: [{name: sql, path: /a}]}",
+                "loraAdapters[0].baseModel",
+            ),
+            (
+                "{tokenizer: t, loraAdapters: [{name: sql, path: /a}, {name: sql, path: /b}]}",
+                "loraAdapters[1].name",
+            ),
+            (
+                "{tokenizer: t, loraAdapters: [{name: sql, path: ''}]}",
+                "loraAdapters[0].path",
+            ),
+        ] {
+            let c = cfg(&format!(
+                "plugins: [{{type: precise-prefix-cache-scorer, parameters: {params}}}]\n"
+            ));
+            let e = first(&c).unwrap_err().to_string();
+            assert!(e.contains(field), "{params}: {e}");
+        }
     }
 
     #[test]
