@@ -4,9 +4,11 @@
 //! `llmd-k8s` follows the pool and its pods by watch ([`llmd_k8s::watch_pool`]); this module
 //! maps each new snapshot to endpoints and replaces the endpoint set with them. A pod is ready
 //! when it has an IP, is not being deleted, and its `Ready` condition is `True`. Its P/D role
-//! is the `llm-d.ai/role` label (`prefill`, `decode`, or `both`/absent), its port the pool's
-//! first `targetPorts` number (data-parallel rank 0). With `kv_events_port` set, the EPP dials
-//! `tcp://<pod IP>:<port>` for its KV events (llm-d's pod-discovery mode); otherwise pods are
+//! is the `llm-d.ai/role` label (`prefill`, `decode`, or `both`/absent). Every `targetPorts`
+//! number is an endpoint of its own: port `i` is data-parallel rank `i`. With `kv_events_port`
+//! set (`--kv-events-port`, or llm-d's `discoverPods` `socketPort`), the EPP dials
+//! `tcp://<pod IP>:<port + rank>` for its KV events (llm-d's pod-discovery mode; vLLM offsets
+//! each rank's publisher by its rank), and its replay socket likewise; otherwise pods are
 //! expected to connect to `--kv-events-bind`.
 //!
 //! An API error or an unusable pool spec keeps the last good set (`llmd-k8s` logs it once and
@@ -33,8 +35,10 @@ pub struct PoolRef {
     pub namespace: String,
     /// Its API group (GIE: `inference.networking.k8s.io`).
     pub group: String,
-    /// Port of the pods' KV-event publisher to dial, if the EPP dials.
+    /// Port of the pods' KV-event publisher to dial, if the EPP dials (rank `i` at port + `i`).
     pub kv_events_port: Option<u16>,
+    /// Port of the pods' KV-event replay socket, if they serve one (rank `i` at port + `i`).
+    pub kv_events_replay_port: Option<u16>,
     /// How often the pool and its pods are listed again from scratch (changes arrive by watch
     /// in between).
     pub resync: Duration,
@@ -54,11 +58,7 @@ impl PoolRef {
 /// The endpoints of a snapshot: each ready pod on every target port of the pool (GIE v1: port
 /// `i` is data-parallel rank `i`, an engine with its own queue, `/metrics` and KV-event
 /// publisher at the base port + `i`), sorted by `address:port`.
-pub fn endpoints_of(snapshot: &PoolSnapshot, kv_events_port: Option<u16>) -> Vec<EndpointSpec> {
-    let kv = KvEventPorts {
-        publisher: kv_events_port,
-        replay: None,
-    };
+pub fn endpoints_of(snapshot: &PoolSnapshot, kv: KvEventPorts) -> Vec<EndpointSpec> {
     let mut out: Vec<EndpointSpec> = snapshot
         .endpoints(kv)
         .into_iter()
@@ -72,7 +72,7 @@ pub fn endpoints_of(snapshot: &PoolSnapshot, kv_events_port: Option<u16>) -> Vec
             port: e.port,
             model: Vec::new(),
             kv_events: e.kv_events,
-            kv_events_replay: None,
+            kv_events_replay: e.kv_events_replay,
             metrics_port: None,
         })
         .collect();
@@ -101,7 +101,11 @@ pub async fn run(
             if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &snapshot)) {
                 continue;
             }
-            let change = target.replace(endpoints_of(&snapshot, pool.kv_events_port));
+            let kv = KvEventPorts {
+                publisher: pool.kv_events_port,
+                replay: pool.kv_events_replay_port,
+            };
+            let change = target.replace(endpoints_of(&snapshot, kv));
             last = Some(snapshot);
             // The pool has been listed once: readiness no longer waits for it.
             listed.send_if_modified(|done| !std::mem::replace(done, true));

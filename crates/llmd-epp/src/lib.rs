@@ -533,7 +533,18 @@ pub async fn start(
     // watch snapshot from Kubernetes) and one round of metrics scrapes done.
     let (listed_tx, mut listed) = tokio::sync::watch::channel(kubernetes.is_none());
     let (scraped_tx, mut scraped) = tokio::sync::watch::channel(false);
-    if let Some(k) = kubernetes {
+    if let Some(mut k) = kubernetes {
+        // llm-d's discoverPods: the pods' publisher and replay ports, per rank, derived by
+        // discovery (a --kv-events-port flag wins).
+        if let Some(kv) = &kv {
+            let events = &kv.params().kv_events;
+            if events.discover_pods == Some(true) {
+                k.pool.kv_events_port.get_or_insert(events.socket_port);
+                if k.pool.kv_events_replay_port.is_none() {
+                    k.pool.kv_events_replay_port = events.replay_port;
+                }
+            }
+        }
         let follow = discovery::run(
             k.client,
             k.pool,
@@ -790,6 +801,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
                 namespace: args.pool_namespace.clone(),
                 group: args.pool_group.clone(),
                 kv_events_port: args.kv_events_port,
+                kv_events_replay_port: None,
                 resync: Duration::from_millis(args.discovery_interval_ms.max(100)),
             },
         }),

@@ -137,8 +137,8 @@ async fn inference_pool_pods_become_endpoints() {
     shutdown.cancel();
 }
 
-/// An EPP following the fake API server's pool `ai/llama` (KV events dialled on 5557, resync
-/// every 100 ms).
+/// An EPP following the fake API server's pool `ai/llama` (KV events dialled on 5557, their
+/// replay on 5600, resync every 100 ms).
 async fn start_epp(api: &FakeKube, config: &str, shutdown: &CancellationToken) -> llmd_epp::Epp {
     let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     llmd_epp::start(
@@ -167,6 +167,7 @@ async fn start_epp(api: &FakeKube, config: &str, shutdown: &CancellationToken) -
                     namespace: "ai".into(),
                     group: "inference.networking.k8s.io".into(),
                     kv_events_port: Some(5557),
+                    kv_events_replay_port: Some(5600),
                     resync: std::time::Duration::from_millis(100),
                 },
             }),
@@ -218,13 +219,20 @@ async fn every_target_port_is_an_endpoint_with_its_ranks_kv_events() {
     let pool = epp.scheduler.pool().clone();
     wait_until("both ranks discovered", || pool.snapshot().len() == 2).await;
     let eps = pool.snapshot();
-    let kv: HashMap<String, Option<String>> = eps
+    let kv: HashMap<String, (Option<String>, Option<String>)> = eps
         .iter()
-        .map(|e| (e.id.to_string(), e.spec.kv_events.clone()))
+        .map(|e| {
+            let s = &e.spec;
+            (
+                e.id.to_string(),
+                (s.kv_events.clone(), s.kv_events_replay.clone()),
+            )
+        })
         .collect();
     let at = |rank: usize| format!("127.0.0.1:{}", ports[rank]);
-    assert_eq!(kv[&at(0)].as_deref(), Some("tcp://127.0.0.1:5557"));
-    assert_eq!(kv[&at(1)].as_deref(), Some("tcp://127.0.0.1:5558"));
+    let tcp = |port: u16| Some(format!("tcp://127.0.0.1:{port}"));
+    assert_eq!(kv[&at(0)], (tcp(5557), tcp(5600)));
+    assert_eq!(kv[&at(1)], (tcp(5558), tcp(5601)));
     let mut client =
         envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(
             format!("http://{}", epp.grpc),
