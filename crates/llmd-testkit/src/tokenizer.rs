@@ -1,23 +1,20 @@
-//! Tokenizer files for tests and the benchmark corpus (feature `tokenizer`).
-
-use std::path::PathBuf;
-
-pub use llmd_tokenizer::corpus;
+//! The real tokenizers of `.cache/hf` for tests (feature `tokenizer`).
 
 use crate::peers;
 
-/// The directory holding `model`'s `tokenizer.json` in [`peers::tokenizer_hub`] (what
-/// `--tokenizer` and the EPP's `tokenizer` parameter take). `None` (skip) when it was not
-/// fetched, outside `CI`; under `CI` a panic ([`peers::missing`]).
+/// The directory holding `model`'s `tokenizer.json` in [`peers::tokenizer_hub`], as the
+/// simulator's `--tokenizer` flag and the EPP's `tokenizer` parameter take it. `None` (skip)
+/// when it was not fetched, outside `CI`; under `CI` a panic ([`peers::missing`]).
 #[track_caller]
-pub fn tokenizer_dir(model: &str) -> Option<PathBuf> {
+pub fn tokenizer_dir(model: &str) -> Option<String> {
     match llmd_tokenizer::locate(model, Some(&peers::tokenizer_hub())) {
         Ok(files) => Some(
             files
                 .tokenizer_json
                 .parent()
                 .expect("a located tokenizer.json is in a directory")
-                .to_path_buf(),
+                .display()
+                .to_string(),
         ),
         Err(e) => {
             peers::missing(&format!("{model}'s tokenizer: {e}"), peers::FETCH_TOKENIZERS);
