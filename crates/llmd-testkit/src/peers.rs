@@ -109,7 +109,10 @@ pub fn promtool() -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
-        missing("promtool", "bash scripts/setup-system.sh installs prometheus");
+        missing(
+            "promtool",
+            "bash scripts/setup-system.sh installs prometheus",
+        );
     }
     found
 }

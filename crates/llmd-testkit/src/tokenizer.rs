@@ -17,7 +17,10 @@ pub fn tokenizer_dir(model: &str) -> Option<String> {
                 .to_string(),
         ),
         Err(e) => {
-            peers::missing(&format!("{model}'s tokenizer: {e}"), peers::FETCH_TOKENIZERS);
+            peers::missing(
+                &format!("{model}'s tokenizer: {e}"),
+                peers::FETCH_TOKENIZERS,
+            );
             None
         }
     }
@@ -33,7 +36,10 @@ pub fn real_tokenizer(model: &str) -> Option<llmd_tokenizer::ModelTokenizer> {
                 .unwrap_or_else(|e| panic!("{model}'s tokenizer does not load: {e}")),
         ),
         Err(e) => {
-            peers::missing(&format!("{model}'s tokenizer: {e}"), peers::FETCH_TOKENIZERS);
+            peers::missing(
+                &format!("{model}'s tokenizer: {e}"),
+                peers::FETCH_TOKENIZERS,
+            );
             None
         }
     }

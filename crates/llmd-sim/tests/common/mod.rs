@@ -29,10 +29,14 @@ pub fn llama_tokenizer() -> Option<String> {
 /// Starts a simulator on 127.0.0.1 with these flags, serving `/metrics` from [`metrics`];
 /// it serves until the token is cancelled.
 pub async fn start(flags: &[&str]) -> (Sim, CancellationToken) {
-    spawn(SimBuilder::new().flags(flags.iter().copied()).metrics(metrics()))
-        .await
-        .unwrap()
-        .into_parts()
+    spawn(
+        SimBuilder::new()
+            .flags(flags.iter().copied())
+            .metrics(metrics()),
+    )
+    .await
+    .unwrap()
+    .into_parts()
 }
 
 /// A simulator process (killed when dropped).

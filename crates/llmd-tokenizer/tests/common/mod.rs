@@ -14,7 +14,10 @@ pub fn real_tokenizer(model: &str) -> Option<llmd_tokenizer::ModelTokenizer> {
                 .unwrap_or_else(|e| panic!("{model}'s tokenizer does not load: {e}")),
         ),
         Err(e) => {
-            peers::missing(&format!("{model}'s tokenizer: {e}"), peers::FETCH_TOKENIZERS);
+            peers::missing(
+                &format!("{model}'s tokenizer: {e}"),
+                peers::FETCH_TOKENIZERS,
+            );
             None
         }
     }
