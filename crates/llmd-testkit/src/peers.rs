@@ -22,7 +22,10 @@ use std::path::{Path, PathBuf};
 /// The workspace root (the directory of the top-level `Cargo.toml`).
 pub fn workspace_root() -> &'static Path {
     // This crate is `crates/llmd-testkit` of the workspace, always (publish = false).
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("crates/llmd-testkit is two levels under the workspace root")
 }
 
 /// True when `CI` is set: missing peers fail tests instead of skipping them.
