@@ -32,8 +32,7 @@ use llmd_epp::scheduling::{PickContext, Picker, Scheduler};
 use llmd_kv_index::events::Tier;
 use llmd_kv_index::hashing::BlockKey;
 use llmd_kv_index::index::IndexOps;
-use llmd_tokenizer::corpus::document;
-use llmd_tokenizer::locate;
+use llmd_testkit::corpus::document;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const PODS: usize = 64;
@@ -146,12 +145,9 @@ async fn one(
 }
 
 fn main() {
-    let hub = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub");
-    let Ok(files) = locate(MODEL, Some(&hub)) else {
-        eprintln!("SKIPPED: run scripts/fetch-tokenizers.sh first");
+    let Some(tok_dir) = llmd_testkit::tokenizer::tokenizer_dir(MODEL) else {
         return;
     };
-    let tok_dir = files.tokenizer_json.parent().unwrap().display().to_string();
     let precise_yaml = format!(
         r#"
 plugins:

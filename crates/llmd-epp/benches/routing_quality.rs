@@ -21,6 +21,7 @@ use futures::StreamExt;
 use llmd_epp::config::EndpointPickerConfig;
 use llmd_epp::endpoints::EndpointsFile;
 use llmd_epp::{Listeners, Options};
+use llmd_testkit::sim::SimBuilder;
 use tokio_util::sync::CancellationToken;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
@@ -125,8 +126,9 @@ async fn run_policy(
     let stop = CancellationToken::new();
     let mut specs = String::from("endpoints:\n");
     let mut pods = Vec::new();
+    let mut sims = Vec::new(); // stopped when dropped, with the EPP at the end
     for _ in 0..4 {
-        let args = llmd_sim::EngineArgs::from_flags([
+        let sim = llmd_testkit::sim::start(SimBuilder::new().flags([
             "--model",
             MODEL,
             "--tokenizer",
@@ -137,15 +139,10 @@ async fn run_policy(
             "120",
             "--kv-events-endpoint",
             "tcp://*:0",
-        ])
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let sim = llmd_sim::start(args, listener, None, stop.clone())
-            .await
-            .unwrap();
+        ]))
+        .await;
         let kv_port = sim
-            .kv_events_bound
-            .as_deref()
+            .kv_events_endpoint()
             .unwrap()
             .rsplit(':')
             .next()
@@ -153,9 +150,10 @@ async fn run_policy(
             .to_owned();
         specs.push_str(&format!(
             "  - {{address: 127.0.0.1, port: {}, model: {MODEL}, kvEvents: \"tcp://127.0.0.1:{kv_port}\"}}\n",
-            sim.addr.port()
+            sim.addr().port()
         ));
-        pods.push(format!("127.0.0.1:{}", sim.addr.port()));
+        pods.push(format!("127.0.0.1:{}", sim.addr().port()));
+        sims.push(sim);
     }
     let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let epp = llmd_epp::start(
@@ -252,6 +250,7 @@ async fn run_policy(
         results.extend(w.await.unwrap());
     }
     stop.cancel();
+    drop(sims);
     let prompt: u64 = results.iter().map(|r| r.1).sum();
     let cached: u64 = results.iter().map(|r| r.2).sum();
     let mut ttfts: Vec<f64> = results.iter().map(|r| r.0.as_secs_f64() * 1e3).collect();
@@ -268,12 +267,9 @@ async fn run_policy(
 }
 
 fn main() {
-    let hub = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub");
-    let Ok(files) = llmd_tokenizer::locate(MODEL, Some(&hub)) else {
-        eprintln!("SKIPPED: run scripts/fetch-tokenizers.sh first");
+    let Some(tok) = llmd_testkit::tokenizer::tokenizer_dir(MODEL) else {
         return;
     };
-    let tok = files.tokenizer_json.parent().unwrap().display().to_string();
     let precise = format!(
         r#"
 plugins:

@@ -18,12 +18,13 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{MODEL, envoy_bin, envoy_traced, epp_tls, pd_setup, sim};
+use common::{MODEL, envoy_traced, epp_tls, pd_setup, sim};
 use llmd_epp::config::ROUND_ROBIN_CONFIG;
 use llmd_epp::endpoints::Role;
 use llmd_telemetry::names::{services, spans as names};
 use llmd_telemetry::testing::{self, Received, Spans};
 use llmd_telemetry::{OtlpProtocol, TelemetryConfig, TracingConfig};
+use llmd_testkit::peers::envoy_bin;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Otlp;
 use serde_json::json;
 

@@ -189,7 +189,7 @@ async fn a_rotated_certificate_is_served_to_new_connections() {
 
 #[tokio::test]
 async fn envoy_with_the_shipped_config_dials_a_tls_epp() {
-    let Some(bin) = common::envoy_bin() else {
+    let Some(bin) = llmd_testkit::peers::envoy_bin() else {
         return;
     };
     let pod = sim(&[]).await;

@@ -145,7 +145,7 @@ async fn an_upstream_cut_mid_stream_is_an_error_the_client_sees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_client_raises_on_a_cut_stream() {
-    let Some(python) = common::python() else {
+    let Some(python) = llmd_testkit::peers::python() else {
         return;
     };
     let pod = cut_upstream(3).await;

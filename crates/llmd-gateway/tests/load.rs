@@ -54,7 +54,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// last of 2,000 waits for its first token at least 3.9 s (the long streams) + 1,936 / 16 x
 /// 100 ms = 16 s.
 async fn paced_sim() -> std::net::SocketAddr {
-    let args = llmd_sim::EngineArgs::from_flags([
+    let builder = llmd_testkit::sim::SimBuilder::new().flags([
         "--dummy-tokenizer",
         "--time-scale",
         "1",
@@ -64,13 +64,8 @@ async fn paced_sim() -> std::net::SocketAddr {
         "32",
         "--decode-itl-ms",
         "100",
-    ])
-    .unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    llmd_sim::start(args, l, None, tokio_util::sync::CancellationToken::new())
-        .await
-        .unwrap()
-        .addr
+    ]);
+    llmd_testkit::sim::start(builder).await.detach()
 }
 
 /// Streams open at the client now, and the most at once.

@@ -9,9 +9,10 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{MODEL, envoy, envoy_bin, epp, gateway, pd_setup, recorded, sim};
+use common::{MODEL, envoy, epp, gateway, pd_setup, recorded, sim};
 use llmd_epp::config::ROUND_ROBIN_CONFIG;
 use llmd_epp::endpoints::Role;
+use llmd_testkit::peers::envoy_bin;
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -17,9 +17,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{MODEL, envoy_bin};
+use common::MODEL;
 use llmd_epp::config::{EndpointPickerConfig, ROUND_ROBIN_CONFIG};
 use llmd_epp::endpoints::{EndpointSpec, EndpointsFile, Role};
+use llmd_testkit::peers::envoy_bin;
+use llmd_testkit::sim::SimBuilder;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -41,13 +43,8 @@ const AFTER_KILL: Duration = Duration::from_secs(6);
 /// A simulator streaming in real time (about 20 ms per token), so requests last long enough
 /// to be in flight when a replica dies.
 async fn sim() -> SocketAddr {
-    let args =
-        llmd_sim::EngineArgs::from_flags(["--dummy-tokenizer", "--decode-itl-ms", "20"]).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    llmd_sim::start(args, l, None, CancellationToken::new())
-        .await
-        .unwrap()
-        .addr
+    let builder = SimBuilder::new().flags(["--dummy-tokenizer", "--decode-itl-ms", "20"]);
+    llmd_testkit::sim::start(builder).await.detach()
 }
 
 /// An EPP replica on a runtime of its own, so that it can be killed the hard way.

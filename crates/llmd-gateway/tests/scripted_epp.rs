@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProcessingResponse, processing_request, processing_response,
 };
 use futures::{Stream, StreamExt};
+use llmd_testkit::sim::SimBuilder;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -144,7 +145,7 @@ async fn scripted_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn falls_back_down_the_list_and_forwards_unmutated_bodies() {
-    let args = llmd_sim::EngineArgs::from_flags([
+    let pod = llmd_testkit::sim::start(SimBuilder::new().flags([
         "--dummy-tokenizer",
         "--time-scale",
         "0",
@@ -154,13 +155,9 @@ async fn falls_back_down_the_list_and_forwards_unmutated_bodies() {
         "1000000",
         "--record-requests",
         "8",
-    ])
-    .unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let pod = llmd_sim::start(args, l, None, CancellationToken::new())
-        .await
-        .unwrap()
-        .addr;
+    ]))
+    .await
+    .detach();
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -294,19 +291,15 @@ async fn header_mutations_are_applied_as_envoy_does() {
 async fn an_epp_silent_mid_response_times_out_and_the_response_passes_through() {
     let metrics =
         llmd_telemetry::install_prometheus(&[llmd_telemetry::names::gateway::ALL], &[]).unwrap();
-    let args = llmd_sim::EngineArgs::from_flags([
+    let pod = llmd_testkit::sim::start(SimBuilder::new().flags([
         "--dummy-tokenizer",
         "--time-scale",
         "0",
         "--mode",
         "echo",
-    ])
-    .unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let pod = llmd_sim::start(args, l, None, CancellationToken::new())
-        .await
-        .unwrap()
-        .addr;
+    ]))
+    .await
+    .detach();
     let (epp, _) = scripted_with(pod.to_string(), true).await;
     let gw_args = llmd_gateway::Args::parse_from([
         "g",

@@ -18,8 +18,8 @@ use llmd_kv_index::events::Tier;
 use llmd_kv_index::hashing::{BlockKey, RequestExtras};
 use llmd_kv_index::index::{IndexConfig, IndexOps};
 use llmd_kv_index::{KvIndex, KvIndexConfig};
-use llmd_tokenizer::corpus::document;
-use llmd_tokenizer::{ModelTokenizer, PromptCache, locate};
+use llmd_testkit::corpus::document;
+use llmd_tokenizer::PromptCache;
 
 #[global_allocator]
 static ALLOC: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
@@ -27,12 +27,9 @@ static ALLOC: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, u
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
 fn main() {
-    let hub = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub");
-    let Ok(files) = locate(MODEL, Some(&hub)) else {
-        eprintln!("SKIPPED: run scripts/fetch-tokenizers.sh first");
+    let Some(tok) = llmd_testkit::tokenizer::real_tokenizer(MODEL) else {
         return;
     };
-    let tok = ModelTokenizer::from_files(MODEL, &files).unwrap();
     let mut c = Criterion::default().configure_from_args();
 
     // A long shared context (system prompt + document) and a new question.

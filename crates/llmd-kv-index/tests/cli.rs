@@ -106,7 +106,7 @@ fn usage_errors_are_clear() {
 
 #[test]
 fn tokenize_a_chat_request() {
-    if common::real_tokenizer("meta-llama/Llama-3.1-8B-Instruct").is_none() {
+    if llmd_testkit::tokenizer::real_tokenizer("meta-llama/Llama-3.1-8B-Instruct").is_none() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("llmd-kv-cli-{}.json", std::process::id()));
@@ -124,7 +124,7 @@ fn tokenize_a_chat_request() {
                 "--request",
             ])
             .arg(&dir)
-            .env("HF_HUB_CACHE", common::tokenizer_hub()),
+            .env("HF_HUB_CACHE", llmd_testkit::peers::tokenizer_hub()),
     );
     assert_eq!(
         v["ids"],

@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
-
 use llmd_tokenizer::PromptCache;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
@@ -57,7 +55,7 @@ fn document(seed: u64, words: usize) -> String {
 fn prompt_keys_through_the_cache_equal_keys_of_fresh_tokens() {
     use llmd_kv_index::hashing::RequestExtras;
     use llmd_kv_index::{KvIndex, KvIndexConfig};
-    let Some(tok) = common::real_tokenizer(MODEL) else {
+    let Some(tok) = llmd_testkit::tokenizer::real_tokenizer(MODEL) else {
         return;
     };
     for block_size in [16, 64] {

@@ -36,7 +36,7 @@ fn tokens_of(v: &serde_json::Value) -> Vec<u32> {
 }
 
 async fn run(layout: &str) {
-    let Some(python) = common::python() else {
+    let Some(python) = llmd_testkit::peers::python() else {
         return;
     };
     let script =

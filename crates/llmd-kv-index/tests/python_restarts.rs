@@ -26,7 +26,7 @@ struct Py {
 
 impl Py {
     fn spawn(topic: &str) -> Option<Py> {
-        let python = common::python()?;
+        let python = llmd_testkit::peers::python()?;
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/python/vllm_replay_publisher.py");
         let mut child = Command::new(python)

@@ -12,6 +12,7 @@ use clap::Parser;
 use llmd_loadgen::stats::Report;
 use llmd_loadgen::{Args, Command};
 use llmd_telemetry::MetricsHandle;
+use llmd_testkit::sim::SimBuilder;
 use tokio_util::sync::CancellationToken;
 
 static METRICS: OnceLock<MetricsHandle> = OnceLock::new();
@@ -26,17 +27,10 @@ fn metrics() -> MetricsHandle {
 
 async fn sim(flags: &[&str], with_metrics: bool) -> SocketAddr {
     let base = ["--dummy-tokenizer", "--model", "m"];
-    let args = llmd_sim::EngineArgs::from_flags(base.iter().chain(flags).copied()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    llmd_sim::start(
-        args,
-        listener,
-        with_metrics.then(metrics),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap()
-    .addr
+    let builder = SimBuilder::new().flags(base.iter().chain(flags).copied());
+    llmd_testkit::sim::start(builder.metrics(with_metrics.then(metrics)))
+        .await
+        .detach()
 }
 
 async fn run(addr: SocketAddr, flags: &[&str]) -> Report {

@@ -20,19 +20,15 @@ async fn each_request_roots_a_trace_the_engine_continues() {
         ..TelemetryConfig::default()
     };
     let guard = llmd_telemetry::init("llmd-loadgen", &config).unwrap();
-    let args = llmd_sim::EngineArgs::from_flags([
+    let sim = llmd_testkit::sim::start(llmd_testkit::sim::SimBuilder::new().flags([
         "--dummy-tokenizer",
         "--model",
         "m",
         "--time-scale",
         "0",
-    ])
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim = llmd_sim::start(args, listener, None, CancellationToken::new())
-        .await
-        .unwrap();
-    let endpoint = format!("http://{}/v1", sim.addr);
+    ]))
+    .await;
+    let endpoint = format!("{}/v1", sim.url());
     let Command::Run(run) = Args::parse_from([
         "l",
         "run",

@@ -21,12 +21,8 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 async fn sim(flags: &[&str]) -> std::net::SocketAddr {
-    let args = llmd_sim::EngineArgs::from_flags(flags.iter().copied()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    llmd_sim::start(args, listener, None, CancellationToken::new())
-        .await
-        .unwrap()
-        .addr
+    let builder = llmd_testkit::sim::SimBuilder::new().flags(flags.iter().copied());
+    llmd_testkit::sim::start(builder).await.detach()
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {

@@ -138,13 +138,8 @@ async fn data_parallel_ranks_listen_on_port_plus_rank() {
     let (e0, e1) = two_ports().await;
     let mut engines = Vec::new();
     for l in [e0, e1] {
-        let args = llmd_sim::EngineArgs::from_flags(SIM.iter().copied()).unwrap();
-        engines.push(
-            llmd_sim::start(args, l, None, CancellationToken::new())
-                .await
-                .unwrap()
-                .addr,
-        );
+        let builder = llmd_testkit::sim::SimBuilder::new().flags(SIM.iter().copied());
+        engines.push(llmd_testkit::sim::start_on(builder, l).await.detach());
     }
     let (p0, p1) = two_ports().await;
     let port = p0.local_addr().unwrap().port();

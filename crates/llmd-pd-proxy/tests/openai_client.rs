@@ -11,7 +11,7 @@ const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_client_sees_pd_exactly_as_direct_decode() {
-    let Some(python) = common::python() else {
+    let Some(python) = llmd_testkit::peers::python() else {
         return;
     };
     let sim_flags = [

@@ -308,7 +308,7 @@ async fn a_rotated_certificate_is_served_and_a_broken_one_is_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_client_over_https() {
-    let Some(python) = common::python() else {
+    let Some(python) = llmd_testkit::peers::python() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

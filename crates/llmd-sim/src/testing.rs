@@ -13,6 +13,9 @@
 //! # }
 //! ```
 //!
+//! Other crates' tests reach this through `llmd_testkit::sim`, which adds the test-side
+//! conveniences (panicking starts, a detached simulator).
+//!
 //! Metrics: the process-wide Prometheus recorder is the caller's to install (once per test
 //! binary, with every catalog the test reads); pass its handle with [`SimBuilder::metrics`] to
 //! serve `/metrics` on the simulator's port. Several simulators in one process keep their
@@ -21,7 +24,8 @@
 use std::net::SocketAddr;
 
 use llmd_telemetry::MetricsHandle;
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpListener;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{EngineArgs, Error, Sim};
 
@@ -60,9 +64,9 @@ impl SimBuilder {
         self
     }
 
-    /// Serves `/metrics` from this recorder.
-    pub fn metrics(mut self, handle: MetricsHandle) -> Self {
-        self.metrics = Some(handle);
+    /// Serves `/metrics` from this recorder (`None`: no `/metrics`, the default).
+    pub fn metrics(mut self, handle: impl Into<Option<MetricsHandle>>) -> Self {
+        self.metrics = handle.into();
         self
     }
 
@@ -78,11 +82,12 @@ impl SimBuilder {
     }
 }
 
-/// A running simulator; dropping it stops the server.
+/// A running simulator; dropping it stops the server (unless [`SimHandle::into_parts`] or
+/// [`SimHandle::detach`] took it apart).
 #[derive(Debug)]
 pub struct SimHandle {
     sim: Sim,
-    stop: CancellationToken,
+    stop: DropGuard,
 }
 
 impl SimHandle {
@@ -118,31 +123,46 @@ impl SimHandle {
 
     /// A token that stops it when cancelled.
     pub fn stop_token(&self) -> CancellationToken {
-        self.stop.clone()
+        self.stop.token().clone()
     }
 
     /// Stops the server and waits until it has.
-    pub async fn stop(mut self) {
-        self.stop.cancel();
-        let _ = (&mut self.sim.served).await;
+    pub async fn stop(self) {
+        let mut sim = self.sim;
+        self.stop.disarm().cancel();
+        let _ = (&mut sim.served).await;
     }
-}
 
-impl Drop for SimHandle {
-    fn drop(&mut self) {
-        self.stop.cancel();
+    /// The simulator and its stop token, no longer stopped on drop: it serves until the token
+    /// is cancelled (dropping the token does not cancel it).
+    pub fn into_parts(self) -> (Sim, CancellationToken) {
+        (self.sim, self.stop.disarm())
+    }
+
+    /// Its address; the simulator serves until the runtime (the test) ends.
+    pub fn detach(self) -> SocketAddr {
+        self.into_parts().0.addr
     }
 }
 
 /// Starts a simulator on `127.0.0.1:0` (or the builder's host) with the builder's flags.
 pub async fn spawn(builder: SimBuilder) -> Result<SimHandle, Error> {
-    let args = builder.engine_args()?;
     let host = builder.host.as_deref().unwrap_or("127.0.0.1");
     let addr = format!("{host}:0");
-    let listener = tokio::net::TcpListener::bind(&addr)
+    let listener = TcpListener::bind(&addr)
         .await
         .map_err(|source| Error::Listen { addr, source })?;
+    spawn_on(builder, listener).await
+}
+
+/// Starts a simulator on a listener the caller bound (a chosen port); the builder's host is
+/// not used.
+pub async fn spawn_on(builder: SimBuilder, listener: TcpListener) -> Result<SimHandle, Error> {
+    let args = builder.engine_args()?;
     let stop = CancellationToken::new();
     let sim = crate::start(args, listener, builder.metrics, stop.clone()).await?;
-    Ok(SimHandle { sim, stop })
+    Ok(SimHandle {
+        sim,
+        stop: stop.drop_guard(),
+    })
 }

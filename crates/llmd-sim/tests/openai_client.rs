@@ -11,7 +11,8 @@ const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_client_gets_well_formed_answers() {
-    let (Some(python), Some(tok)) = (common::python(), common::llama_tokenizer()) else {
+    let (Some(python), Some(tok)) = (llmd_testkit::peers::python(), common::llama_tokenizer())
+    else {
         return;
     };
     let (sim, shutdown) = common::start(&[

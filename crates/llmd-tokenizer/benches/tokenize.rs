@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use llmd_tokenizer::corpus::document;
+use llmd_testkit::corpus::document;
 use llmd_tokenizer::{ModelTokenizer, locate};
 
 const MODELS: [&str; 2] = ["meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen3-0.6B"];
@@ -71,7 +71,7 @@ fn mixed(words: usize) -> String {
 
 /// The tokenizer of `model`: HF cache first, then the clone's `.cache/hf`.
 fn load(model: &str) -> Option<ModelTokenizer> {
-    let clone = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub");
+    let clone = llmd_testkit::peers::tokenizer_hub();
     let files = locate(model, None)
         .or_else(|_| locate(model, Some(&clone)))
         .ok()?;

@@ -34,7 +34,6 @@
 //! ```
 
 pub mod chat;
-pub mod corpus;
 mod fast;
 mod locate;
 mod prompt_cache;

@@ -17,11 +17,9 @@ fn fast_pd(seconds: &str) -> [&str; 9] {
     ]
 }
 
-/// The clone's tokenizer cache (scripts/fetch-tokenizers.sh), so part 2 uses the real tokenizer
-/// without a download.
-fn hub() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub")
-}
+// The clone's tokenizer cache (scripts/fetch-tokenizers.sh), so part 2 uses the real tokenizer
+// without a download.
+use llmd_testkit::peers::tokenizer_hub as hub;
 
 #[test]
 fn the_pd_demo_runs_and_passes_its_own_checks() {

@@ -10,8 +10,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::Ex
 use llmd_epp::config::EndpointPickerConfig;
 use llmd_epp::endpoints::{EndpointSpec, EndpointsFile};
 use llmd_epp::{Epp, Listeners, Options};
-use llmd_sim::Sim;
 use llmd_telemetry::MetricsHandle;
+use llmd_testkit::sim::{Sim, SimBuilder};
 use llmd_wire::ext_proc::Answer;
 use tokio_util::sync::CancellationToken;
 
@@ -38,29 +38,15 @@ pub fn metrics() -> MetricsHandle {
 
 /// The Llama-3.1 tokenizer dir, if fetched (in CI its absence is a failure).
 pub fn llama_tokenizer() -> Option<String> {
-    let hub = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub");
-    match llmd_tokenizer::locate(MODEL, Some(&hub)) {
-        Ok(files) => Some(files.tokenizer_json.parent().unwrap().display().to_string()),
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must fetch tokenizers: {e}"
-            );
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-    }
+    llmd_testkit::tokenizer::tokenizer_dir(MODEL)
 }
 
 /// Starts a simulator on 127.0.0.1 with these flags; cancel the token to stop it.
 pub async fn sim(flags: &[&str]) -> (Sim, CancellationToken) {
-    let args = llmd_sim::EngineArgs::from_flags(flags.iter().copied()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stop = CancellationToken::new();
-    let sim = llmd_sim::start(args, listener, Some(metrics()), stop.clone())
+    let builder = SimBuilder::new().flags(flags.iter().copied());
+    llmd_testkit::sim::start(builder.metrics(metrics()))
         .await
-        .unwrap();
-    (sim, stop)
+        .into_parts()
 }
 
 /// The endpoint spec of a simulator (`role`: prefill/decode/both).

@@ -1,13 +1,15 @@
-//! Pods, an EPP and the two fronts (llmd-gateway, a real Envoy) for the gateway tests.
+//! Pods, an EPP and the two fronts (llmd-gateway, a real Envoy) for the gateway tests. The
+//! Envoy and Python binaries come from `llmd_testkit::peers`, the pods from
+//! `llmd_testkit::sim`.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use llmd_epp::config::EndpointPickerConfig;
 use llmd_epp::endpoints::{EndpointSpec, EndpointsFile, Role};
+use llmd_testkit::sim::SimBuilder;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -24,12 +26,8 @@ pub async fn sim(extra: &[&str]) -> SocketAddr {
         "--record-requests",
         "64",
     ];
-    let args = llmd_sim::EngineArgs::from_flags(base.iter().chain(extra).copied()).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    llmd_sim::start(args, l, None, CancellationToken::new())
-        .await
-        .unwrap()
-        .addr
+    let builder = SimBuilder::new().flags(base.iter().chain(extra).copied());
+    llmd_testkit::sim::start(builder).await.detach()
 }
 
 /// An EPP over these pods (roles given) with this config.
@@ -141,23 +139,6 @@ pub async fn recorded(sim: SocketAddr) -> Vec<Value> {
         .await
         .unwrap();
     v.as_array().unwrap().clone()
-}
-
-/// The Envoy binary of the test venv (None outside CI when missing).
-pub fn envoy_bin() -> Option<PathBuf> {
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-envoy/bin/envoy");
-    let found = std::env::var_os("LLMD_TEST_ENVOY")
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-        .or_else(|| venv.exists().then_some(venv));
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide Envoy (scripts/setup-envoy.sh)"
-        );
-        eprintln!("SKIPPED: no Envoy (bash scripts/setup-envoy.sh)");
-    }
-    found
 }
 
 /// A running Envoy; killed on drop.
@@ -387,23 +368,6 @@ pub async fn cut_upstream(events: usize) -> SocketAddr {
         }
     });
     addr
-}
-
-/// The test venv's Python (None outside CI when missing).
-pub fn python() -> Option<PathBuf> {
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    let found = std::env::var_os("LLMD_TEST_PYTHON")
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-        .or_else(|| venv.exists().then_some(venv));
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide the Python test venv"
-        );
-        eprintln!("SKIPPED: no Python test venv");
-    }
-    found
 }
 
 /// The test process's Prometheus recorder (the gateway records into it).

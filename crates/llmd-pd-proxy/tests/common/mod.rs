@@ -1,21 +1,20 @@
 //! A prefill simulator, a decode simulator and the proxy in front of the decode one, all
-//! in-process on 127.0.0.1.
+//! in-process on 127.0.0.1 (the simulators through `llmd_testkit::sim`).
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 
 use clap::Parser;
 use llmd_telemetry::MetricsHandle;
+use llmd_testkit::sim::SimBuilder;
 use tokio_util::sync::CancellationToken;
 
-/// Starts a simulator with these flags.
+/// Starts a simulator with these flags; it serves until the test ends.
 pub async fn sim(flags: &[&str], metrics: Option<MetricsHandle>) -> SocketAddr {
-    let args = llmd_sim::EngineArgs::from_flags(flags.iter().copied()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    llmd_sim::start(args, listener, metrics, CancellationToken::new())
+    let builder = SimBuilder::new().flags(flags.iter().copied());
+    llmd_testkit::sim::start(builder.metrics(metrics))
         .await
-        .unwrap()
-        .addr
+        .detach()
 }
 
 /// `--secure-proxy=false` (plain HTTP, as llm-d's deployments run the sidecar) unless the flags
@@ -88,21 +87,4 @@ pub async fn pair(
         decode,
         proxy,
     }
-}
-
-/// The test venv's Python (None outside CI when missing).
-pub fn python() -> Option<std::path::PathBuf> {
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    let found = std::env::var_os("LLMD_TEST_PYTHON")
-        .map(std::path::PathBuf::from)
-        .filter(|p| p.exists())
-        .or_else(|| venv.exists().then_some(venv));
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide the Python test venv"
-        );
-        eprintln!("SKIPPED: no Python test venv");
-    }
-    found
 }

@@ -1,11 +1,12 @@
-//! Starting simulators for tests: in-process (the `testing` feature) or as `llmd-sim`
-//! processes (for what is per process: the metrics recorder's buckets, RSS), with the real
-//! tokenizer when fetched.
+//! Starting simulators for tests: in-process (`llmd_sim::testing`, the way other crates'
+//! tests start them through `llmd_testkit::sim`) or as `llmd-sim` processes (for what is per
+//! process: the metrics recorder's buckets, RSS). Peers and tokenizer files: `llmd_testkit`.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::OnceLock;
 
-use llmd_sim::{EngineArgs, Sim};
+use llmd_sim::Sim;
+use llmd_sim::testing::{SimBuilder, spawn};
 use llmd_telemetry::MetricsHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -20,61 +21,22 @@ pub fn metrics() -> MetricsHandle {
         .clone()
 }
 
-/// Where `scripts/fetch-tokenizers.sh` puts tokenizers.
-pub fn hub() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub")
-}
-
 /// The Llama-3.1 tokenizer dir, if fetched (in CI its absence is a failure).
 pub fn llama_tokenizer() -> Option<String> {
-    match llmd_tokenizer::locate("meta-llama/Llama-3.1-8B-Instruct", Some(&hub())) {
-        Ok(files) => Some(files.tokenizer_json.parent().unwrap().display().to_string()),
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must fetch tokenizers: {e}"
-            );
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-    }
+    llmd_testkit::tokenizer::tokenizer_dir("meta-llama/Llama-3.1-8B-Instruct")
 }
 
-/// Engine flags from a command line (as `llmd-sim` would parse them).
-pub fn engine_args(flags: &[&str]) -> EngineArgs {
-    llmd_sim::EngineArgs::from_flags(flags.iter().copied()).unwrap()
-}
-
-/// Starts a simulator on 127.0.0.1 with these flags.
+/// Starts a simulator on 127.0.0.1 with these flags, serving `/metrics` from [`metrics`];
+/// it serves until the token is cancelled.
 pub async fn start(flags: &[&str]) -> (Sim, CancellationToken) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let shutdown = CancellationToken::new();
-    let sim = llmd_sim::start(
-        engine_args(flags),
-        listener,
-        Some(metrics()),
-        shutdown.clone(),
+    spawn(
+        SimBuilder::new()
+            .flags(flags.iter().copied())
+            .metrics(metrics()),
     )
     .await
-    .unwrap();
-    (sim, shutdown)
-}
-
-/// The test venv's Python (None outside CI when missing).
-pub fn python() -> Option<std::path::PathBuf> {
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    let found = std::env::var_os("LLMD_TEST_PYTHON")
-        .map(std::path::PathBuf::from)
-        .filter(|p| p.exists())
-        .or_else(|| venv.exists().then_some(venv));
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide the Python test venv"
-        );
-        eprintln!("SKIPPED: no Python test venv");
-    }
-    found
+    .unwrap()
+    .into_parts()
 }
 
 /// A simulator process (killed when dropped).
