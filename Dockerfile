@@ -13,7 +13,7 @@ COPY crates ./crates
 COPY proto ./proto
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p llmd \
+    CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --locked -p llmd \
  && install -D -m 0755 target/release/llmd /out/llmd
 
 # Runtime stage: glibc, CA roots (TLS to engines, OTLP collectors, the tokenizer fetch) and the
