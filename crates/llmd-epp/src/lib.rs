@@ -15,11 +15,14 @@
 //! | `config` | the llm-d-shaped `EndpointPickerConfig` |
 //! | `debug` | `/debug/route`: a decision explained, nothing routed |
 //! | `labels` | label values from requests, bounded |
+//! | `options` | what [`start`] runs: [`Options`], [`Listeners`], [`TlsOptions`], [`KubeSource`] |
+//! | `cli` | the command line ([`Args`], llm-d's flag names) and [`run`] |
 //!
 //! Ports (`shared/design.md` §5): gRPC 9002, gRPC health 9003, metrics 9090 (`/metrics`, and
 //! `POST /debug/route` to explain a decision without routing anything).
 //!
 
+mod cli;
 pub mod config;
 mod debug;
 pub mod discovery;
@@ -28,6 +31,7 @@ pub mod flags;
 pub mod kv;
 pub mod labels;
 pub mod objectives;
+mod options;
 pub mod plugins;
 pub mod protocol;
 pub mod request;
@@ -35,190 +39,22 @@ pub mod scheduling;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use cli::{Args, run};
+pub use options::{CERT_RELOAD_INTERVAL, KubeSource, Listeners, Options, TlsOptions};
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use llmd_kv_index::subscriber::{PodEndpoint, Subscriber, SubscriberConfig};
-use llmd_telemetry::{MetricsHandle, TelemetryArgs};
-use tokio::net::TcpListener;
+use llmd_telemetry::MetricsHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::EndpointPickerConfig;
-use crate::endpoints::{EndpointsFile, Pool};
+use crate::endpoints::Pool;
 use crate::kv::KvService;
 use crate::protocol::{ExtProcConfig, ExtProcService};
 use crate::scheduling::Scheduler;
-use crate::scheduling::scheduler::Limits;
-
-/// Command-line flags of `llmd-epp` (also `llmd epp`). llm-d's EPP flags are accepted under
-/// their names (each `--help` line says which llm-d flag it is); `docs/coming-from-llm-d.md`
-/// lists them all, with what is refused.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "llmd-epp",
-    version,
-    about = "Endpoint picker: Envoy ext_proc server with precise prefix-cache and P/D scheduling"
-)]
-pub struct Args {
-    /// Logging and tracing.
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-    /// llm-d's logging, tracing and TLS flags.
-    #[command(flatten)]
-    pub llm_d: flags::LlmdFlags,
-    /// Listen address.
-    #[arg(long, default_value = "0.0.0.0")]
-    pub host: String,
-    /// ext_proc gRPC port (llm-d: --grpc-port).
-    #[arg(long, default_value_t = 9002)]
-    pub grpc_port: u16,
-    /// gRPC health port (llm-d: --grpc-health-port).
-    #[arg(long, default_value_t = 9003)]
-    pub grpc_health_port: u16,
-    /// Metrics (and /debug/route) port (llm-d: --metrics-port).
-    #[arg(long, default_value_t = 9090)]
-    pub metrics_port: u16,
-    /// Scheduler config file (EndpointPickerConfig YAML); default: precise prefix cache + load
-    /// (llm-d: --config-file).
-    #[arg(
-        long,
-        alias = "config-file",
-        env = "LLMD_EPP_CONFIG",
-        conflicts_with = "config_text"
-    )]
-    pub config: Option<PathBuf>,
-    /// The scheduler config as text, in lieu of a file (llm-d: --config-text).
-    #[arg(long)]
-    pub config_text: Option<String>,
-    /// InferenceObjective manifests (YAML, `---`-separated) giving requests their priority
-    /// until the Kubernetes watch exists (ours; llm-d watches the InferenceObjective CRD).
-    #[arg(long, env = "LLMD_EPP_INFERENCE_OBJECTIVES")]
-    pub inference_objectives_file: Option<PathBuf>,
-    /// Endpoints file (YAML/JSON), reloaded when it changes (local runs; else --pool-name).
-    #[arg(
-        long,
-        env = "LLMD_EPP_ENDPOINTS",
-        required_unless_present = "pool_name",
-        conflicts_with = "pool_name"
-    )]
-    pub endpoints_file: Option<PathBuf>,
-    /// Follow this Kubernetes InferencePool (in-cluster config or KUBECONFIG) (llm-d:
-    /// --pool-name).
-    #[arg(long, env = "LLMD_EPP_POOL_NAME")]
-    pub pool_name: Option<String>,
-    /// Namespace of the InferencePool (llm-d: --pool-namespace).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub pool_namespace: String,
-    /// API group of the InferencePool (llm-d: --pool-group).
-    #[arg(long, default_value = "inference.networking.k8s.io")]
-    pub pool_group: String,
-    /// Dial each discovered pod's KV events on this port (else pods connect to --kv-events-bind;
-    /// llm-d: kvEventsConfig.discoverPods with podDiscoveryConfig.socketPort).
-    #[arg(long)]
-    pub kv_events_port: Option<u16>,
-    /// How often to list the pool and its pods again from scratch, ms (changes arrive by watch
-    /// in between).
-    #[arg(long, default_value_t = 1000)]
-    pub discovery_interval_ms: u64,
-    /// Also bind a ZMQ SUB socket that pods connect to for KV events, e.g. tcp://*:5557
-    /// (llm-d: kvEventsConfig.zmqEndpoint, which is used when this is not given).
-    #[arg(long)]
-    pub kv_events_bind: Option<String>,
-    /// How often the pods' /metrics are scraped, a duration (50ms, 1s; at least 50ms) (llm-d:
-    /// --refresh-metrics-interval).
-    #[arg(long, default_value = "50ms", value_parser = flags::parse_duration, conflicts_with = "scrape_interval_ms")]
-    pub refresh_metrics_interval: std::time::Duration,
-    /// The same in milliseconds (ours, older).
-    #[arg(long)]
-    pub scrape_interval_ms: Option<u64>,
-    /// Scraped load older than this is not trusted by the load scorers that do not set
-    /// staleAfterSeconds (llm-d: --metrics-staleness-threshold).
-    #[arg(long, default_value = "2s", value_parser = flags::parse_duration)]
-    pub metrics_staleness_threshold: std::time::Duration,
-    /// The waiting-requests metric, `name` or `name{label="value"}` (llm-d:
-    /// --total-queued-requests-metric).
-    #[arg(long, default_value = "vllm:num_requests_waiting")]
-    pub total_queued_requests_metric: String,
-    /// The running-requests metric (llm-d: --total-running-requests-metric).
-    #[arg(long, default_value = "vllm:num_requests_running")]
-    pub total_running_requests_metric: String,
-    /// The KV-cache usage metric, 0..1 (llm-d: --kv-cache-usage-percentage-metric).
-    #[arg(long, default_value = "vllm:kv_cache_usage_perc")]
-    pub kv_cache_usage_percentage_metric: String,
-    /// The cache-configuration metric (`block_size`, `num_gpu_blocks` labels) (llm-d:
-    /// --cache-info-metric).
-    #[arg(long, default_value = "vllm:cache_config_info")]
-    pub cache_info_metric: String,
-    /// Largest request body, bytes (larger: 413).
-    #[arg(long, default_value_t = 32 << 20)]
-    pub max_body_bytes: usize,
-    /// Largest prompt (user input), bytes: larger prompts get 413 before they are tokenized.
-    #[arg(long, default_value_t = 4 << 20)]
-    pub max_prompt_bytes: usize,
-    /// Fallback endpoints after the picker's choice in x-gateway-destination-endpoint, for data
-    /// planes that walk the list (llmd-gateway, Istio, kgateway); 0 for Envoy's ORIGINAL_DST
-    /// cluster, which takes one address.
-    #[arg(long, default_value_t = 0)]
-    pub fallback_endpoints: usize,
-    /// Ignore the data plane's subset hint (llm-d: --disable-endpoint-subset-filter).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
-    pub disable_endpoint_subset_filter: bool,
-    /// After SIGTERM, how long requests in flight may finish before the EPP exits, seconds.
-    #[arg(long, default_value_t = 30, conflicts_with = "drain_timeout")]
-    pub grace_period_seconds: u64,
-    /// The same as a duration (llm-d: --drain-timeout).
-    #[arg(long, value_parser = flags::parse_duration)]
-    pub drain_timeout: Option<std::time::Duration>,
-}
-
-impl Args {
-    /// The telemetry configuration: `--log-format` and the `OTEL_*` environment, with llm-d's
-    /// `--v`, `--zap-*` and `--tracing` applied.
-    pub fn telemetry_config(&self) -> llmd_telemetry::config::TelemetryConfig {
-        self.llm_d.apply(self.telemetry.to_config())
-    }
-
-    /// The scrape interval (`--refresh-metrics-interval`, or `--scrape-interval-ms`).
-    pub fn scrape_interval(&self) -> Duration {
-        self.scrape_interval_ms
-            .map_or(self.refresh_metrics_interval, Duration::from_millis)
-            .max(Duration::from_millis(50))
-    }
-
-    /// The metric names the scraper reads.
-    pub fn metric_names(&self) -> Result<endpoints::MetricNames, Error> {
-        let spec = |flag: &str, v: &str| {
-            endpoints::MetricSpec::parse(v).map_err(|e| Error::Flag(format!("--{flag}: {e}")))
-        };
-        Ok(endpoints::MetricNames {
-            waiting: spec(
-                "total-queued-requests-metric",
-                &self.total_queued_requests_metric,
-            )?,
-            running: spec(
-                "total-running-requests-metric",
-                &self.total_running_requests_metric,
-            )?,
-            kv_usage: spec(
-                "kv-cache-usage-percentage-metric",
-                &self.kv_cache_usage_percentage_metric,
-            )?,
-            cache_info: spec("cache-info-metric", &self.cache_info_metric)?,
-        })
-    }
-
-    /// The scheduler configuration the flags name.
-    pub fn scheduler_config(&self) -> Result<EndpointPickerConfig, Error> {
-        Ok(match (&self.config, &self.config_text) {
-            (Some(path), _) => EndpointPickerConfig::load(path)?,
-            (None, Some(text)) => EndpointPickerConfig::parse(text)?,
-            (None, None) => EndpointPickerConfig::parse(config::DEFAULT_CONFIG)?,
-        })
-    }
-}
 
 /// Errors of the EPP.
 #[derive(Debug, thiserror::Error)]
@@ -278,120 +114,6 @@ impl Epp {
     /// when a server task failed.
     pub async fn wait(self) -> Result<(), llmd_telemetry::lifecycle::TaskFailed> {
         self.tasks.wait().await
-    }
-}
-
-/// Listeners for [`start`].
-#[derive(Debug)]
-pub struct Listeners {
-    /// ext_proc (health is served here too).
-    pub grpc: TcpListener,
-    /// gRPC health only.
-    pub health: Option<TcpListener>,
-    /// Metrics and /debug/route.
-    pub metrics: TcpListener,
-}
-
-/// What [`start`] runs.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Scheduler configuration.
-    pub config: EndpointPickerConfig,
-    /// Endpoints file to watch for changes, if any.
-    pub endpoints_file: Option<PathBuf>,
-    /// The initial endpoints.
-    pub endpoints: EndpointsFile,
-    /// ZMQ address to bind for KV events (pods connect to it), if any.
-    pub kv_events_bind: Option<String>,
-    /// How often to scrape the pods' `/metrics`.
-    pub scrape_interval: Duration,
-    /// The model-server metrics the scraper reads.
-    pub metric_names: endpoints::MetricNames,
-    /// Scraped load older than this is not trusted by load scorers that do not say
-    /// (`--metrics-staleness-threshold`; `None`: the scorers' own default).
-    pub metrics_staleness: Option<Duration>,
-    /// InferenceObjectives beside the config's (`--inference-objectives-file`).
-    pub objectives: Vec<config::ObjectiveSpec>,
-    /// Honour the data plane's subset hint (`--disable-endpoint-subset-filter` turns it off).
-    pub subset_filter: bool,
-    /// Largest request body.
-    pub max_body_bytes: usize,
-    /// What a request may ask of the scheduler.
-    pub limits: Limits,
-    /// After shutdown, how long requests in flight may finish.
-    pub grace_period: Duration,
-    /// The pool's name (label of the `inference_pool_*` gauges).
-    pub pool_name: String,
-    /// Follow a Kubernetes `InferencePool` (its ready pods replace the endpoints).
-    pub kubernetes: Option<KubeSource>,
-    /// The EPP's `service.name` on its spans when it shares a process with other components;
-    /// `None`: the process's own.
-    pub service_name: Option<String>,
-    /// Serve the ext_proc port over TLS (`llmd epp --secure-serving`); `None`: plaintext.
-    pub tls: Option<TlsOptions>,
-}
-
-/// TLS on the ext_proc port (h2 by ALPN; the separate health port stays plaintext: kubelet gRPC probes speak no TLS).
-#[derive(Debug, Clone)]
-pub struct TlsOptions {
-    /// A directory holding `tls.crt` and `tls.key` (a `kubernetes.io/tls` secret's mount);
-    /// `None`: a self-signed certificate made at start (clients must skip verification).
-    pub cert_path: Option<PathBuf>,
-    /// How often the files are checked for a rotated pair (`None`: never re-read).
-    pub reload_interval: Option<Duration>,
-}
-
-impl TlsOptions {
-    /// A self-signed certificate.
-    pub fn self_signed() -> Self {
-        Self {
-            cert_path: None,
-            reload_interval: None,
-        }
-    }
-}
-
-/// How often `--cert-path` is checked for a rotated certificate.
-pub const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
-
-impl Options {
-    /// Options for `config` over a fixed set of endpoints, with the defaults of `llmd epp`.
-    pub fn new(config: EndpointPickerConfig, endpoints: EndpointsFile) -> Self {
-        Self {
-            config,
-            endpoints_file: None,
-            endpoints,
-            kv_events_bind: None,
-            scrape_interval: Duration::from_millis(1000),
-            metric_names: endpoints::MetricNames::default(),
-            metrics_staleness: None,
-            objectives: Vec::new(),
-            subset_filter: true,
-            max_body_bytes: 32 << 20,
-            limits: Limits::default(),
-            grace_period: Duration::from_secs(30),
-            pool_name: "static".into(),
-            kubernetes: None,
-            service_name: None,
-            tls: None,
-        }
-    }
-}
-
-/// A Kubernetes client and the pool to follow.
-#[derive(Clone)]
-pub struct KubeSource {
-    /// The API client.
-    pub client: kube::Client,
-    /// The pool.
-    pub pool: discovery::PoolRef,
-}
-
-impl std::fmt::Debug for KubeSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeSource")
-            .field("pool", &self.pool)
-            .finish_non_exhaustive()
     }
 }
 
@@ -766,87 +488,4 @@ fn follow(
         sub.remove_pod(id);
         kv.remove_pod(id);
     }
-}
-
-/// Runs the EPP until `shutdown` is cancelled.
-pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
-    args.llm_d.check().map_err(Error::Flag)?;
-    let metrics = llmd_telemetry::install_prometheus(
-        &[
-            llmd_telemetry::names::epp::ALL,
-            llmd_telemetry::names::kv_cache::ALL,
-            llmd_telemetry::names::kubernetes::ALL,
-        ],
-        &[],
-    )?;
-    let config = args.scheduler_config()?;
-    let objectives = match &args.inference_objectives_file {
-        Some(path) => objectives::Objectives::load_manifests(path)?,
-        None => Vec::new(),
-    };
-    let metric_names = args.metric_names()?;
-    let endpoints = match &args.endpoints_file {
-        Some(path) => EndpointsFile::load(path)?,
-        None => EndpointsFile {
-            endpoints: Vec::new(),
-        },
-    };
-    let kubernetes = match &args.pool_name {
-        Some(name) if args.endpoints_file.is_none() => Some(KubeSource {
-            client: kube::Client::try_default()
-                .await
-                .map_err(|e| Error::Kubernetes(e.to_string()))?,
-            pool: discovery::PoolRef {
-                name: name.clone(),
-                namespace: args.pool_namespace.clone(),
-                group: args.pool_group.clone(),
-                kv_events_port: args.kv_events_port,
-                kv_events_replay_port: None,
-                resync: Duration::from_millis(args.discovery_interval_ms.max(100)),
-            },
-        }),
-        _ => None,
-    };
-    let bind = |port: u16| {
-        let addr = format!("{}:{port}", args.host);
-        async move {
-            TcpListener::bind(&addr)
-                .await
-                .map_err(|source| Error::Listen { addr, source })
-        }
-    };
-    let listeners = Listeners {
-        grpc: bind(args.grpc_port).await?,
-        health: Some(bind(args.grpc_health_port).await?),
-        metrics: bind(args.metrics_port).await?,
-    };
-    let epp = start(
-        Options {
-            endpoints_file: args.endpoints_file.clone(),
-            kv_events_bind: args.kv_events_bind.clone(),
-            scrape_interval: args.scrape_interval(),
-            metric_names,
-            metrics_staleness: Some(args.metrics_staleness_threshold),
-            objectives,
-            subset_filter: !args.disable_endpoint_subset_filter,
-            max_body_bytes: args.max_body_bytes,
-            limits: Limits {
-                max_prompt_bytes: args.max_prompt_bytes,
-                fallbacks: args.fallback_endpoints,
-            },
-            grace_period: args
-                .drain_timeout
-                .unwrap_or(Duration::from_secs(args.grace_period_seconds)),
-            pool_name: args.pool_name.clone().unwrap_or_else(|| "static".into()),
-            kubernetes,
-            tls: args.llm_d.tls(),
-            ..Options::new(config, endpoints)
-        },
-        listeners,
-        Some(metrics),
-        shutdown,
-    )
-    .await?;
-    epp.wait().await?;
-    Ok(())
 }
