@@ -26,7 +26,7 @@
 //! Conditions, one run: (a) streams alone (the baseline), (b) streams + cold prompts, picks on
 //! the blocking pool (the EPP as it is), (c) streams + cold prompts, picks inline on the
 //! runtime (before). Printed: added delay p50/p99/max, inter-answer gap p99 and max, cold
-//! decisions/s, and (b), (c) as ratios to (a). About 30 s.
+//! decisions/s, and (b), (c) as ratios to (a). About 20 s.
 //! Needs the Llama-3.1 tokenizer (`bash scripts/fetch-tokenizers.sh`).
 //! Run: `cargo bench -p llmd-epp --bench stream_gaps`
 
