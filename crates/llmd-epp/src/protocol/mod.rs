@@ -98,6 +98,7 @@ pub struct ExtProcService {
     picker: Arc<dyn Picker>,
     config: Arc<ExtProcConfig>,
     parallel: Arc<Semaphore>,
+    pick_inline: bool,
 }
 
 impl std::fmt::Debug for ExtProcService {
@@ -115,7 +116,18 @@ impl ExtProcService {
             picker,
             config: Arc::new(config),
             parallel: Arc::new(Semaphore::new(MAX_PARALLEL_PICKS)),
+            pick_inline: false,
         }
+    }
+
+    /// Benchmark only (`benches/stream_gaps.rs`): runs the picker inline on the stream's async
+    /// task, as the EPP did before picks moved to the blocking pool, to measure what that cost
+    /// streamed responses. Never use it to serve.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn pick_inline_for_bench(mut self) -> Self {
+        self.pick_inline = true;
+        self
     }
 }
 
@@ -125,6 +137,8 @@ pub(crate) struct Deps {
     pub picker: Arc<dyn Picker>,
     pub config: Arc<ExtProcConfig>,
     parallel: Arc<Semaphore>,
+    /// See [`ExtProcService::pick_inline_for_bench`].
+    pick_inline: bool,
 }
 
 impl Deps {
@@ -142,6 +156,17 @@ impl Deps {
         Option<InferenceRequest>,
         Vec<(String, String)>,
     ) {
+        if self.pick_inline {
+            let ctx = PickContext {
+                request: request.as_ref(),
+                headers: &headers,
+                subset,
+                span: &span,
+            };
+            let result = span.in_scope(|| self.picker.pick(&ctx));
+            drop(ctx);
+            return (result, request, headers);
+        }
         let Ok(permit) = self.parallel.clone().acquire_owned().await else {
             return (
                 Err(PickError::Internal("the EPP is shutting down".into())),
@@ -200,6 +225,7 @@ impl ExternalProcessor for ExtProcService {
             picker: self.picker.clone(),
             config: self.config.clone(),
             parallel: self.parallel.clone(),
+            pick_inline: self.pick_inline,
         };
         tokio::spawn(async move {
             let mut state = stream::StreamState::new(grpc_trace);
