@@ -44,7 +44,7 @@ use llmd_epp::config::EndpointPickerConfig;
 use llmd_epp::endpoints::EndpointsFile;
 use llmd_epp::protocol::{ExtProcConfig, ExtProcService};
 use llmd_epp::{Listeners, Options};
-use llmd_tokenizer::corpus::document;
+use llmd_testkit::corpus::document;
 use llmd_wire::ext_proc::{BodyAnswer, Client, RequestDecision, RequestHead};
 use tokio_util::sync::CancellationToken;
 
@@ -270,12 +270,10 @@ fn summary(name: &str, m: &mut Measured) -> [f64; 5] {
 }
 
 fn main() {
-    let hub = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/hf/hub");
-    let Ok(files) = llmd_tokenizer::locate(MODEL, Some(&hub)) else {
+    let Some(tok) = llmd_testkit::tokenizer::tokenizer_dir(MODEL) else {
         eprintln!("SKIPPED: run scripts/fetch-tokenizers.sh first");
         return;
     };
-    let tok = files.tokenizer_json.parent().unwrap().display().to_string();
     // llmd_epp::config::DEFAULT_CONFIG, with the tokenizer found in this clone.
     let config = format!(
         r#"
