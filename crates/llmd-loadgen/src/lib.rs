@@ -42,7 +42,6 @@ pub use cli::{Args, Command, DatasetKind, LoadMode, PdArgs, RunArgs, Target};
 pub use pd::run_pd;
 pub use sweep::{Sweep, run_sweep, stage_passed};
 
-
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
