@@ -402,23 +402,35 @@ pub fn parse_load_with(
 enum ScrapeFailure {
     Timeout(String),
     Connect(String),
-    Status(String),
+    /// An HTTP error status; `true` for a 5xx.
+    Status(String, bool),
     Parse(String),
 }
 
 impl ScrapeFailure {
+    /// Whether the endpoint is left out of routing until a scrape succeeds: it refused the
+    /// connection, failed (5xx) or answered what is not Prometheus text. A timeout (a busy
+    /// pod) or a 4xx (a pod that answers, without metrics at that path) keeps it routable.
+    fn takes_out_of_routing(&self) -> bool {
+        match self {
+            Self::Timeout(_) => false,
+            Self::Status(_, server_error) => *server_error,
+            Self::Connect(_) | Self::Parse(_) => true,
+        }
+    }
+
     fn reason(&self) -> &'static str {
         match self {
             Self::Timeout(_) => "timeout",
             Self::Connect(_) => "connect",
-            Self::Status(_) => "status",
+            Self::Status(..) => "status",
             Self::Parse(_) => "parse",
         }
     }
 
     fn message(&self) -> &str {
         match self {
-            Self::Timeout(m) | Self::Connect(m) | Self::Status(m) | Self::Parse(m) => m,
+            Self::Timeout(m) | Self::Connect(m) | Self::Status(m, _) | Self::Parse(m) => m,
         }
     }
 }
@@ -485,7 +497,8 @@ pub async fn scrape_loop(
                     ScrapeFailure::Timeout(llmd_wire::error_chain::chain(&error))
                 }
                 Err(error) if error.is_status() => {
-                    ScrapeFailure::Status(llmd_wire::error_chain::chain(&error))
+                    let server_error = error.status().is_some_and(|s| s.is_server_error());
+                    ScrapeFailure::Status(llmd_wire::error_chain::chain(&error), server_error)
                 }
                 Err(error) => ScrapeFailure::Connect(llmd_wire::error_chain::chain(&error)),
             };
@@ -495,9 +508,11 @@ pub async fn scrape_loop(
             )
             .increment(1);
             // A pod too busy to answer in time is still there: it keeps its last load, which
-            // the scorers treat as stale once it is. One that refuses or answers garbage is
-            // not routed to until a scrape succeeds again.
-            if !matches!(failure, ScrapeFailure::Timeout(_)) {
+            // the scorers treat as stale once it is; so is one that answers HTTP but has no
+            // metrics at that path (a 4xx: a metrics port or path misconfigured, or a sidecar
+            // that does not pass /metrics on). One that refuses, fails (5xx) or answers
+            // garbage is not routed to until a scrape succeeds again.
+            if failure.takes_out_of_routing() {
                 pool.mark_unhealthy(&e.id, interval * 2);
             }
             if failing.insert(e.id.to_string()) {

@@ -380,3 +380,78 @@ async fn ready_only_after_the_pool_is_scraped() {
     hold.abort();
     let _ = epp.wait().await;
 }
+
+/// A pod answering `/metrics` with this status and body.
+async fn metrics_pod(status: u16, body: &'static str) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let code = axum::http::StatusCode::from_u16(status).unwrap();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move { (code, body) }),
+    );
+    tokio::spawn(async move { axum::serve(l, app).await });
+    port
+}
+
+/// What a failed scrape does to routing: a pod that answers HTTP without metrics at the path
+/// (404) stays routable, as a busy one (timeout) does; one that fails (500) is left out until a
+/// scrape succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_without_metrics_stays_routable_a_failing_one_does_not() {
+    let ok = metrics_pod(200, "vllm:num_requests_waiting 0\n").await;
+    let no_metrics = metrics_pod(404, "not found").await;
+    let failing = metrics_pod(500, "boom").await;
+    let endpoints = EndpointsFile::parse(&format!(
+        "endpoints: [{{address: 127.0.0.1, port: {ok}, model: {MODEL}}}, \
+         {{address: 127.0.0.1, port: {no_metrics}, model: {MODEL}}}, \
+         {{address: 127.0.0.1, port: {failing}, model: {MODEL}}}]"
+    ))
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let epp = llmd_epp::start(
+        Options {
+            scrape_interval: Duration::from_secs(30),
+            ..Options::new(
+                EndpointPickerConfig::parse(llmd_epp::config::ROUND_ROBIN_CONFIG).unwrap(),
+                endpoints,
+            )
+        },
+        Listeners {
+            grpc: listener().await,
+            health: None,
+            metrics: listener().await,
+        },
+        Some(common::metrics()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let pool = epp.scheduler.pool().clone();
+    let at = |port: u16| format!("127.0.0.1:{port}");
+    // The first scrape round has run once the 200 pod has a load.
+    common::wait_until("the first scrape round", || {
+        pool.snapshot()
+            .iter()
+            .any(|e| *e.id == *at(ok) && e.fresh_load(Duration::from_secs(60)).is_some())
+    })
+    .await;
+    let mut client = ExternalProcessorClient::connect(format!("http://{}", epp.grpc))
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for i in 0..12 {
+        let r = common::route(
+            &mut client,
+            "/v1/completions",
+            &common::completion(&format!("q{i}"), 1),
+        )
+        .await;
+        *seen.entry(r.destination().to_owned()).or_default() += 1;
+    }
+    assert_eq!(seen.get(&at(ok)), Some(&6), "{seen:?}");
+    assert_eq!(seen.get(&at(no_metrics)), Some(&6), "{seen:?}");
+    assert_eq!(seen.get(&at(failing)), None, "{seen:?}");
+    shutdown.cancel();
+}

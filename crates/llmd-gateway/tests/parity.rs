@@ -166,7 +166,10 @@ async fn prefill_decode_through_either_front() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "{kind:?}");
+        if r.status() != 200 {
+            let status = r.status();
+            panic!("{kind:?}: {status} {}", r.text().await.unwrap_or_default());
+        }
         let timing = r
             .headers()
             .get("server-timing")
