@@ -175,18 +175,12 @@ async fn ttft_and_tpot_agree_with_the_simulator() {
     assert_eq!(g.ok, 12, "{:?}", g.errors);
     assert_eq!(g.output_tokens, 12 * 8);
     assert_eq!(g.input_tokens, 12 * 64);
-    // Timers sleep up to a millisecond long per step; the client adds loopback time.
-    assert!(
-        (30.0..37.0).contains(&g.ttft_ms.p50),
-        "TTFT {:?}",
-        g.ttft_ms
-    );
-    assert!(
-        (10.0..12.5).contains(&g.tpot_ms.p50),
-        "TPOT {:?}",
-        g.tpot_ms
-    );
-    assert!((10.0..12.5).contains(&g.itl_ms.p50), "ITL {:?}", g.itl_ms);
+    // Never faster than the simulator was told to be; how much slower depends on the machine's
+    // load (timers overshoot), so the upper side is checked against the simulator's own
+    // measurements below, not against a fixed window.
+    assert!(g.ttft_ms.p50 >= 30.0, "TTFT {:?}", g.ttft_ms);
+    assert!(g.tpot_ms.p50 >= 10.0, "TPOT {:?}", g.tpot_ms);
+    assert!(g.itl_ms.p50 >= 10.0, "ITL {:?}", g.itl_ms);
     assert_eq!(g.itl_ms.count, 12 * 7);
     // The simulator's own TTFT histogram (vLLM's metric) says the same, within the client's
     // loopback and parsing time.
@@ -206,6 +200,13 @@ async fn ttft_and_tpot_agree_with_the_simulator() {
         (g.ttft_ms.mean - server_ttft_ms).abs() < 3.0,
         "client {} ms vs server {server_ttft_ms} ms",
         g.ttft_ms.mean
+    );
+    // And the gaps between tokens: vLLM's inter-token latency, as the engine timed it.
+    let server_itl_ms = sum_count("vllm:inter_token_latency_seconds") * 1e3;
+    assert!(
+        (g.itl_ms.mean - server_itl_ms).abs() < 3.0,
+        "client {} ms vs server {server_itl_ms} ms",
+        g.itl_ms.mean
     );
 }
 
