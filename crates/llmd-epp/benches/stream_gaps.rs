@@ -319,22 +319,14 @@ schedulingProfiles:
         let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
         let epp = llmd_epp::start(
             Options {
-                config: EndpointPickerConfig::parse(&config).unwrap(),
-                endpoints_file: None,
-                endpoints: EndpointsFile::parse(&specs).unwrap(),
-                kv_events_bind: None,
                 scrape_interval: Duration::from_secs(1),
                 max_body_bytes: 4 << 20,
-                metric_names: Default::default(),
-                metrics_staleness: None,
-                objectives: Vec::new(),
-                subset_filter: true,
                 pool_name: "bench".into(),
-                kubernetes: None,
-                limits: Default::default(),
                 grace_period: Duration::from_secs(1),
-                service_name: None,
-                tls: None,
+                ..Options::new(
+                    EndpointPickerConfig::parse(&config).unwrap(),
+                    EndpointsFile::parse(&specs).unwrap(),
+                )
             },
             Listeners {
                 grpc: bind().await,

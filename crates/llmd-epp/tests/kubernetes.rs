@@ -143,23 +143,10 @@ async fn start_epp(api: &FakeKube, config: &str, shutdown: &CancellationToken) -
     let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     llmd_epp::start(
         Options {
-            config: EndpointPickerConfig::parse(config).unwrap(),
-            endpoints_file: None,
-            endpoints: EndpointsFile {
-                endpoints: Vec::new(),
-            },
-            kv_events_bind: None,
             scrape_interval: std::time::Duration::from_secs(5),
             max_body_bytes: 1 << 20,
-            metric_names: Default::default(),
-            metrics_staleness: None,
-            objectives: Vec::new(),
-            subset_filter: true,
             pool_name: "llama".into(),
-            limits: Default::default(),
             grace_period: std::time::Duration::from_secs(1),
-            service_name: None,
-            tls: None,
             kubernetes: Some(KubeSource {
                 client: api.client().unwrap(),
                 pool: PoolRef {
@@ -171,6 +158,12 @@ async fn start_epp(api: &FakeKube, config: &str, shutdown: &CancellationToken) -
                     resync: std::time::Duration::from_millis(100),
                 },
             }),
+            ..Options::new(
+                EndpointPickerConfig::parse(config).unwrap(),
+                EndpointsFile {
+                    endpoints: Vec::new(),
+                },
+            )
         },
         Listeners {
             grpc: bind().await,
