@@ -25,6 +25,8 @@ use parking_lot::RwLock;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::inflight::{InFlight, PodLoad};
+
 /// A pod's P/D role (`llm-d.ai/role`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -260,6 +262,12 @@ pub struct Endpoint {
     /// Not routable until then: its metrics scrape failed, or the data plane could not reach
     /// it.
     pub unhealthy_until: Option<Instant>,
+    /// What this EPP has in flight on it now (filled when the scheduler takes its
+    /// candidates; [`crate::inflight`]).
+    pub inflight: PodLoad,
+    /// What this EPP had in flight on it when the last scrape landed: the scrape counts
+    /// those, so only the change since is added to it ([`Endpoint::current_load`]).
+    pub inflight_at_scrape: PodLoad,
 }
 
 impl Endpoint {
@@ -270,7 +278,32 @@ impl Endpoint {
             spec: Arc::new(spec),
             load: None,
             unhealthy_until: None,
+            inflight: PodLoad::default(),
+            inflight_at_scrape: PodLoad::default(),
         }
+    }
+
+    /// The last scrape (if fresher than `max_age`) corrected by what this EPP routed and saw
+    /// finish since: requests routed since join the waiting queue, requests finished since
+    /// leave the running ones, and prompt tokens routed since add to the KV-cache usage when
+    /// the pod's capacity is known. Between scrapes, a pod's load follows the EPP's own
+    /// decisions instead of standing still.
+    pub fn current_load(&self, max_age: Duration) -> Option<Load> {
+        let mut l = self.fresh_load(max_age)?;
+        let dr = self.inflight.requests as f64 - self.inflight_at_scrape.requests as f64;
+        if dr > 0.0 {
+            l.waiting += dr;
+        } else {
+            l.running = (l.running + dr).max(0.0);
+        }
+        if let (Some(bs), Some(blocks)) = (l.cache_block_size, l.num_gpu_blocks) {
+            let capacity = f64::from(bs) * blocks as f64;
+            if capacity > 0.0 {
+                let dt = self.inflight.tokens as f64 - self.inflight_at_scrape.tokens as f64;
+                l.kv_usage = (l.kv_usage + dt / capacity).clamp(0.0, 1.0);
+            }
+        }
+        Some(l)
     }
 
     /// The load if it is fresher than `max_age`.
@@ -291,6 +324,7 @@ impl Endpoint {
 #[derive(Debug, Default)]
 pub struct Pool {
     endpoints: RwLock<Arc<Vec<Endpoint>>>,
+    inflight: InFlight,
 }
 
 /// How the set changed (to follow with KV-event subscriptions).
@@ -343,12 +377,19 @@ impl Pool {
         }
     }
 
-    /// Records a scrape result.
+    /// Records a scrape result (and what this EPP had in flight on the pod at that moment).
     pub fn set_load(&self, id: &str, load: Load) {
+        let at = self.inflight.get(id);
         self.update(id, |e| {
             e.load = Some((load, Instant::now()));
+            e.inflight_at_scrape = at;
             e.unhealthy_until = None;
         });
+    }
+
+    /// What this EPP routed and has not seen finish, per endpoint.
+    pub fn inflight(&self) -> &InFlight {
+        &self.inflight
     }
 
     /// Takes `id` out of routing for `period` (a failed scrape, a failed connection).

@@ -49,6 +49,8 @@ pub struct KvService {
     tokenizers: RwLock<HashMap<String, Slot>>,
     /// `loraAdapters` by name: the key vLLM hashes, and the tokenizer to use.
     adapters: HashMap<String, Adapter>,
+    /// Provisional entries of what was just routed (`speculativeIndexing`).
+    pub speculative: Option<crate::speculative::Speculative>,
 }
 
 /// A configured LoRA adapter.
@@ -123,11 +125,15 @@ impl KvService {
             };
             adapters.insert(a.name.clone(), Adapter { key, tokenizer });
         }
+        let speculative = params
+            .speculative
+            .map(|sp| crate::speculative::Speculative::new(sp.ttl, sp.weight));
         Ok(Self {
             index: Arc::new(index),
             params,
             tokenizers: RwLock::new(HashMap::new()),
             adapters,
+            speculative,
         })
     }
 

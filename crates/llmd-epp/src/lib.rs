@@ -10,7 +10,9 @@
 //! | `scheduling` | decisions and errors, the plugin contracts, profiles, the scheduler (model, subset and health filtering, shedding, decision metrics) |
 //! | `plugins` | one file per llm-d plugin type (filters, scorers, pickers, profile handlers) and the registry that builds them from typed parameters |
 //! | `kv` | the KV service the precise scorer reads: the prefix index and the tokenizers |
+//! | `speculative` | provisional prefix entries of what was just routed, until the pods' KV events confirm them |
 //! | `endpoints` | the endpoint set (static file, reloaded), `/metrics` scraping, health |
+//! | `inflight` | what this EPP routed and has not seen finish, per endpoint (requests, prompt tokens) |
 //! | `discovery` | Kubernetes: an `InferencePool`'s ready pods as the endpoint set |
 //! | `config` | the llm-d-shaped `EndpointPickerConfig` |
 //! | `debug` | `/debug/route`: a decision explained, nothing routed |
@@ -28,6 +30,7 @@ mod debug;
 pub mod discovery;
 pub mod endpoints;
 pub mod flags;
+pub mod inflight;
 pub mod kv;
 pub mod labels;
 pub mod objectives;
@@ -36,6 +39,7 @@ pub mod plugins;
 pub mod protocol;
 pub mod request;
 pub mod scheduling;
+pub mod speculative;
 #[cfg(feature = "testing")]
 pub mod testing;
 

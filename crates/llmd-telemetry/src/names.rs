@@ -101,6 +101,10 @@ pub mod labels {
     pub const POD: &str = "pod";
     /// llm-d's name for the same pod identity on its KV-event series.
     pub const POD_IDENTIFIER: &str = "pod_identifier";
+    /// llm-d's endpoint label of the in-flight gauges (`host:port` here).
+    pub const ENDPOINT_NAME: &str = "endpoint_name";
+    /// llm-d's producer label of the in-flight gauges.
+    pub const PRODUCER_NAME: &str = "producer_name";
     /// The request's fairness id (`x-llm-d-inference-fairness-id`, else `default-flow`).
     pub const FAIRNESS_ID: &str = "fairness_id";
     /// The request's InferenceObjective priority (`"0"` when it names none).
@@ -629,6 +633,28 @@ pub mod epp {
         HIT_BYTES_BUCKETS,
     );
 
+    /// llm-d (`inflight-load-producer`): requests this EPP routed to an endpoint and has not
+    /// seen finish.
+    pub const LLMD_INFLIGHT_REQUESTS: MetricDef = gauge(
+        "llm_d_epp_inflight_requests",
+        "Current number of in-flight requests per endpoint, as tracked by the in-flight load producer.",
+        &[ENDPOINT_NAME, PRODUCER_NAME],
+    );
+    /// llm-d (`inflight-load-producer`): uncached prompt tokens routed to an endpoint and not
+    /// yet prefilled.
+    pub const LLMD_INFLIGHT_TOKENS: MetricDef = gauge(
+        "llm_d_epp_inflight_tokens",
+        "Current number of in-flight tokens per endpoint (uncached prompt tokens), as tracked by the in-flight load producer.",
+        &[ENDPOINT_NAME, PRODUCER_NAME],
+    );
+    /// Ours: in-flight requests dropped from the count because their stream never ended
+    /// within the request timeout.
+    pub const INFLIGHT_REAPED: MetricDef = counter(
+        "llmd_epp_inflight_reaped_total",
+        "In-flight requests no longer counted because no end was seen within the request timeout.",
+        &[],
+    );
+
     /// Every EPP metric except the KV-index ones (see [`super::kv_cache`]).
     pub const ALL: &[&MetricDef] = &[
         &PREFIX_CACHE_HITS,
@@ -689,6 +715,9 @@ pub mod epp {
         &LLMD_PREFIX_INDEXER_SIZE,
         &LLMD_PREFIX_INDEXER_HIT_RATIO,
         &LLMD_PREFIX_INDEXER_HIT_BYTES,
+        &LLMD_INFLIGHT_REQUESTS,
+        &LLMD_INFLIGHT_TOKENS,
+        &INFLIGHT_REAPED,
     ];
 }
 

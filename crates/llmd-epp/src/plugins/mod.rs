@@ -10,6 +10,8 @@
 //! | `kv-cache-utilization-scorer` | scorer | `kv_cache_utilization_scorer.rs` |
 //! | `load-aware-scorer` | scorer (llm-d's 0..0.5 range) | `load_aware_scorer.rs` |
 //! | `running-requests-size-scorer` | scorer | `running_requests_size_scorer.rs` |
+//! | `active-request-scorer` | scorer (the EPP's in-flight requests, [`crate::inflight`]) | `active_request_scorer.rs` |
+//! | `token-load-scorer` | scorer (the EPP's in-flight prompt tokens) | `token_load_scorer.rs` |
 //! | `decode-filter` | filter | `decode_filter.rs` |
 //! | `prefill-filter` | filter | `prefill_filter.rs` |
 //! | `utilization-detector` | saturation detector, filter | `utilization_detector.rs` |
@@ -22,11 +24,12 @@
 //! | `disagg-profile-handler` | profile handler (llm-d's current P/D) | `disagg_profile_handler.rs` |
 //! | `prefix-based-pd-decider` | P/D decider | `prefix_based_pd_decider.rs` |
 //! | `always-disagg-pd-decider` | P/D decider | `always_disagg_pd_decider.rs` |
-//! | `tokenizer`, `token-producer`, `precise-prefix-cache-producer`, `approx-prefix-cache-producer`, `prefill-header-handler`, `disagg-headers-handler`, `metrics-data-source`, `core-metrics-extractor`, `endpoint-notification-source`, `openai-parser` | accepted, done elsewhere | `passive.rs` |
+//! | `tokenizer`, `token-producer`, `precise-prefix-cache-producer`, `approx-prefix-cache-producer`, `inflight-load-producer`, `prefill-header-handler`, `disagg-headers-handler`, `metrics-data-source`, `core-metrics-extractor`, `endpoint-notification-source`, `openai-parser` | accepted, done elsewhere | `passive.rs` |
 //!
 //! The llm-d types this EPP lacks, with the nearest alternative each, are in `unsupported.rs`;
 //! what the P/D handlers share is in `disagg.rs`.
 
+pub mod active_request_scorer;
 pub mod always_disagg_pd_decider;
 pub mod approx_prefix;
 pub mod decode_filter;
@@ -48,6 +51,7 @@ pub mod registry;
 pub mod round_robin_picker;
 pub mod running_requests_size_scorer;
 pub mod single_profile_handler;
+pub mod token_load_scorer;
 pub mod unsupported;
 pub mod utilization_detector;
 pub mod weighted_random_picker;
@@ -79,9 +83,10 @@ use crate::endpoints::{Endpoint, Load};
 /// Default age past which a pod's scraped load is not trusted (`staleAfterSeconds`).
 pub(crate) const STALE_AFTER_SECONDS: f64 = 5.0;
 
-/// Each candidate's load, when fresher than `max_age`.
+/// Each candidate's load, when the scrape is fresher than `max_age`, corrected by the EPP's
+/// own decisions since ([`Endpoint::current_load`]).
 pub(crate) fn loads(candidates: &[Endpoint], max_age: Duration) -> Vec<Option<Load>> {
-    candidates.iter().map(|e| e.fresh_load(max_age)).collect()
+    candidates.iter().map(|e| e.current_load(max_age)).collect()
 }
 
 /// `staleAfterSeconds` as a duration (negative: 0).

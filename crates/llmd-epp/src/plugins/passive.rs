@@ -10,6 +10,7 @@
 //! | `metrics-data-source`, `core-metrics-extractor` | the EPP's scraper (`--refresh-metrics-interval`, the metric flags) |
 //! | `endpoint-notification-source` | the KV-event subscriptions follow the pool's endpoints |
 //! | `openai-parser` | the request parser (OpenAI completions and chat completions) |
+//! | `inflight-load-producer` | the EPP's in-flight count ([`crate::inflight`]), always kept: uncached prompt tokens, released at the first streamed chunk; requests released at the end |
 //!
 //! A plugin of these types may be listed in a profile (llm-d's precise guide lists `tokenizer`
 //! there); it is skipped when the profile runs.
@@ -31,6 +32,7 @@ pub const TYPES: &[&str] = &[
     "core-metrics-extractor",
     "endpoint-notification-source",
     "openai-parser",
+    "inflight-load-producer",
 ];
 
 /// What a passive plugin stands for.
@@ -69,6 +71,17 @@ struct MetricsSourceParams {
     client_cert_path: Option<String>,
     client_key_path: Option<String>,
     interval: Option<Value>,
+}
+
+/// `inflight-load-producer` parameters.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InFlightProducerParams {
+    add_estimated_output_tokens: Option<bool>,
+    max_estimated_output_tokens: Option<i64>,
+    prefix_match_info_producer_name: Option<String>,
+    track_streaming_output_tokens: Option<bool>,
+    output_token_headroom: Option<i64>,
 }
 
 /// `core-metrics-extractor` parameters.
@@ -161,6 +174,25 @@ pub fn build(spec: &PluginSpec) -> Option<Result<Passive, ConfigError>> {
         }),
         "endpoint-notification-source" => Ok(Passive::DataLayer),
         "openai-parser" => Ok(Passive::Parser),
+        "inflight-load-producer" => params::<InFlightProducerParams>(spec).and_then(|p| {
+            if p.add_estimated_output_tokens == Some(true) || p.max_estimated_output_tokens.is_some()
+            {
+                return Err(refuse(
+                    spec,
+                    "addEstimatedOutputTokens",
+                    "estimated output tokens are not counted here (no outlen-bucket plugin); the in-flight tokens are the uncached prompt tokens",
+                ));
+            }
+            if p.track_streaming_output_tokens == Some(true) || p.output_token_headroom.is_some() {
+                return Err(refuse(
+                    spec,
+                    "trackStreamingOutputTokens",
+                    "streamed output tokens are not tracked here",
+                ));
+            }
+            let _ = p.prefix_match_info_producer_name;
+            Ok(Passive::DataLayer)
+        }),
         _ => return None,
     };
     Some(r)

@@ -6,7 +6,8 @@
 //! - llm-d's (nested): `tokenProcessorConfig.{blockSize|blockSizeTokens, hashSeed,
 //!   hashAlgorithm}`, `indexerConfig.{tokenizersPoolConfig, kvBlockIndexConfig,
 //!   kvCacheBackendConfigs, prefixStoreConfig}`, `kvEventsConfig.{zmqEndpoint, topicFilter,
-//!   concurrency, engineType, discoverPods, podDiscoveryConfig}`, `speculativeIndexing`.
+//!   concurrency, engineType, discoverPods, podDiscoveryConfig}`, `speculativeIndexing`,
+//!   `speculativeTTL` (and our `speculativeWeight`, both shapes).
 //!
 //! Defaults follow the shape: the flat shape keeps ours (block 64, vLLM's `sha256_cbor` keys,
 //! which need the engines' `PYTHONHASHSEED` and `--block-size`); the nested shape takes
@@ -19,8 +20,12 @@
 //! renders it): a UDS tokenizer sidecar (`tokenizersPoolConfig.uds`, the `tokenizer` plugin's
 //! `udsTokenizerConfig`) or a vLLM render URL is not called, and a startup message says so. The
 //! tokenizer's model (`tokenizersPoolConfig.modelName`, the `tokenizer` plugin's `modelName`)
-//! is honoured. An index shared through Redis/Valkey, other tier weights, SGLang events and
-//! speculative indexing are refused.
+//! is honoured. An index shared through Redis/Valkey, other tier weights and SGLang events are
+//! refused.
+//!
+//! `speculativeIndexing: true` makes every decision insert the prompt's block keys for the
+//! chosen pods as provisional entries living `speculativeTTL` (2 s), so the requests that
+//! follow within the KV events' delay find them ([`crate::speculative`]).
 //!
 //! `loraAdapters` (our extension; both shapes) lists the LoRA adapters the engines serve, as
 //! vLLM's `--lora-modules name=path` does: a request whose `model` names one is keyed with the
@@ -58,6 +63,18 @@ pub struct PrecisePrefixCacheParams {
     pub lora_adapters: Vec<LoraAdapter>,
     /// How the engines spell their extra keys (`extraKeyStyle`: vLLM >= 0.31 `tagged`).
     pub extra_key_style: ExtraKeyStyle,
+    /// Speculative entries (`speculativeIndexing`), when on.
+    pub speculative: Option<SpeculativeSettings>,
+}
+
+/// llm-d's `speculativeIndexing` / `speculativeTTL`, and our `speculativeWeight`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpeculativeSettings {
+    /// How long a provisional entry lives without the pod's own event (`speculativeTTL`, 2 s).
+    pub ttl: std::time::Duration,
+    /// What a provisional block counts for against a confirmed one (`speculativeWeight`,
+    /// 0..=1, default 1: llm-d scores them alike).
+    pub weight: f64,
 }
 
 /// One LoRA adapter, as vLLM's `--lora-modules` names it (`loraAdapters[]`).
@@ -86,6 +103,7 @@ impl Default for PrecisePrefixCacheParams {
             kv_events: KvEventsSettings::default(),
             lora_adapters: Vec::new(),
             extra_key_style: ExtraKeyStyle::default(),
+            speculative: None,
         }
     }
 }
@@ -142,6 +160,8 @@ struct Spec {
     speculative_indexing: Option<bool>,
     #[serde(rename = "speculativeTTL")]
     speculative_ttl: Option<Value>,
+    /// Ours: what a provisional block counts for (0..=1).
+    speculative_weight: Option<f64>,
     /// llm-d v0.2–v0.3 `prefix-cache-scorer`'s `mode: cache_tracking` (this shape).
     mode: Option<String>,
 }
@@ -512,13 +532,32 @@ pub fn resolve(
         }
     }
     if s.speculative_indexing == Some(true) {
-        return Err(unsupported(
-            spec,
-            "speculativeIndexing",
-            "speculative indexing is not supported: the index learns from KV events only (set it to false)",
-        ));
+        let ttl = match &s.speculative_ttl {
+            None => std::time::Duration::from_secs(2),
+            Some(Value::String(t)) => humantime_serde::re::humantime::parse_duration(t)
+                .map_err(|e| invalid(spec, "speculativeTTL", &format!("{t:?}: {e}")))?,
+            Some(other) => {
+                return Err(invalid(
+                    spec,
+                    "speculativeTTL",
+                    &format!("{other}: a duration such as \"2s\" or \"500ms\""),
+                ));
+            }
+        };
+        if ttl.is_zero() {
+            return Err(invalid(spec, "speculativeTTL", "must be positive"));
+        }
+        let weight = s.speculative_weight.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&weight) {
+            return Err(invalid(spec, "speculativeWeight", "must be within 0..=1"));
+        }
+        out.speculative = Some(SpeculativeSettings { ttl, weight });
+    } else if s.speculative_ttl.is_some() || s.speculative_weight.is_some() {
+        tracing::info!(
+            plugin = spec.name(),
+            "speculativeTTL/speculativeWeight are ignored: speculativeIndexing is off"
+        );
     }
-    let _ = &s.speculative_ttl;
     if let Some(m) = &s.mode
         && m != "cache_tracking"
     {
@@ -696,7 +735,14 @@ plugins:
                 "kvCacheBackendConfigs",
             ),
             ("{kvEventsConfig: {engineType: sglang}}", "engineType"),
-            ("{speculativeIndexing: true}", "speculativeIndexing"),
+            (
+                "{speculativeIndexing: true, speculativeTTL: soon}",
+                "speculativeTTL",
+            ),
+            (
+                "{speculativeIndexing: true, speculativeWeight: 2}",
+                "speculativeWeight",
+            ),
             (
                 "{tokenizer: a, indexerConfig: {tokenizersPoolConfig: {modelName: b}}}",
                 "modelName",

@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use crate::endpoints::Endpoint;
 use crate::kv::KvService;
-use crate::scheduling::{CycleState, PrefixMatch, Scorer};
+use crate::scheduling::{CycleState, Decision, PrefixMatch, Scorer};
 
 /// The llm-d type name.
 pub const TYPE: &str = "precise-prefix-cache-scorer";
@@ -77,13 +77,14 @@ pub struct MatchLength {
 }
 
 impl MatchLength {
-    /// The score of `matched` of `total` blocks of `block_tokens` tokens.
-    pub fn score(&self, matched: u32, total: usize, block_tokens: usize) -> f64 {
+    /// The score of `matched` of `total` blocks of `block_tokens` tokens (`matched` is
+    /// fractional when provisional blocks count less than confirmed ones).
+    pub fn score(&self, matched: f64, total: usize, block_tokens: usize) -> f64 {
         if total == 0 {
             return 0.0;
         }
-        let ratio = f64::from(matched) / total as f64;
-        let length = (f64::from(matched) * block_tokens as f64 / self.scale_tokens).min(1.0);
+        let ratio = matched / total as f64;
+        let length = (matched * block_tokens as f64 / self.scale_tokens).min(1.0);
         self.weight * length * length + (1.0 - self.weight) * ratio
     }
 }
@@ -135,6 +136,7 @@ impl Scorer for PrecisePrefixCacheScorer {
                         total_blocks: keys.len(),
                         prompt_tokens: tokens,
                         matched: HashMap::new(),
+                        provisional: HashMap::new(),
                     });
                     span.record(
                         names::attrs::EPP_PREFIX_TOTAL_BLOCKS,
@@ -163,6 +165,7 @@ impl Scorer for PrecisePrefixCacheScorer {
                         total_blocks: 0,
                         prompt_tokens: req.user_input_bytes / 4,
                         matched: HashMap::new(),
+                        provisional: HashMap::new(),
                     });
                 }
             }
@@ -178,16 +181,31 @@ impl Scorer for PrecisePrefixCacheScorer {
             weight: 0.0,
             scale_tokens: 1.0,
         });
+        let discount = 1.0 - self.kv.speculative.as_ref().map_or(1.0, |s| s.weight());
         candidates
             .iter()
             .map(|e| {
+                let matched = f64::from(*p.matched.get(&*e.id).unwrap_or(&0));
+                let provisional = f64::from(*p.provisional.get(&*e.id).unwrap_or(&0));
                 m.score(
-                    *p.matched.get(&*e.id).unwrap_or(&0),
+                    matched - discount * provisional,
                     p.total_blocks,
                     p.block_size,
                 )
             })
             .collect()
+    }
+
+    /// llm-d's `PreRequest` with `speculativeIndexing`: the prompt's blocks are recorded for
+    /// every pod the decision names, past what each already holds.
+    fn pre_request(&self, cs: &CycleState<'_>, decision: &Decision) {
+        let (Some(spec), Some(keys), Some(p)) = (&self.kv.speculative, &cs.keys, &cs.prefix) else {
+            return;
+        };
+        for leg in &decision.legs {
+            let from = *p.matched.get(&leg.endpoint).unwrap_or(&0) as usize;
+            spec.insert(&leg.endpoint, keys, from);
+        }
     }
 }
 
@@ -208,7 +226,14 @@ impl PrecisePrefixCacheScorer {
         metrics::histogram!(names::kv_cache::INDEX_LOOKUP_LATENCY.name).record(took);
         metrics::histogram!(names::kv_cache::LEGACY_INDEX_LOOKUP_LATENCY.name).record(took);
         for (id, c) in missing.into_iter().zip(counts) {
-            p.matched.insert(id.to_owned(), c);
+            let m = match &self.kv.speculative {
+                Some(s) => s.matched(id, keys, c),
+                None => c,
+            };
+            if m > c {
+                p.provisional.insert(id.to_owned(), m - c);
+            }
+            p.matched.insert(id.to_owned(), m);
         }
     }
 }

@@ -254,8 +254,11 @@ impl Scorer for ApproxPrefixCacheScorer {
         let scores = candidates
             .iter()
             .map(|e| {
-                self.match_length
-                    .score(*matched.get(&*e.id).unwrap_or(&0), total, block_tokens)
+                self.match_length.score(
+                    f64::from(*matched.get(&*e.id).unwrap_or(&0)),
+                    total,
+                    block_tokens,
+                )
             })
             .collect();
         cs.approx_prefix = Some(PrefixMatch {
@@ -263,6 +266,7 @@ impl Scorer for ApproxPrefixCacheScorer {
             total_blocks: total,
             prompt_tokens: user_input(req).len() / CHARS_PER_TOKEN,
             matched,
+            provisional: Default::default(),
         });
         cs.approx_hashes.insert(
             self.name.clone(),
@@ -374,7 +378,7 @@ mod tests {
             scale_tokens: 128.0,
         };
         // 2 of 4 blocks of 16 tokens: ratio 0.5, length (32/128)^2 = 1/16.
-        assert!((m.score(2, 4, 16) - (0.5 * 0.0625 + 0.5 * 0.5)).abs() < 1e-12);
-        assert_eq!(m.score(0, 0, 16), 0.0);
+        assert!((m.score(2.0, 4, 16) - (0.5 * 0.0625 + 0.5 * 0.5)).abs() < 1e-12);
+        assert_eq!(m.score(0.0, 0, 16), 0.0);
     }
 }

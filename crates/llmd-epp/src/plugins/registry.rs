@@ -18,11 +18,12 @@ use serde::de::DeserializeOwned;
 
 use super::passive::{self, Passive};
 use super::{
-    always_disagg_pd_decider, approx_prefix::ApproxIndex, decode_filter, disagg_profile_handler,
-    kv_cache_utilization_scorer, load_aware_scorer, max_score_picker, pd_profile_handler,
-    precise_prefix_cache_scorer, prefill_filter, prefix_based_pd_decider, prefix_cache_scorer,
-    queue_scorer, random_picker, round_robin_picker, running_requests_size_scorer,
-    single_profile_handler, unsupported, utilization_detector, weighted_random_picker,
+    active_request_scorer, always_disagg_pd_decider, approx_prefix::ApproxIndex, decode_filter,
+    disagg_profile_handler, kv_cache_utilization_scorer, load_aware_scorer, max_score_picker,
+    pd_profile_handler, precise_prefix_cache_scorer, prefill_filter, prefix_based_pd_decider,
+    prefix_cache_scorer, queue_scorer, random_picker, round_robin_picker,
+    running_requests_size_scorer, single_profile_handler, token_load_scorer, unsupported,
+    utilization_detector, weighted_random_picker,
 };
 use crate::config::{ConfigError, EndpointPickerConfig, PluginSpec, SaturationDetectorSpec};
 use crate::endpoints::Pool;
@@ -291,6 +292,32 @@ pub const TYPES: &[PluginType] = &[
         }
         Ok(Plugin::Scorer(Arc::new(
             running_requests_size_scorer::RunningRequestsSizeScorer::new(p),
+        )))
+    }),
+    row(active_request_scorer::TYPE, |spec, ctx| {
+        let p: active_request_scorer::Params = params(spec)?;
+        if let Some(t) = p.request_timeout {
+            if t.is_zero() {
+                return Err(invalid_params(spec, "requestTimeout must be positive"));
+            }
+            if let Some(pool) = &ctx.env.pool {
+                pool.inflight().set_timeout(t);
+            }
+        }
+        Ok(Plugin::Scorer(Arc::new(
+            active_request_scorer::ActiveRequestScorer,
+        )))
+    }),
+    row(token_load_scorer::TYPE, |spec, _| {
+        let p: token_load_scorer::Params = params(spec)?;
+        if p.queue_threshold_tokens == 0 {
+            return Err(invalid_params(
+                spec,
+                "queueThresholdTokens must be positive",
+            ));
+        }
+        Ok(Plugin::Scorer(Arc::new(
+            token_load_scorer::TokenLoadScorer::new(&p),
         )))
     }),
     row(decode_filter::TYPE, |spec, _| {

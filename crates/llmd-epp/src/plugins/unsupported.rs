@@ -47,14 +47,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ),
     // Scorers.
     (
-        "active-request-scorer",
-        "queue-scorer or load-aware-scorer (from the pods' own queue metrics)",
-    ),
-    (
-        "token-load-scorer",
-        "queue-scorer or kv-cache-utilization-scorer",
-    ),
-    (
         "lora-affinity-scorer",
         "none: LoRA-aware scoring is not supported",
     ),

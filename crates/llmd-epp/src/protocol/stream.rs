@@ -19,6 +19,7 @@ use super::{
     DESTINATION_HEADER, DESTINATION_SERVED_HEADER, Deps, OWNED_REQUEST_HEADERS, SUBSET_HINT_KEY,
     SUBSET_HINT_NAMESPACE,
 };
+use crate::inflight::{Release, Ticket};
 use crate::labels::model_label;
 use crate::objectives::RequestClass;
 use crate::request;
@@ -60,6 +61,29 @@ pub(super) struct StreamState {
     class: RequestClass,
     /// GIE's and llm-d's request metrics.
     metrics: RequestMetrics,
+    /// The decision's in-flight count, released as the response goes by (and all of it when
+    /// the stream ends for any reason).
+    inflight: Option<InFlightGuard>,
+    /// The response is a server-sent event stream.
+    response_streamed: bool,
+}
+
+/// Releases a counted decision when dropped ([`crate::inflight`]).
+struct InFlightGuard {
+    picker: std::sync::Arc<dyn crate::scheduling::Picker>,
+    ticket: Ticket,
+}
+
+impl InFlightGuard {
+    fn release(&self, what: Release) {
+        self.picker.release(self.ticket, what);
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.picker.release(self.ticket, Release::All);
+    }
 }
 
 impl StreamState {
@@ -80,6 +104,8 @@ impl StreamState {
             response_tail: Vec::new(),
             class: RequestClass::default(),
             metrics: RequestMetrics::new(),
+            inflight: None,
+            response_streamed: false,
         }
     }
 
@@ -166,13 +192,28 @@ impl StreamState {
                             })
                     })
                 };
+                let content_type = find("content-type");
+                self.response_streamed = content_type
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("text/event-stream"));
+                if let Some(g) = &self.inflight {
+                    // The decode pod answers once prefill is done.
+                    g.release(Release::Prefill);
+                }
                 self.metrics
-                    .response_headers(find(":status").as_deref(), find("content-type").as_deref());
+                    .response_headers(find(":status").as_deref(), content_type.as_deref());
                 vec![reply(processing_response::Response::ResponseHeaders(
                     HeadersResponse::default(),
                 ))]
             }
             Some(processing_request::Request::ResponseBody(b)) => {
+                if self.response_streamed
+                    && !b.body.is_empty()
+                    && let Some(g) = &self.inflight
+                {
+                    // The first streamed token is out: the prompt is computed.
+                    g.release(Release::Tokens);
+                }
                 self.metrics.chunk(b.body.len());
                 if self.routed_model.is_some() {
                     self.response_tail.extend_from_slice(&b.body);
@@ -235,6 +276,7 @@ impl StreamState {
 
     /// The response ended: GIE's and llm-d's request metrics, with the response's `usage`.
     fn finish(&mut self) {
+        self.inflight = None;
         if self.routed_model.take().is_none() {
             return;
         }
@@ -319,6 +361,12 @@ impl StreamState {
             Ok(_) => return self.immediate(&PickError::NoEndpoints(None)),
             Err(e) => return self.immediate(&e),
         };
+        if let Some(ticket) = decision.ticket {
+            self.inflight = Some(InFlightGuard {
+                picker: deps.picker.clone(),
+                ticket,
+            });
+        }
         let body = decision
             .body
             .clone()

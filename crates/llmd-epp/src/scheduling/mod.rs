@@ -33,6 +33,11 @@ pub struct Decision {
     pub headers: Vec<(String, String)>,
     /// A rewritten body, when the scheduler changed it.
     pub body: Option<Vec<u8>>,
+    /// The pods the decision loads and what each has to compute (in-flight accounting).
+    pub legs: Vec<crate::inflight::Leg>,
+    /// Set when the scheduler counted the decision in flight: the protocol layer releases it
+    /// as the response goes by ([`Picker::release`]).
+    pub ticket: Option<crate::inflight::Ticket>,
 }
 
 /// Why no decision could be made; mapped to the client's status in one place
@@ -142,6 +147,9 @@ pub trait Picker: Send + Sync + 'static {
 
     /// The data plane could not reach `endpoint`: leave it out of routing for `period`.
     fn report_unreachable(&self, _endpoint: &str, _period: std::time::Duration) {}
+
+    /// Part or all of a counted decision is done ([`crate::inflight`]).
+    fn release(&self, _ticket: crate::inflight::Ticket, _what: crate::inflight::Release) {}
 
     /// The request's priority and fairness id (for admission and metric labels).
     fn classify(

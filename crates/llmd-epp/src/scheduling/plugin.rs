@@ -21,8 +21,11 @@ pub struct PrefixMatch {
     pub total_blocks: usize,
     /// Prompt tokens.
     pub prompt_tokens: usize,
-    /// Endpoint id → consecutive matched blocks from block 0.
+    /// Endpoint id → consecutive matched blocks from block 0 (confirmed or provisional).
     pub matched: HashMap<String, u32>,
+    /// Endpoint id → how many of its matched blocks are only provisional (speculative
+    /// entries of requests just routed there; absent: none).
+    pub provisional: HashMap<String, u32>,
 }
 
 /// What an approximate prefix scorer (`prefix-cache-scorer` without KV events) learned: the

@@ -53,7 +53,7 @@ impl UtilizationDetector {
 
     /// One endpoint's saturation.
     pub fn endpoint(&self, e: &Endpoint) -> f64 {
-        match e.fresh_load(self.staleness) {
+        match e.current_load(self.staleness) {
             None => 1.0,
             Some(l) => (l.waiting / self.thresholds.queue_depth_threshold)
                 .max(l.kv_usage / self.thresholds.kv_cache_util_threshold),
@@ -76,7 +76,7 @@ impl UtilizationDetector {
         let keep: Vec<bool> = candidates
             .iter()
             .map(|e| {
-                e.fresh_load(self.staleness)
+                e.current_load(self.staleness)
                     .is_some_and(|l| l.waiting < q && l.kv_usage < kv)
             })
             .collect();

@@ -23,6 +23,7 @@ use super::{
 };
 use crate::config::{ConfigError, EndpointPickerConfig};
 use crate::endpoints::{Endpoint, Pool};
+use crate::inflight::{Leg, Release, Ticket};
 use crate::kv::KvService;
 use crate::objectives::{Objectives, RequestClass};
 use crate::plugins::registry::{self, BuildEnv};
@@ -194,7 +195,10 @@ impl Scheduler {
                     service_name: self.service_name.as_deref(),
                     fallbacks: self.limits.fallbacks,
                 };
-                let result = self.handler.handle(&self.profiles, &mut cs, eps);
+                let mut result = self.handler.handle(&self.profiles, &mut cs, eps);
+                if let Ok(d) = &mut result {
+                    d.legs = legs(&cs, d);
+                }
                 if let Ok(d) = &result
                     && !explain
                 {
@@ -230,6 +234,9 @@ impl Scheduler {
                 .collect(),
             None => all.iter().cloned().collect(),
         };
+        self.pool
+            .inflight()
+            .fill(eps.iter_mut().map(|e| (&*e.id, &mut e.inflight)));
         if let Some(req) = ctx.request
             && eps.is_empty()
         {
@@ -277,6 +284,36 @@ impl Scheduler {
     }
 }
 
+/// The pods a decision loads: its first endpoint (decode, or the only pod) and the prefill pod
+/// it names, each with the prompt tokens it has to compute (the prompt minus what the
+/// prefix scorers found cached there; without a prefix scorer, 4 bytes a token).
+fn legs(cs: &CycleState<'_>, d: &Decision) -> Vec<Leg> {
+    let mut legs = Vec::with_capacity(2);
+    let uncached = |ep: &str| {
+        let (prompt, cached) = crate::plugins::cached_on(cs, ep);
+        prompt.saturating_sub(cached)
+    };
+    if let Some(first) = d.endpoints.first() {
+        legs.push(Leg {
+            endpoint: first.clone(),
+            tokens: uncached(first),
+            prefill: false,
+        });
+    }
+    if let Some((_, prefill)) = d
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(llmd_wire::headers::PREFILLER_HEADER))
+    {
+        legs.push(Leg {
+            endpoint: prefill.clone(),
+            tokens: uncached(prefill),
+            prefill: true,
+        });
+    }
+    legs
+}
+
 /// What there is to schedule.
 enum Candidates {
     /// A bodyless request's decision.
@@ -289,7 +326,10 @@ impl Picker for Scheduler {
     fn pick(&self, ctx: &PickContext<'_>) -> Result<Decision, PickError> {
         let started = Instant::now();
         let model = ctx.request.map(|r| r.model.clone()).unwrap_or_default();
-        let (result, _, prefix) = self.decide(ctx, false);
+        let (mut result, _, prefix) = self.decide(ctx, false);
+        if let Ok(d) = &mut result {
+            d.ticket = self.pool.inflight().start(&d.legs);
+        }
         let elapsed = started.elapsed().as_secs_f64();
         metrics::histogram!(names::epp::ROUTING_DECISION_DURATION.name).record(elapsed);
         metrics::histogram!(names::epp::SCHEDULER_E2E_DURATION.name).record(elapsed);
@@ -309,6 +349,10 @@ impl Picker for Scheduler {
 
     fn report_unreachable(&self, endpoint: &str, period: std::time::Duration) {
         self.pool.mark_unhealthy(endpoint, period);
+    }
+
+    fn release(&self, ticket: Ticket, what: Release) {
+        self.pool.inflight().release(ticket, what);
     }
 
     fn classify(&self, headers: &[(String, String)], model: Option<&str>) -> RequestClass {
