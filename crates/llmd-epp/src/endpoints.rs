@@ -377,9 +377,14 @@ impl Pool {
         }
     }
 
-    /// Records a scrape result (and what this EPP had in flight on the pod at that moment).
+    /// Records a scrape result (and what this EPP has in flight on the pod now).
     pub fn set_load(&self, id: &str, load: Load) {
-        let at = self.inflight.get(id);
+        self.set_load_at(id, load, self.inflight.get(id));
+    }
+
+    /// Records a scrape result and what this EPP had in flight on the pod when the pod
+    /// answered (`at`).
+    pub fn set_load_at(&self, id: &str, load: Load, at: PodLoad) {
         self.update(id, |e| {
             e.load = Some((load, Instant::now()));
             e.inflight_at_scrape = at;
@@ -512,6 +517,7 @@ pub async fn scrape_loop(
                 e.spec.metrics_port.unwrap_or(e.spec.port)
             );
             let client = client.clone();
+            let pool = &pool;
             async move {
                 let text = client
                     .get(&url)
@@ -520,15 +526,17 @@ pub async fn scrape_loop(
                     .and_then(|r| r.error_for_status())?
                     .text()
                     .await?;
-                Ok::<_, reqwest::Error>(text)
+                // What the pod's numbers include of this EPP's decisions: those made before
+                // its answer arrived.
+                Ok::<_, reqwest::Error>((text, pool.inflight().get(&e.id)))
             }
         });
         let results = futures::future::join_all(scrapes).await;
         for (e, r) in eps.iter().zip(results) {
             let failure = match r {
-                Ok(text) => match parse_load_with(&text, &names) {
+                Ok((text, at)) => match parse_load_with(&text, &names) {
                     Ok(load) => {
-                        pool.set_load(&e.id, load);
+                        pool.set_load_at(&e.id, load, at);
                         failing.remove(&*e.id);
                         continue;
                     }
@@ -565,6 +573,7 @@ pub async fn scrape_loop(
                 );
             }
         }
+        inflight_gauges(&pool);
         let ready: Vec<Load> = pool
             .snapshot()
             .iter()
@@ -572,6 +581,20 @@ pub async fn scrape_loop(
             .collect();
         pool_gauges(&pool_name, &ready);
         scraped.send_if_modified(|done| !std::mem::replace(done, true));
+    }
+}
+
+/// llm-d's in-flight gauges, per endpoint of the pool.
+fn inflight_gauges(pool: &Pool) {
+    use llmd_telemetry::names::{epp, labels};
+    for e in pool.snapshot().iter() {
+        let now = pool.inflight().get(&e.id);
+        let labels = [
+            (labels::ENDPOINT_NAME, e.id.to_string()),
+            (labels::PRODUCER_NAME, "inflight-load-producer".to_owned()),
+        ];
+        metrics::gauge!(epp::LLMD_INFLIGHT_REQUESTS.name, &labels).set(now.requests as f64);
+        metrics::gauge!(epp::LLMD_INFLIGHT_TOKENS.name, &labels).set(now.tokens as f64);
     }
 }
 
@@ -691,6 +714,58 @@ mod tests {
                 .is_err()
         );
         assert!(EndpointsFile::parse("endpoints: [{address: a, port: 1, colour: red}]").is_err());
+    }
+
+    #[test]
+    fn the_scraped_load_follows_the_epps_own_decisions_between_scrapes() {
+        use crate::inflight::{Leg, Release};
+        let pool = Pool::default();
+        let spec = EndpointsFile::parse("endpoints: [{address: 10.0.0.1, port: 8000}]")
+            .unwrap()
+            .endpoints;
+        pool.replace(spec);
+        let leg = |tokens| Leg {
+            endpoint: "10.0.0.1:8000".into(),
+            tokens,
+            prefill: false,
+        };
+        // One request in flight when the pod answers: its scrape already counts it.
+        let a = pool.inflight().start(&[leg(1_000)]).unwrap();
+        pool.set_load(
+            "10.0.0.1:8000",
+            Load {
+                waiting: 0.0,
+                running: 1.0,
+                kv_usage: 0.25,
+                cache_block_size: Some(16),
+                num_gpu_blocks: Some(1_000),
+            },
+        );
+        let now = |pool: &Pool| {
+            let mut e = pool.snapshot()[0].clone();
+            pool.inflight()
+                .fill(std::iter::once((&*e.id, &mut e.inflight)));
+            e.current_load(Duration::from_secs(5)).unwrap()
+        };
+        assert_eq!((now(&pool).waiting, now(&pool).running), (0.0, 1.0));
+        // Two more routed since: they queue, and their prompts take KV cache.
+        let b = pool.inflight().start(&[leg(2_000)]).unwrap();
+        let _c = pool.inflight().start(&[leg(2_000)]).unwrap();
+        let l = now(&pool);
+        assert_eq!((l.waiting, l.running), (2.0, 1.0));
+        assert!(
+            (l.kv_usage - (0.25 + 4_000.0 / 16_000.0)).abs() < 1e-9,
+            "{l:?}"
+        );
+        // The scraped one and one of the new ones finish: one is left, running.
+        pool.inflight().release(a, Release::All);
+        pool.inflight().release(b, Release::All);
+        let l = now(&pool);
+        assert_eq!((l.waiting, l.running), (0.0, 1.0));
+        assert!(
+            (l.kv_usage - (0.25 + 1_000.0 / 16_000.0)).abs() < 1e-9,
+            "{l:?}"
+        );
     }
 
     #[test]

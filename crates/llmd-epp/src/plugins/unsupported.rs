@@ -91,10 +91,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "none: encode disaggregation (E/P/D) is not supported",
     ),
     // Producers.
-    (
-        "inflight-load-producer",
-        "queue-scorer (from the pods' own queue metrics)",
-    ),
     ("session-id-producer", "precise-prefix-cache-scorer"),
     ("predicted-latency-producer", "queue-scorer"),
     (
