@@ -325,6 +325,8 @@ impl Endpoint {
 pub struct Pool {
     endpoints: RwLock<Arc<Vec<Endpoint>>>,
     inflight: InFlight,
+    /// Benchmarks only: scorers do not see the in-flight count (the EPP before it).
+    inflight_hidden: std::sync::atomic::AtomicBool,
 }
 
 /// How the set changed (to follow with KV-event subscriptions).
@@ -385,6 +387,11 @@ impl Pool {
     /// Records a scrape result and what this EPP had in flight on the pod when the pod
     /// answered (`at`).
     pub fn set_load_at(&self, id: &str, load: Load, at: PodLoad) {
+        let at = if self.inflight_hidden() {
+            PodLoad::default()
+        } else {
+            at
+        };
         self.update(id, |e| {
             e.load = Some((load, Instant::now()));
             e.inflight_at_scrape = at;
@@ -395,6 +402,29 @@ impl Pool {
     /// What this EPP routed and has not seen finish, per endpoint.
     pub fn inflight(&self) -> &InFlight {
         &self.inflight
+    }
+
+    /// Fills each endpoint's in-flight load (what the scorers see).
+    pub fn fill_inflight(&self, endpoints: &mut [Endpoint]) {
+        if self.inflight_hidden() {
+            return;
+        }
+        self.inflight
+            .fill(endpoints.iter_mut().map(|e| (&*e.id, &mut e.inflight)));
+    }
+
+    /// Benchmarks only (`benches/routing_quality.rs`): the scorers stop seeing the in-flight
+    /// count, so that the EPP as it was before it can be measured in the same run. Never use
+    /// it to serve.
+    #[doc(hidden)]
+    pub fn hide_inflight_for_bench(&self) {
+        self.inflight_hidden
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn inflight_hidden(&self) -> bool {
+        self.inflight_hidden
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Takes `id` out of routing for `period` (a failed scrape, a failed connection).

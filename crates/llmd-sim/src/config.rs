@@ -308,6 +308,14 @@ pub struct EngineArgs {
     /// ranks so that their series stay apart.
     #[arg(long, default_value_t = 0)]
     pub data_parallel_rank: u32,
+    /// Data-parallel engines in this process, each with an API server of its own (vLLM's
+    /// `--data-parallel-size` with external load balancing, as llm-d deploys it): engine `r`
+    /// (`engine` label `--data-parallel-rank` + r) serves on `--port` + r, publishes its KV
+    /// events on the port of `--kv-events-endpoint` + r (and replays on
+    /// `--kv-events-replay-endpoint` + r), as vLLM offsets a rank's publisher, and its
+    /// `/metrics` shows only its own engine's series. Each has its own queue and KV cache.
+    #[arg(long, default_value_t = 1)]
+    pub data_parallel_size: u32,
     /// P/D role (informational: like vLLM with `kv_role: kv_both`, every role serves both
     /// legs; it labels the pod for routers and dashboards).
     #[arg(long, value_enum, default_value_t = Role::Both)]
@@ -357,6 +365,9 @@ impl EngineArgs {
         }
         if self.block_size == 0 {
             return err("--block-size", "must be at least 1".into());
+        }
+        if self.data_parallel_size == 0 {
+            return err("--data-parallel-size", "must be at least 1".into());
         }
         if self.max_model_len == 0 {
             return err("--max-model-len", "must be at least 1".into());

@@ -36,6 +36,8 @@ pub struct PublisherConfig {
     pub replay_endpoint: Option<String>,
     /// Batches kept for replay.
     pub buffer_steps: usize,
+    /// The engine's data-parallel rank, carried in every batch as vLLM does.
+    pub data_parallel_rank: u32,
 }
 
 /// Errors starting the publisher.
@@ -141,7 +143,7 @@ async fn publish(
         let batch = EventBatch {
             ts,
             events,
-            data_parallel_rank: Some(0),
+            data_parallel_rank: Some(i64::from(config.data_parallel_rank)),
             ..Default::default()
         };
         let [topic, seq_frame, payload] = encode_message(&config.topic, seq, &batch, config.layout);

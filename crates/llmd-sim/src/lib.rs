@@ -21,6 +21,7 @@
 //! | `nixl` | P/D: prefill leases, decode pulls, NIXL metrics |
 //! | `tokens` | the model's tokenizer and chat template (or a byte stand-in), output text |
 //! | `api` | the HTTP handlers (parse, generate, respond, span, models, error) |
+//! | `engine_view` | one engine's `vllm:*` series out of a registry several simulators share (`llmd demo`, benchmarks) |
 //! | `testing` | (feature `testing`) starting simulators from other crates' tests |
 //!
 //! Tracing: one `llm_request` span per request (vLLM's name and `gen_ai.*` attributes), from
@@ -30,6 +31,7 @@ pub mod api;
 pub mod block_pool;
 pub mod config;
 pub mod engine;
+pub mod engine_view;
 pub mod faults;
 pub mod kv_publisher;
 pub mod lora;
@@ -151,6 +153,7 @@ pub async fn start(
                 layout: args.kv_events_encoding,
                 replay_endpoint: args.kv_events_replay_endpoint.clone(),
                 buffer_steps: args.kv_events_buffer_steps,
+                data_parallel_rank: args.data_parallel_rank,
             };
             let (sink, bound, replay) = kv_publisher::start(config, shutdown.clone()).await?;
             (Some(sink), bound, replay)
@@ -188,7 +191,13 @@ pub async fn start(
     });
     let mut app = api::router(state.clone());
     if let Some(m) = metrics {
-        app = app.merge(m.router());
+        // One engine of several in this process: its own series only, as its own vLLM API
+        // server would show.
+        app = app.merge(if args.data_parallel_size > 1 {
+            engine_view::router(m, args.data_parallel_rank)
+        } else {
+            m.router()
+        });
     }
     tracing::info!(%addr, model = args.model, "llmd-sim listening");
     let served = tokio::spawn(async move {
@@ -231,18 +240,51 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
         &[llmd_telemetry::names::vllm::ALL],
         &bucket_overrides(&args.engine),
     )?;
-    let addr = format!("{}:{}", args.host, args.port);
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: addr.clone(),
-            source,
-        })?;
-    let sim = start(args.engine, listener, Some(metrics), shutdown).await?;
-    println!("llmd-sim listening on http://{}", sim.addr);
-    match sim.served.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(Error::Listen { addr, source }),
-        Err(_) => Ok(()),
+    let mut sims = Vec::new();
+    for r in 0..args.engine.data_parallel_size {
+        let mut engine = args.engine.clone();
+        if args.engine.data_parallel_size > 1 {
+            engine.data_parallel_rank = args.engine.data_parallel_rank.saturating_add(r);
+            engine.kv_events_endpoint = engine
+                .kv_events_endpoint
+                .map(|e| offset_port(&e, r))
+                .transpose()?;
+            engine.kv_events_replay_endpoint = engine
+                .kv_events_replay_endpoint
+                .map(|e| offset_port(&e, r))
+                .transpose()?;
+        }
+        let port = u16::try_from(u32::from(args.port) + r)
+            .map_err(|_| Error::Flags(format!("--port {} + rank {r} is not a port", args.port)))?;
+        let addr = format!("{}:{port}", args.host);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        let sim = start(engine, listener, Some(metrics.clone()), shutdown.clone()).await?;
+        println!("llmd-sim listening on http://{}", sim.addr);
+        sims.push((addr, sim));
     }
+    for (addr, sim) in sims {
+        match sim.served.await {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(source)) => return Err(Error::Listen { addr, source }),
+        }
+    }
+    Ok(())
+}
+
+/// `endpoint` (`tcp://host:port`) with its port moved up by `by` (a data-parallel rank's
+/// publisher, as vLLM offsets it; port 0, any free port, stays 0).
+fn offset_port(endpoint: &str, by: u32) -> Result<String, Error> {
+    let bad = || Error::Flags(format!("{endpoint:?}: not tcp://host:port"));
+    let (head, port) = endpoint.rsplit_once(':').ok_or_else(bad)?;
+    let port: u32 = port.parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Ok(endpoint.to_owned());
+    }
+    let moved = u16::try_from(port + by).map_err(|_| bad())?;
+    Ok(format!("{head}:{moved}"))
 }

@@ -234,9 +234,7 @@ impl Scheduler {
                 .collect(),
             None => all.iter().cloned().collect(),
         };
-        self.pool
-            .inflight()
-            .fill(eps.iter_mut().map(|e| (&*e.id, &mut e.inflight)));
+        self.pool.fill_inflight(&mut eps);
         if let Some(req) = ctx.request
             && eps.is_empty()
         {

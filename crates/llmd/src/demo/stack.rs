@@ -32,28 +32,6 @@ pub(super) async fn sim(flags: &[&str], stop: &CancellationToken) -> anyhow::Res
     sim_on(flags, bind().await?, stop).await
 }
 
-/// The process registry's exposition, rendered at most once per 100 ms and shared by every
-/// engine's view. An EPP scrapes all its pods at once, every 500 ms: without this each scrape
-/// rendered the whole registry (about 300 kB, every component's series) for the few lines of
-/// one engine, 45 ms each in a debug build on a busy 2-core machine, and scrapes that took
-/// longer than the EPP's 500 ms timeout left pods unroutable (503s in the demo's own load).
-fn rendered(metrics: &MetricsHandle) -> std::sync::Arc<String> {
-    use std::sync::{Arc, Mutex};
-    use std::time::Instant;
-    static LAST: Mutex<Option<(Instant, Arc<String>)>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((at, text)) = last.as_ref()
-        && at.elapsed() < Duration::from_millis(100)
-    {
-        return text.clone();
-    }
-    let text = Arc::new(metrics.render());
-    *last = Some((Instant::now(), text.clone()));
-    text
-}
-
-/// Serves, at `/metrics`, the `vllm:*` series of engine `rank` from the process registry: what
-/// that simulator's `/metrics` would show if it ran in its own process.
 pub(super) async fn engine_metrics(
     metrics: &MetricsHandle,
     rank: u32,
@@ -61,37 +39,7 @@ pub(super) async fn engine_metrics(
 ) -> anyhow::Result<SocketAddr> {
     let listener = bind().await?;
     let addr = listener.local_addr()?;
-    let handle = metrics.clone();
-    let label = format!("engine=\"{rank}\"");
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let text = rendered(&handle);
-            let label = label.clone();
-            async move {
-                let own: String = text
-                    .lines()
-                    .filter(|l| {
-                        if let Some(meta) = l.strip_prefix("# ") {
-                            meta.split_whitespace()
-                                .nth(1)
-                                .is_some_and(|n| n.starts_with("vllm:"))
-                        } else {
-                            l.starts_with("vllm:") && l.contains(&label)
-                        }
-                    })
-                    .flat_map(|l| [l, "\n"])
-                    .collect();
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    own,
-                )
-            }
-        }),
-    );
+    let app = llmd_sim::engine_view::router(metrics.clone(), rank);
     let stop = stop.clone();
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app)
