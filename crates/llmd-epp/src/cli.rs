@@ -167,6 +167,13 @@ impl Args {
                 &self.kv_cache_usage_percentage_metric,
             )?,
             cache_info: spec("cache-info-metric", &self.cache_info_metric)?,
+            lora_info: spec(
+                "lora-info-metric",
+                self.llm_d
+                    .lora_info_metric
+                    .as_deref()
+                    .unwrap_or("vllm:lora_requests_info"),
+            )?,
         })
     }
 

@@ -11,6 +11,7 @@
 //! | `plugins` | one file per llm-d plugin type (filters, scorers, pickers, profile handlers) and the registry that builds them from typed parameters |
 //! | `kv` | the KV service the precise scorer reads: the prefix index and the tokenizers |
 //! | `endpoints` | the endpoint set (static file, reloaded), `/metrics` scraping, health |
+//! | `lora` | what a scrape says about a pod's base model and LoRA adapters (`vllm:lora_requests_info`) |
 //! | `discovery` | Kubernetes: an `InferencePool`'s ready pods as the endpoint set |
 //! | `config` | the llm-d-shaped `EndpointPickerConfig` |
 //! | `debug` | `/debug/route`: a decision explained, nothing routed |
@@ -30,6 +31,7 @@ pub mod endpoints;
 pub mod flags;
 pub mod kv;
 pub mod labels;
+pub mod lora;
 pub mod objectives;
 mod options;
 pub mod plugins;

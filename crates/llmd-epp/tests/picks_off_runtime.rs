@@ -49,8 +49,7 @@ impl Picker for Gated {
         }
         Ok(Decision {
             endpoints: vec!["10.0.0.1:8000".into()],
-            headers: Vec::new(),
-            body: None,
+            ..Default::default()
         })
     }
 }

@@ -10,6 +10,8 @@
 //! | `kv-cache-utilization-scorer` | scorer | `kv_cache_utilization_scorer.rs` |
 //! | `load-aware-scorer` | scorer (llm-d's 0..0.5 range) | `load_aware_scorer.rs` |
 //! | `running-requests-size-scorer` | scorer | `running_requests_size_scorer.rs` |
+//! | `session-affinity-scorer` | scorer (`x-session-token`, set on the response) | `session_affinity_scorer.rs` |
+//! | `lora-affinity-scorer` | scorer (`vllm:lora_requests_info`) | `lora_affinity_scorer.rs`, scraped state in `crate::lora` |
 //! | `decode-filter` | filter | `decode_filter.rs` |
 //! | `prefill-filter` | filter | `prefill_filter.rs` |
 //! | `utilization-detector` | saturation detector, filter | `utilization_detector.rs` |
@@ -34,6 +36,7 @@ pub mod disagg;
 pub mod disagg_profile_handler;
 pub mod kv_cache_utilization_scorer;
 pub mod load_aware_scorer;
+pub mod lora_affinity_scorer;
 pub mod max_score_picker;
 pub mod passive;
 pub mod pd_profile_handler;
@@ -47,6 +50,7 @@ pub mod random_picker;
 pub mod registry;
 pub mod round_robin_picker;
 pub mod running_requests_size_scorer;
+pub mod session_affinity_scorer;
 pub mod single_profile_handler;
 pub mod unsupported;
 pub mod utilization_detector;

@@ -23,7 +23,7 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ),
     (
         "session-affinity-filter",
-        "precise-prefix-cache-scorer (a session's prefix keeps it on its pod)",
+        "session-affinity-scorer (a soft preference: weight it above the other scorers to pin)",
     ),
     (
         "endpoint-attribute-filter",
@@ -53,14 +53,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     (
         "token-load-scorer",
         "queue-scorer or kv-cache-utilization-scorer",
-    ),
-    (
-        "lora-affinity-scorer",
-        "none: LoRA-aware scoring is not supported",
-    ),
-    (
-        "session-affinity-scorer",
-        "precise-prefix-cache-scorer (a session's prefix keeps it on its pod)",
     ),
     (
         "no-hit-lru-scorer",
@@ -103,7 +95,10 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "inflight-load-producer",
         "queue-scorer (from the pods' own queue metrics)",
     ),
-    ("session-id-producer", "precise-prefix-cache-scorer"),
+    (
+        "session-id-producer",
+        "session-affinity-scorer (strategy encoded_endpoint_header)",
+    ),
     ("predicted-latency-producer", "queue-scorer"),
     (
         "multicluster-approx-prefix-cache-producer",

@@ -60,6 +60,8 @@ pub(super) struct StreamState {
     class: RequestClass,
     /// GIE's and llm-d's request metrics.
     metrics: RequestMetrics,
+    /// Headers the decision sets on the response (e.g. `x-session-token`).
+    response_headers: Vec<(String, String)>,
 }
 
 impl StreamState {
@@ -80,6 +82,7 @@ impl StreamState {
             response_tail: Vec::new(),
             class: RequestClass::default(),
             metrics: RequestMetrics::new(),
+            response_headers: Vec::new(),
         }
     }
 
@@ -169,7 +172,7 @@ impl StreamState {
                 self.metrics
                     .response_headers(find(":status").as_deref(), find("content-type").as_deref());
                 vec![reply(processing_response::Response::ResponseHeaders(
-                    HeadersResponse::default(),
+                    response::set_response_headers(&self.response_headers),
                 ))]
             }
             Some(processing_request::Request::ResponseBody(b)) => {
@@ -327,6 +330,7 @@ impl StreamState {
         self.metrics.routed(model, &self.class, body.len());
         self.routed_model = Some(model_label(model));
         self.routed_to = decision.endpoints.clone();
+        self.response_headers = decision.response_headers.clone();
         let destination = decision.endpoints.join(",");
         let mut set = vec![header(DESTINATION_HEADER, &destination)];
         if !body.is_empty() {

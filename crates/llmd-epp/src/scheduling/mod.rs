@@ -33,6 +33,9 @@ pub struct Decision {
     pub headers: Vec<(String, String)>,
     /// A rewritten body, when the scheduler changed it.
     pub body: Option<Vec<u8>>,
+    /// Headers to set on the response to the client, in the response-headers phase (llm-d's
+    /// `ResponseHeader` plugins: e.g. the session-affinity scorer's `x-session-token`).
+    pub response_headers: Vec<(String, String)>,
 }
 
 /// Why no decision could be made; mapped to the client's status in one place

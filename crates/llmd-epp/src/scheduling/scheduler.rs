@@ -193,13 +193,15 @@ impl Scheduler {
                     keys: None,
                     service_name: self.service_name.as_deref(),
                     fallbacks: self.limits.fallbacks,
+                    picks: std::collections::HashMap::new(),
                 };
-                let result = self.handler.handle(&self.profiles, &mut cs, eps);
-                if let Ok(d) = &result
-                    && !explain
-                {
-                    // llm-d's PreRequest: what was routed where (nothing is when explaining).
-                    self.profiles.pre_request(&cs, d);
+                let mut result = self.handler.handle(&self.profiles, &mut cs, eps);
+                if let Ok(d) = &mut result {
+                    d.response_headers = self.profiles.response_headers(&cs, d);
+                    if !explain {
+                        // llm-d's PreRequest: what was routed where (nothing is when explaining).
+                        self.profiles.pre_request(&cs, d);
+                    }
                 }
                 (result, cs.explain, cs.prefix.or(cs.approx_prefix))
             }
