@@ -282,8 +282,7 @@ impl Endpoint {
 
     /// The served models if the scrape that read them is fresher than `max_age`.
     pub fn fresh_models(&self, max_age: Duration) -> Option<&crate::lora::ServedModels> {
-        self.fresh_load(max_age)
-            .and_then(|_| self.models.as_deref())
+        self.fresh_load(max_age).and(self.models.as_deref())
     }
 
     /// The load if it is fresher than `max_age`.
