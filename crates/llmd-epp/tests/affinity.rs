@@ -211,6 +211,61 @@ async fn a_session_token_keeps_the_conversation_on_its_pod_against_load() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_binds_here_and_moves_only_when_its_pod_is_gone() {
+    let flags = ["--model", MODEL, "--dummy-tokenizer", "--time-scale", "0"];
+    let (a, _sa) = sim(&flags).await;
+    let (b, _sb) = sim(&flags).await;
+    let queues = [Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0))];
+    let mut specs = vec![spec_of(&a, "both"), spec_of(&b, "both")];
+    for (spec, q) in specs.iter_mut().zip(&queues) {
+        spec.metrics_port = Some(queue_stub(q.clone()).await);
+    }
+    let ids: Vec<String> = specs.iter().map(EndpointSpec::host_port).collect();
+    let config = SESSION_CONFIG.replace(
+        "  - type: session-affinity-scorer\n",
+        "  - type: session-affinity-scorer\n    parameters: {strategy: session_id}\n",
+    );
+    let e = epp(&config, specs.clone(), None, None).await;
+    let pool = e.epp.scheduler.pool().clone();
+    for id in &ids {
+        wait_until("both pods scraped", waiting_seen(&pool, id, 0.0)).await;
+    }
+    let client =
+        Client::connect_lazy(&format!("http://{}", e.epp.grpc), Duration::from_secs(10)).unwrap();
+    let conv = [("x-session-id", "conv-1")];
+
+    let (first, response) = route_and_respond(&client, MODEL, "turn 1", &conv).await;
+    assert!(
+        response.get("x-session-token").is_none() && response.get("x-session-id").is_none(),
+        "the client owns its session id: nothing written back"
+    );
+    let at = |id: &str| ids.iter().position(|i| i == id).unwrap();
+    let other = ids[1 - at(&first)].clone();
+    queues[at(&first)].store(5, Ordering::Relaxed);
+    wait_until("the queue scraped", waiting_seen(&pool, &first, 5.0)).await;
+    for turn in 2..5 {
+        let (pod, _) = route_and_respond(&client, MODEL, &format!("turn {turn}"), &conv).await;
+        assert_eq!(
+            pod, first,
+            "turn {turn} stays with its session against the queue"
+        );
+    }
+    // Its pod leaves the pool: the session goes where it is routed and is bound there.
+    pool.replace(vec![specs[at(&other)].clone()]);
+    let (pod, _) = route_and_respond(&client, MODEL, "turn 5", &conv).await;
+    assert_eq!(pod, other);
+    pool.replace(specs.clone());
+    queues[at(&first)].store(0, Ordering::Relaxed);
+    queues[at(&other)].store(5, Ordering::Relaxed);
+    wait_until("the queue scraped", waiting_seen(&pool, &first, 0.0)).await;
+    wait_until("the queue scraped", waiting_seen(&pool, &other, 5.0)).await;
+    for turn in 6..9 {
+        let (pod, _) = route_and_respond(&client, MODEL, &format!("turn {turn}"), &conv).await;
+        assert_eq!(pod, other, "turn {turn}: the session moved and stays");
+    }
+}
+
 /// Environment variable carrying a child simulator's flags (separated by U+001F).
 const CHILD_FLAGS: &str = "LLMD_AFFINITY_CHILD_SIM_FLAGS";
 

@@ -768,7 +768,8 @@ mod tests {
             "{type: pd-profile-handler, parameters: {primaryPort: 8000}}",
             "{type: session-affinity-scorer, parameters: {headerNme: x-session-token}}",
             "{type: session-affinity-scorer, parameters: {encodedEndpointHeaderConfig: {headr: x}}}",
-            "{type: session-affinity-scorer, parameters: {strategy: session_id}}",
+            "{type: session-affinity-scorer, parameters: {strategy: session_id, sessionIdConfig: {sources: [{attribute: agent-identity}]}}}",
+            "{type: session-affinity-scorer, parameters: {strategy: cookie}}",
             "{type: lora-affinity-scorer, parameters: {staleAfterSecs: 1}}",
         ] {
             let e = build_yaml(&format!(

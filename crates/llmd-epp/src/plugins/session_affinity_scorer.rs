@@ -1,5 +1,8 @@
-//! `session-affinity-scorer` (llm-d's, strategy `encoded_endpoint_header`): keeps a session on
-//! the pod that served it, statelessly. The response names the pod that served the request in
+//! `session-affinity-scorer` (llm-d's): keeps a session on the pod that served it, with either
+//! of llm-d's two strategies.
+//!
+//! **`encoded_endpoint_header`** (the default) is stateless. The response names the pod that
+//! served the request in
 //! a header (`x-session-token` by default) as the base64 (standard alphabet, padded) of its
 //! endpoint id; the client sends that header back with its next request, and the pod it names
 //! scores 1, every other candidate 0. llm-d encodes the pod's `namespace/name`; here a pod is
@@ -18,17 +21,32 @@
 //! It is a soft preference: its weight against the other scorers decides whether a session
 //! stays on a busy pod.
 //!
+//! **`session_id`** keeps the binding here: the client sends an opaque session id (header
+//! `x-session-id` by default) and nothing is written back. A session bound to a pod that is a
+//! candidate scores it 1, the others 0; an unbound session, or one whose pod is not a
+//! candidate, scores 0 everywhere and the other scorers place it. After the decision (llm-d's
+//! `PreRequest`) an unbound session is bound to the pod it was routed to (the primary pod, or
+//! `profileName`'s pick); a bound one is refreshed when it went to its pod, and moves to the
+//! new pod only when its pod was not a candidate (not when the other scorers outweighed it).
+//! Bindings unused for `evictionTtlSeconds` are dropped, swept at most every
+//! `evictionSweepSeconds` as decisions are made (no background task). This is llm-d's
+//! `SessionIDHeader`; its request-attribute sources (ids published by other plugins) are
+//! refused, header sources only.
+//!
 //! Parameters (llm-d's):
-//! - `strategy`: `encoded_endpoint_header` (default). llm-d's `session_id` (a server-side map
-//!   from a client's session id to its pod) is refused with that advice.
+//! - `strategy`: `encoded_endpoint_header` (default) or `session_id`.
 //! - `encodedEndpointHeaderConfig: {header}`: the request and response header
 //!   (`x-session-token`); llm-d's earlier `headerName` is read the same way.
-//! - `profileName`: the profile whose pick the header names (default: the primary pod).
-//! - `sessionIdConfig` (`sources`, `evictionTtlSeconds`, `evictionSweepSeconds`): checked for
-//!   spelling, used only by the `session_id` strategy.
+//! - `sessionIdConfig`: `sources` (`[{header: x-session-id}]`; the first non-empty wins),
+//!   `evictionTtlSeconds` (300), `evictionSweepSeconds` (10); 0 or unset is the default,
+//!   negative is refused.
+//! - `profileName`: the profile whose pick the header names or the session is bound to
+//!   (default: the primary pod).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -43,6 +61,15 @@ pub const TYPE: &str = "session-affinity-scorer";
 /// llm-d's default session header.
 pub const DEFAULT_HEADER: &str = "x-session-token";
 
+/// llm-d's default session-id header (`session_id` strategy).
+pub const DEFAULT_SESSION_ID_HEADER: &str = "x-session-id";
+
+/// llm-d's default binding lifetime, seconds.
+pub const DEFAULT_EVICTION_TTL_SECONDS: f64 = 300.0;
+
+/// llm-d's default sweep period, seconds.
+pub const DEFAULT_EVICTION_SWEEP_SECONDS: f64 = 10.0;
+
 /// How the session is carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,7 +77,7 @@ pub enum Strategy {
     /// The pod, encoded in a header the client echoes.
     #[default]
     EncodedEndpointHeader,
-    /// A server-side session map (refused here).
+    /// A server-side map from the client's session id to its pod.
     SessionId,
 }
 
@@ -68,11 +95,13 @@ pub struct HeaderConfig {
 pub struct SessionIdSource {
     /// A request header.
     pub header: Option<String>,
-    /// A request attribute.
+    /// A request attribute (refused: no plugin here publishes one).
     pub attribute: Option<String>,
+    /// The attribute's producer (refused with `attribute`).
+    pub producer: Option<String>,
 }
 
-/// `sessionIdConfig` (read for spelling only).
+/// `sessionIdConfig`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct SessionIdConfig {
@@ -100,15 +129,71 @@ pub struct Params {
     pub header_name: Option<String>,
 }
 
+/// A header name from the configuration, lower-cased (request headers are); empty: `default`.
+fn header_name(field: &str, value: &str, default: &str) -> Result<String, String> {
+    let name = value.trim().to_ascii_lowercase();
+    if name.is_empty() {
+        return Ok(default.to_owned());
+    }
+    if name.starts_with(':') || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("{field}: {value:?} is not a header name"));
+    }
+    Ok(name)
+}
+
+/// A positive number of seconds; unset or 0 is `default`, as llm-d reads it.
+fn seconds(field: &str, value: Option<f64>, default: f64) -> Result<Duration, String> {
+    match value {
+        None => Ok(Duration::from_secs_f64(default)),
+        Some(v) if v == 0.0 => Ok(Duration::from_secs_f64(default)),
+        Some(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        Some(v) => Err(format!("sessionIdConfig.{field} must be > 0, got {v}")),
+    }
+}
+
 impl Params {
-    /// The header, lower-cased (request headers are), checked to be a header name.
-    pub fn header(&self) -> Result<String, String> {
-        if self.strategy == Strategy::SessionId {
-            return Err(
-                "strategy session_id (a server-side session map) is not supported: use encoded_endpoint_header, the default"
-                    .into(),
-            );
+    /// The session-id headers of the `session_id` strategy, in order; its binding lifetime and
+    /// sweep period.
+    pub fn session_id(&self) -> Result<(Vec<String>, Duration, Duration), String> {
+        let c = &self.session_id_config;
+        let mut headers = Vec::new();
+        for (i, src) in c.sources.iter().enumerate() {
+            let field = format!("sessionIdConfig.sources[{i}]");
+            match (&src.header, &src.attribute, &src.producer) {
+                (Some(h), None, None) => {
+                    let name = header_name(&format!("{field}.header"), h, "")?;
+                    if name.is_empty() {
+                        return Err(format!("{field}.header: empty"));
+                    }
+                    headers.push(name);
+                }
+                (None, Some(_), _) | (None, None, Some(_)) => {
+                    return Err(format!(
+                        "{field}.attribute: request attributes published by other plugins are not supported here: use a header source"
+                    ));
+                }
+                _ => return Err(format!("{field}: exactly one of header or attribute")),
+            }
         }
+        if headers.is_empty() {
+            headers.push(DEFAULT_SESSION_ID_HEADER.to_owned());
+        }
+        let ttl = seconds(
+            "evictionTtlSeconds",
+            c.eviction_ttl_seconds,
+            DEFAULT_EVICTION_TTL_SECONDS,
+        )?;
+        let sweep = seconds(
+            "evictionSweepSeconds",
+            c.eviction_sweep_seconds,
+            DEFAULT_EVICTION_SWEEP_SECONDS,
+        )?;
+        Ok((headers, ttl, sweep))
+    }
+
+    /// The header of the `encoded_endpoint_header` strategy, lower-cased, checked to be a
+    /// header name.
+    pub fn header(&self) -> Result<String, String> {
         let (field, value) = match (
             &self.encoded_endpoint_header_config.header,
             &self.header_name,
@@ -122,15 +207,67 @@ impl Params {
             (None, Some(h)) => ("headerName", h.as_str()),
             (None, None) => ("", DEFAULT_HEADER),
         };
-        let name = value.trim().to_ascii_lowercase();
-        if name.is_empty() {
-            return Ok(DEFAULT_HEADER.to_owned());
-        }
-        if name.starts_with(':') || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(format!("{field}: {value:?} is not a header name"));
-        }
-        Ok(name)
+        header_name(field, value, DEFAULT_HEADER)
     }
+}
+
+/// The `session_id` strategy's bindings: session id → (pod, last used).
+#[derive(Debug)]
+struct Bindings {
+    headers: Vec<String>,
+    ttl: Duration,
+    sweep: Duration,
+    map: parking_lot::Mutex<(HashMap<String, (String, Instant)>, Instant)>,
+}
+
+impl Bindings {
+    /// The request's session id: the first configured header with a non-empty value.
+    fn session_id<'a>(&self, cs: &'a CycleState<'_>) -> Option<&'a str> {
+        self.headers.iter().find_map(|h| {
+            cs.headers
+                .iter()
+                .find(|(k, _)| k == h)
+                .map(|(_, v)| v.trim())
+                .filter(|v| !v.is_empty())
+        })
+    }
+
+    fn bound(&self, id: &str) -> Option<String> {
+        self.map.lock().0.get(id).map(|(pod, _)| pod.clone())
+    }
+
+    /// After the decision: bind, refresh, or (the bound pod was not a candidate) move.
+    fn commit(&self, id: &str, pod: &str, bound_was_candidate: Option<bool>) {
+        let now = Instant::now();
+        let mut guard = self.map.lock();
+        let (map, last_sweep) = &mut *guard;
+        if now.duration_since(*last_sweep) >= self.sweep {
+            map.retain(|_, (_, seen)| now.duration_since(*seen) <= self.ttl);
+            *last_sweep = now;
+        }
+        match map.get_mut(id) {
+            None => {
+                map.insert(id.to_owned(), (pod.to_owned(), now));
+            }
+            Some((bound, seen)) if bound == pod => *seen = now,
+            // Moves only on this request's confirmed absence of its pod.
+            Some((bound, seen)) if bound_was_candidate == Some(false) => {
+                tracing::debug!(from = bound.as_str(), to = pod, "session moved pod");
+                *bound = pod.to_owned();
+                *seen = now;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// The strategy, built.
+#[derive(Debug)]
+enum Mode {
+    /// `encoded_endpoint_header`: the header.
+    Encoded(String),
+    /// `session_id`.
+    SessionId(Bindings),
 }
 
 /// Why a session token was ignored.
@@ -153,7 +290,7 @@ impl Ignored {
 #[derive(Debug)]
 pub struct SessionAffinityScorer {
     name: String,
-    header: String,
+    mode: Mode,
     profile: Option<String>,
     pool: Option<Arc<Pool>>,
     logged: [AtomicBool; 2],
@@ -163,9 +300,21 @@ impl SessionAffinityScorer {
     /// Instance `name` with checked parameters; `pool` tells a pod that has gone from one that
     /// is not a candidate now.
     pub fn new(name: &str, params: &Params, pool: Option<Arc<Pool>>) -> Result<Self, String> {
+        let mode = match params.strategy {
+            Strategy::EncodedEndpointHeader => Mode::Encoded(params.header()?),
+            Strategy::SessionId => {
+                let (headers, ttl, sweep) = params.session_id()?;
+                Mode::SessionId(Bindings {
+                    headers,
+                    ttl,
+                    sweep,
+                    map: parking_lot::Mutex::new((HashMap::new(), Instant::now())),
+                })
+            }
+        };
         Ok(Self {
             name: name.to_owned(),
-            header: params.header()?,
+            mode,
             profile: params.profile_name.clone().filter(|p| !p.is_empty()),
             pool,
             logged: [AtomicBool::new(false), AtomicBool::new(false)],
@@ -175,6 +324,14 @@ impl SessionAffinityScorer {
     /// The session token for endpoint `id`.
     pub fn token(id: &str) -> String {
         STANDARD.encode(id.as_bytes())
+    }
+
+    /// The pod this instance pins: the primary pod, or `profileName`'s pick.
+    fn chosen<'d>(&self, cs: &'d CycleState<'_>, decision: &'d Decision) -> Option<&'d String> {
+        match &self.profile {
+            None => decision.endpoints.first(),
+            Some(profile) => cs.picks.get(profile),
+        }
     }
 
     fn ignore(&self, why: Ignored, token: &str) {
@@ -191,7 +348,6 @@ impl SessionAffinityScorer {
             let shown: String = token.chars().take(64).collect();
             tracing::warn!(
                 plugin = self.name.as_str(),
-                header = self.header.as_str(),
                 reason = why.reason(),
                 token = shown,
                 "session token ignored, scored as no session (the first of this kind is logged)"
@@ -200,11 +356,16 @@ impl SessionAffinityScorer {
     }
 
     /// The endpoint id the request's token names, if it is usable.
-    fn session_pod(&self, cs: &CycleState<'_>, candidates: &[Endpoint]) -> Option<String> {
+    fn session_pod(
+        &self,
+        header: &str,
+        cs: &CycleState<'_>,
+        candidates: &[Endpoint],
+    ) -> Option<String> {
         let token = cs
             .headers
             .iter()
-            .find(|(k, _)| *k == self.header)
+            .find(|(k, _)| *k == header)
             .map(|(_, v)| v.trim())
             .filter(|v| !v.is_empty())?;
         let Some(id) = STANDARD
@@ -231,7 +392,14 @@ impl SessionAffinityScorer {
 
 impl Scorer for SessionAffinityScorer {
     fn score(&self, cs: &mut CycleState<'_>, candidates: &[Endpoint]) -> Vec<f64> {
-        let pod = self.session_pod(cs, candidates);
+        let pod = match &self.mode {
+            Mode::Encoded(header) => self.session_pod(header, cs, candidates),
+            Mode::SessionId(b) => b.session_id(cs).and_then(|id| b.bound(id)).and_then(|pod| {
+                let present = candidates.iter().any(|e| *e.id == *pod);
+                cs.session_bound_present.insert(self.name.clone(), present);
+                present.then_some(pod)
+            }),
+        };
         candidates
             .iter()
             .map(|e| match &pod {
@@ -241,13 +409,24 @@ impl Scorer for SessionAffinityScorer {
             .collect()
     }
 
+    fn pre_request(&self, cs: &CycleState<'_>, decision: &Decision) {
+        if let Mode::SessionId(b) = &self.mode
+            && let Some(id) = b.session_id(cs)
+            && let Some(pod) = self.chosen(cs, decision)
+        {
+            b.commit(id, pod, cs.session_bound_present.get(&self.name).copied());
+        }
+    }
+
     fn response_headers(&self, cs: &CycleState<'_>, decision: &Decision) -> Vec<(String, String)> {
-        let pod = match &self.profile {
-            None => decision.endpoints.first(),
-            Some(profile) => cs.picks.get(profile),
-        };
-        pod.map(|id| vec![(self.header.clone(), Self::token(id))])
-            .unwrap_or_default()
+        match &self.mode {
+            Mode::Encoded(header) => self
+                .chosen(cs, decision)
+                .map(|id| vec![(header.clone(), Self::token(id))])
+                .unwrap_or_default(),
+            // The client owns its session id: nothing is written back.
+            Mode::SessionId(_) => Vec::new(),
+        }
     }
 }
 
@@ -319,13 +498,84 @@ mod tests {
     }
 
     #[test]
+    fn session_ids_bind_refresh_move_only_on_absence_and_expire() {
+        let s = scorer(Params {
+            strategy: Strategy::SessionId,
+            session_id_config: SessionIdConfig {
+                eviction_ttl_seconds: Some(0.001),
+                eviction_sweep_seconds: Some(0.001),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let (a, b) = (test_endpoint(8000), test_endpoint(8001));
+        let headers = vec![("x-session-id".to_owned(), "conv-7".to_owned())];
+        let decided = |pod: &Endpoint| Decision {
+            endpoints: vec![pod.id.to_string()],
+            ..Default::default()
+        };
+        let run = |candidates: &[Endpoint], routed: &Endpoint| {
+            let mut cs = CycleState::for_test();
+            cs.headers = &headers;
+            let scores = s.score(&mut cs, candidates);
+            let d = decided(routed);
+            assert!(
+                s.response_headers(&cs, &d).is_empty(),
+                "nothing written back"
+            );
+            s.pre_request(&cs, &d);
+            scores
+        };
+        let both = [a.clone(), b.clone()];
+        assert_eq!(run(&both, &b), [0.0, 0.0], "unbound: no preference");
+        assert_eq!(run(&both, &a), [0.0, 1.0], "bound to b");
+        // Routed to a although b was a candidate (outweighed): the binding stays.
+        assert_eq!(run(&both, &b), [0.0, 1.0]);
+        // b is not a candidate: no preference, and the session moves to where it went.
+        assert_eq!(run(std::slice::from_ref(&a), &a), [0.0]);
+        assert_eq!(run(&both, &a), [1.0, 0.0], "moved to a");
+        // Unused past its TTL, a binding is swept at the next decision.
+        std::thread::sleep(Duration::from_millis(20));
+        let other = vec![("x-session-id".to_owned(), "conv-8".to_owned())];
+        let mut cs = CycleState::for_test();
+        cs.headers = &other;
+        s.pre_request(&cs, &decided(&b));
+        assert_eq!(run(&both, &b), [0.0, 0.0], "conv-7 expired");
+    }
+
+    #[test]
     fn parameters_are_checked() {
         let p = |yaml: &str| serde_yaml_ng::from_str::<Params>(yaml);
         assert_eq!(
             p("{headerName: X-Sess}").unwrap().header().unwrap(),
             "x-sess"
         );
-        assert!(p("{strategy: session_id}").unwrap().header().is_err());
+        let (h, ttl, sweep) = p("{strategy: session_id}").unwrap().session_id().unwrap();
+        assert_eq!(
+            (h, ttl.as_secs(), sweep.as_secs()),
+            (vec!["x-session-id".to_owned()], 300, 10)
+        );
+        for (bad, field) in [
+            (
+                "{sessionIdConfig: {evictionTtlSeconds: -1}}",
+                "evictionTtlSeconds",
+            ),
+            (
+                "{sessionIdConfig: {sources: [{attribute: agent-identity}]}}",
+                "sources[0].attribute",
+            ),
+            (
+                "{sessionIdConfig: {sources: [{header: a, attribute: b}]}}",
+                "sources[0]",
+            ),
+            (
+                "{sessionIdConfig: {sources: [{header: 'x y'}]}}",
+                "sources[0].header",
+            ),
+        ] {
+            let e = p(bad).unwrap().session_id().unwrap_err();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
         assert!(
             p("{encodedEndpointHeaderConfig: {header: 'bad header'}}")
                 .unwrap()

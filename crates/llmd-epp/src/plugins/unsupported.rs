@@ -97,7 +97,7 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ),
     (
         "session-id-producer",
-        "session-affinity-scorer (strategy encoded_endpoint_header)",
+        "session-affinity-scorer (strategy session_id, reading the id from a header)",
     ),
     ("predicted-latency-producer", "queue-scorer"),
     (

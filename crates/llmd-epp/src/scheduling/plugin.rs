@@ -60,6 +60,9 @@ pub struct CycleState<'a> {
     /// Each profile run so far and its first pick (endpoint id), for plugins that act on one
     /// profile's result (the session-affinity scorer's `profileName`).
     pub picks: HashMap<String, String>,
+    /// Session-affinity scorers (`session_id` strategy) by plugin name: whether the session's
+    /// bound pod was among the candidates they scored (a session moves only when it was not).
+    pub session_bound_present: HashMap<String, bool>,
 }
 
 impl CycleState<'static> {
@@ -77,6 +80,7 @@ impl CycleState<'static> {
             service_name: None,
             fallbacks: 0,
             picks: HashMap::new(),
+            session_bound_present: HashMap::new(),
         }
     }
 }

@@ -194,6 +194,7 @@ impl Scheduler {
                     service_name: self.service_name.as_deref(),
                     fallbacks: self.limits.fallbacks,
                     picks: std::collections::HashMap::new(),
+                    session_bound_present: std::collections::HashMap::new(),
                 };
                 let mut result = self.handler.handle(&self.profiles, &mut cs, eps);
                 if let Ok(d) = &mut result {
