@@ -31,7 +31,8 @@
 //! Bindings unused for `evictionTtlSeconds` are dropped, swept at most every
 //! `evictionSweepSeconds` as decisions are made (no background task). This is llm-d's
 //! `SessionIDHeader`; its request-attribute sources (ids published by other plugins) are
-//! refused, header sources only.
+//! refused, header sources only. At most [`MAX_BINDINGS`] sessions are bound (ours): past it a
+//! new session is not bound (logged once).
 //!
 //! Parameters (llm-d's):
 //! - `strategy`: `encoded_endpoint_header` (default) or `session_id`.
@@ -69,6 +70,11 @@ pub const DEFAULT_EVICTION_TTL_SECONDS: f64 = 300.0;
 
 /// llm-d's default sweep period, seconds.
 pub const DEFAULT_EVICTION_SWEEP_SECONDS: f64 = 10.0;
+
+/// Most `session_id` bindings one scorer keeps (ours; llm-d has no bound): past it, new
+/// sessions are placed by the other scorers and not bound, so clients inventing session ids
+/// cannot grow the map without limit.
+pub const MAX_BINDINGS: usize = 1 << 20;
 
 /// How the session is carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -144,8 +150,7 @@ fn header_name(field: &str, value: &str, default: &str) -> Result<String, String
 /// A positive number of seconds; unset or 0 is `default`, as llm-d reads it.
 fn seconds(field: &str, value: Option<f64>, default: f64) -> Result<Duration, String> {
     match value {
-        None => Ok(Duration::from_secs_f64(default)),
-        Some(v) if v == 0.0 => Ok(Duration::from_secs_f64(default)),
+        None | Some(0.0) => Ok(Duration::from_secs_f64(default)),
         Some(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(Duration::from_secs_f64(v)),
         Some(v) => Err(format!("sessionIdConfig.{field} must be > 0, got {v}")),
     }
@@ -211,13 +216,17 @@ impl Params {
     }
 }
 
-/// The `session_id` strategy's bindings: session id → (pod, last used).
+/// Session id → (pod, last used); and when it was last swept.
+type BindingMap = (HashMap<String, (String, Instant)>, Instant);
+
+/// The `session_id` strategy's bindings.
 #[derive(Debug)]
 struct Bindings {
     headers: Vec<String>,
     ttl: Duration,
     sweep: Duration,
-    map: parking_lot::Mutex<(HashMap<String, (String, Instant)>, Instant)>,
+    map: parking_lot::Mutex<BindingMap>,
+    full_logged: AtomicBool,
 }
 
 impl Bindings {
@@ -245,7 +254,16 @@ impl Bindings {
             map.retain(|_, (_, seen)| now.duration_since(*seen) <= self.ttl);
             *last_sweep = now;
         }
+        let full = map.len() >= MAX_BINDINGS;
         match map.get_mut(id) {
+            None if full => {
+                if !self.full_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        bindings = map.len(),
+                        "session-affinity bindings full: new sessions are not bound until old ones expire (logged once)"
+                    );
+                }
+            }
             None => {
                 map.insert(id.to_owned(), (pod.to_owned(), now));
             }
@@ -309,6 +327,7 @@ impl SessionAffinityScorer {
                     ttl,
                     sweep,
                     map: parking_lot::Mutex::new((HashMap::new(), Instant::now())),
+                    full_logged: AtomicBool::new(false),
                 })
             }
         };
