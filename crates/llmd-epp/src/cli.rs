@@ -167,6 +167,13 @@ impl Args {
                 &self.kv_cache_usage_percentage_metric,
             )?,
             cache_info: spec("cache-info-metric", &self.cache_info_metric)?,
+            lora_info: spec(
+                "lora-info-metric",
+                self.llm_d
+                    .lora_info_metric
+                    .as_deref()
+                    .unwrap_or("vllm:lora_requests_info"),
+            )?,
         })
     }
 
@@ -261,4 +268,31 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
     .await?;
     epp.wait().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let base = ["llmd-epp", "--endpoints-file", "endpoints.yaml"];
+        Args::try_parse_from(base.iter().chain(extra)).unwrap()
+    }
+
+    #[test]
+    fn lora_info_metric_is_read() {
+        let names = args(&[]).metric_names().unwrap();
+        assert_eq!(names.lora_info.name, "vllm:lora_requests_info");
+        let names = args(&["--lora-info-metric", "vllm:lora_requests_info{pool=\"a\"}"])
+            .metric_names()
+            .unwrap();
+        assert_eq!(names.lora_info.labels, [("pool".into(), "a".into())]);
+        let e = args(&["--lora-info-metric", "a b"])
+            .metric_names()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--lora-info-metric"), "{e}");
+    }
 }

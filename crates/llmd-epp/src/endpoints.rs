@@ -215,7 +215,7 @@ impl MetricSpec {
         })
     }
 
-    fn matches(&self, s: &llmd_telemetry::exposition::Sample) -> bool {
+    pub(crate) fn matches(&self, s: &llmd_telemetry::exposition::Sample) -> bool {
         s.name == self.name && self.labels.iter().all(|(k, v)| s.label(k) == Some(v))
     }
 }
@@ -233,6 +233,9 @@ pub struct MetricNames {
     pub kv_usage: MetricSpec,
     /// The cache configuration (`block_size`, `num_gpu_blocks` labels).
     pub cache_info: MetricSpec,
+    /// LoRA adapters (`running_lora_adapters`, `waiting_lora_adapters`, `max_lora` labels;
+    /// llm-d's `--lora-info-metric`).
+    pub lora_info: MetricSpec,
 }
 
 impl Default for MetricNames {
@@ -246,6 +249,7 @@ impl Default for MetricNames {
             running: m("vllm:num_requests_running"),
             kv_usage: m("vllm:kv_cache_usage_perc"),
             cache_info: m("vllm:cache_config_info"),
+            lora_info: m("vllm:lora_requests_info"),
         }
     }
 }
@@ -268,6 +272,8 @@ pub struct Endpoint {
     /// What this EPP had in flight on it when the last scrape landed: the scrape counts
     /// those, so only the change since is added to it ([`Endpoint::current_load`]).
     pub inflight_at_scrape: PodLoad,
+    /// The models the last good scrape showed (base model, LoRA adapters); as old as `load`.
+    pub models: Option<Arc<crate::lora::ServedModels>>,
 }
 
 impl Endpoint {
@@ -280,6 +286,7 @@ impl Endpoint {
             unhealthy_until: None,
             inflight: PodLoad::default(),
             inflight_at_scrape: PodLoad::default(),
+            models: None,
         }
     }
 
@@ -304,6 +311,11 @@ impl Endpoint {
             }
         }
         Some(l)
+    }
+
+    /// The served models if the scrape that read them is fresher than `max_age`.
+    pub fn fresh_models(&self, max_age: Duration) -> Option<&crate::lora::ServedModels> {
+        self.fresh_load(max_age).and(self.models.as_deref())
     }
 
     /// The load if it is fresher than `max_age`.
@@ -427,6 +439,12 @@ impl Pool {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Records the models a scrape showed (with [`Pool::set_load`] of the same scrape).
+    pub fn set_models(&self, id: &str, models: crate::lora::ServedModels) {
+        let models = Arc::new(models);
+        self.update(id, |e| e.models = Some(models));
+    }
+
     /// Takes `id` out of routing for `period` (a failed scrape, a failed connection).
     pub fn mark_unhealthy(&self, id: &str, period: Duration) {
         let until = Instant::now() + period;
@@ -446,7 +464,16 @@ pub fn parse_load_with(
     text: &str,
     names: &MetricNames,
 ) -> Result<Load, llmd_telemetry::exposition::ParseError> {
+    parse_scrape(text, names).map(|(load, _)| load)
+}
+
+/// A scrape's load and served models (one parse of the text).
+pub fn parse_scrape(
+    text: &str,
+    names: &MetricNames,
+) -> Result<(Load, crate::lora::ServedModels), llmd_telemetry::exposition::ParseError> {
     let m = llmd_telemetry::exposition::parse(text)?;
+    let models = crate::lora::from_samples(&m.samples, names);
     let values = |spec: &MetricSpec| -> Vec<f64> {
         m.samples
             .iter()
@@ -457,7 +484,7 @@ pub fn parse_load_with(
     };
     let usage = values(&names.kv_usage);
     let info = m.samples.iter().find(|s| names.cache_info.matches(s));
-    Ok(Load {
+    let load = Load {
         waiting: values(&names.waiting).iter().sum(),
         running: values(&names.running).iter().sum(),
         kv_usage: if usage.is_empty() {
@@ -471,7 +498,8 @@ pub fn parse_load_with(
         num_gpu_blocks: info
             .and_then(|s| s.label("num_gpu_blocks"))
             .and_then(|v| v.parse().ok()),
-    })
+    };
+    Ok((load, models))
 }
 
 /// Why a scrape of a model server's `/metrics` failed.
@@ -564,9 +592,10 @@ pub async fn scrape_loop(
         let results = futures::future::join_all(scrapes).await;
         for (e, r) in eps.iter().zip(results) {
             let failure = match r {
-                Ok((text, at)) => match parse_load_with(&text, &names) {
-                    Ok(load) => {
+                Ok((text, at)) => match parse_scrape(&text, &names) {
+                    Ok((load, models)) => {
                         pool.set_load_at(&e.id, load, at);
+                        pool.set_models(&e.id, models);
                         failing.remove(&*e.id);
                         continue;
                     }

@@ -69,9 +69,10 @@ pub struct LlmdFlags {
     /// --refresh-prometheus-metrics-interval).
     #[arg(long, value_parser = parse_duration, hide = true)]
     pub refresh_prometheus_metrics_interval: Option<Duration>,
-    /// Accepted, not read: LoRA adapters are not used for scheduling here (llm-d:
+    /// The LoRA-adapter metric the lora-affinity-scorer reads (`running_lora_adapters`,
+    /// `waiting_lora_adapters`, `max_lora` labels; default vllm:lora_requests_info) (llm-d:
     /// --lora-info-metric).
-    #[arg(long, hide = true)]
+    #[arg(long)]
     pub lora_info_metric: Option<String>,
     /// Accepted, no effect (llm-d: --grpc-max-recv-msg-size; request bodies are bounded by
     /// --max-body-bytes).

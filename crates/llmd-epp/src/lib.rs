@@ -13,6 +13,7 @@
 //! | `speculative` | provisional prefix entries of what was just routed, until the pods' KV events confirm them |
 //! | `endpoints` | the endpoint set (static file, reloaded), `/metrics` scraping, health |
 //! | `inflight` | what this EPP routed and has not seen finish, per endpoint (requests, prompt tokens) |
+//! | `lora` | what a scrape says about a pod's base model and LoRA adapters (`vllm:lora_requests_info`) |
 //! | `discovery` | Kubernetes: an `InferencePool`'s ready pods as the endpoint set |
 //! | `config` | the llm-d-shaped `EndpointPickerConfig` |
 //! | `debug` | `/debug/route`: a decision explained, nothing routed |
@@ -33,6 +34,7 @@ pub mod flags;
 pub mod inflight;
 pub mod kv;
 pub mod labels;
+pub mod lora;
 pub mod objectives;
 mod options;
 pub mod plugins;

@@ -543,9 +543,9 @@ async fn the_binary_takes_llm_d_flags_and_refuses_what_it_lacks() {
         (
             vec![
                 "--config-text",
-                "plugins: [{type: session-affinity-scorer}]\n",
+                "plugins: [{type: session-affinity-filter}]\n",
             ],
-            "nearest supported: precise-prefix-cache-scorer",
+            "nearest supported: session-affinity-scorer",
         ),
     ] {
         let mut args = vec![

@@ -268,14 +268,18 @@ impl EngineMetrics {
     }
 
     /// `vllm:lora_requests_info`: a gauge per (running, waiting) combination whose value is
-    /// the time of its last update, as vLLM's `set_to_current_time()`; names are sorted and
-    /// de-duplicated.
+    /// the time of its last update, as vLLM's `set_to_current_time()`; each list names an
+    /// adapter once, in the order its requests come (vLLM joins the keys of a dict filled from
+    /// the requests, so insertion order, not sorted).
     pub(crate) fn set_lora_info(&self, running: &[&str], waiting: &[&str]) {
         let Some(max) = self.max_loras else { return };
         let join = |names: &[&str]| {
-            let mut v: Vec<&str> = names.to_vec();
-            v.sort_unstable();
-            v.dedup();
+            let mut v: Vec<&str> = Vec::with_capacity(names.len());
+            for n in names {
+                if !v.contains(n) {
+                    v.push(n);
+                }
+            }
             v.join(",")
         };
         let now = std::time::SystemTime::now()

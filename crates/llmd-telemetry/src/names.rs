@@ -254,6 +254,23 @@ pub mod epp {
         &[REASON],
     );
 
+    /// Session tokens (`x-session-token`) the session-affinity scorer could not use, by reason
+    /// (`invalid`: not base64 of a UTF-8 endpoint id; `unknown_endpoint`: names no endpoint of
+    /// the pool). The request is scored as one without a session.
+    pub const SESSION_TOKENS_IGNORED: MetricDef = counter(
+        "llmd_epp_session_tokens_ignored_total",
+        "Session tokens the session-affinity scorer ignored (scored as no session), by reason.",
+        &[REASON],
+    );
+
+    /// `vllm:lora_requests_info` samples whose `max_lora` label is not a count: the pod's
+    /// adapters are read without a slot count (no free slot).
+    pub const LORA_INFO_MALFORMED: MetricDef = counter(
+        "llmd_epp_lora_info_malformed_total",
+        "LoRA info samples (vllm:lora_requests_info) scraped with a max_lora label that is not a count.",
+        &[],
+    );
+
     /// GIE's token-count buckets.
     pub const TOKEN_BUCKETS: &[f64] = &[
         1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
@@ -674,6 +691,8 @@ pub mod epp {
         &POOL_AVG_RUNNING_REQUESTS,
         &DISAGG_DECISION_TOTAL,
         &METRICS_SCRAPE_FAILURES,
+        &SESSION_TOKENS_IGNORED,
+        &LORA_INFO_MALFORMED,
         &REQUEST_SIZES,
         &RESPONSE_SIZES,
         &RUNNING_REQUESTS,

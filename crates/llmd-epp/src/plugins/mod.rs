@@ -12,6 +12,8 @@
 //! | `running-requests-size-scorer` | scorer | `running_requests_size_scorer.rs` |
 //! | `active-request-scorer` | scorer (the EPP's in-flight requests, [`crate::inflight`]) | `active_request_scorer.rs` |
 //! | `token-load-scorer` | scorer (the EPP's in-flight prompt tokens) | `token_load_scorer.rs` |
+//! | `session-affinity-scorer` | scorer (`x-session-token`, set on the response) | `session_affinity_scorer.rs` |
+//! | `lora-affinity-scorer` | scorer (`vllm:lora_requests_info`) | `lora_affinity_scorer.rs`, scraped state in `crate::lora` |
 //! | `decode-filter` | filter | `decode_filter.rs` |
 //! | `prefill-filter` | filter | `prefill_filter.rs` |
 //! | `utilization-detector` | saturation detector, filter | `utilization_detector.rs` |
@@ -37,6 +39,7 @@ pub mod disagg;
 pub mod disagg_profile_handler;
 pub mod kv_cache_utilization_scorer;
 pub mod load_aware_scorer;
+pub mod lora_affinity_scorer;
 pub mod max_score_picker;
 pub mod passive;
 pub mod pd_profile_handler;
@@ -50,6 +53,7 @@ pub mod random_picker;
 pub mod registry;
 pub mod round_robin_picker;
 pub mod running_requests_size_scorer;
+pub mod session_affinity_scorer;
 pub mod single_profile_handler;
 pub mod token_load_scorer;
 pub mod unsupported;

@@ -19,11 +19,11 @@ use serde::de::DeserializeOwned;
 use super::passive::{self, Passive};
 use super::{
     active_request_scorer, always_disagg_pd_decider, approx_prefix::ApproxIndex, decode_filter,
-    disagg_profile_handler, kv_cache_utilization_scorer, load_aware_scorer, max_score_picker,
-    pd_profile_handler, precise_prefix_cache_scorer, prefill_filter, prefix_based_pd_decider,
-    prefix_cache_scorer, queue_scorer, random_picker, round_robin_picker,
-    running_requests_size_scorer, single_profile_handler, token_load_scorer, unsupported,
-    utilization_detector, weighted_random_picker,
+    disagg_profile_handler, kv_cache_utilization_scorer, load_aware_scorer, lora_affinity_scorer,
+    max_score_picker, pd_profile_handler, precise_prefix_cache_scorer, prefill_filter,
+    prefix_based_pd_decider, prefix_cache_scorer, queue_scorer, random_picker, round_robin_picker,
+    running_requests_size_scorer, session_affinity_scorer, single_profile_handler,
+    token_load_scorer, unsupported, utilization_detector, weighted_random_picker,
 };
 use crate::config::{ConfigError, EndpointPickerConfig, PluginSpec, SaturationDetectorSpec};
 use crate::endpoints::Pool;
@@ -318,6 +318,25 @@ pub const TYPES: &[PluginType] = &[
         }
         Ok(Plugin::Scorer(Arc::new(
             token_load_scorer::TokenLoadScorer::new(&p),
+        )))
+    }),
+    row(session_affinity_scorer::TYPE, |spec, ctx| {
+        let p: session_affinity_scorer::Params = params(spec)?;
+        let s = session_affinity_scorer::SessionAffinityScorer::new(
+            spec.name(),
+            &p,
+            ctx.env.pool.clone(),
+        )
+        .map_err(|e| invalid_params(spec, &e))?;
+        Ok(Plugin::Scorer(Arc::new(s)))
+    }),
+    row(lora_affinity_scorer::TYPE, |spec, ctx| {
+        let mut p: lora_affinity_scorer::Params = params(spec)?;
+        if let Some(s) = ctx.stale_after(spec) {
+            p.stale_after_seconds = s;
+        }
+        Ok(Plugin::Scorer(Arc::new(
+            lora_affinity_scorer::LoraAffinityScorer::new(p),
         )))
     }),
     row(decode_filter::TYPE, |spec, _| {
@@ -773,6 +792,11 @@ mod tests {
             "{type: utilization-detector, parameters: {queueDepthThreshold: 0}}",
             "{type: prefix-cache-scorer, parameters: {matchLengthWeight: 2}}",
             "{type: pd-profile-handler, parameters: {primaryPort: 8000}}",
+            "{type: session-affinity-scorer, parameters: {headerNme: x-session-token}}",
+            "{type: session-affinity-scorer, parameters: {encodedEndpointHeaderConfig: {headr: x}}}",
+            "{type: session-affinity-scorer, parameters: {strategy: session_id, sessionIdConfig: {sources: [{attribute: agent-identity}]}}}",
+            "{type: session-affinity-scorer, parameters: {strategy: cookie}}",
+            "{type: lora-affinity-scorer, parameters: {staleAfterSecs: 1}}",
         ] {
             let e = build_yaml(&format!(
                 "plugins:\n  - {bad}\n  - type: random-picker\nschedulingProfiles:\n  - name: decode\n    plugins: [{{pluginRef: random-picker}}]\n  - name: prefill\n    plugins: [{{pluginRef: random-picker}}]\n"
@@ -786,12 +810,12 @@ mod tests {
 
     #[test]
     fn llm_d_types_we_lack_name_the_nearest_alternative() {
-        let e = build_yaml("plugins: [{type: session-affinity-scorer}]\n")
+        let e = build_yaml("plugins: [{type: session-affinity-filter}]\n")
             .map(|_| ())
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("session-affinity-scorer") && e.contains("precise-prefix-cache-scorer"),
+            e.contains("session-affinity-filter") && e.contains("session-affinity-scorer"),
             "{e}"
         );
         let e = build_yaml("plugins: [{type: quantum-scorer}]\n")

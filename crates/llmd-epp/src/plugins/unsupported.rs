@@ -23,7 +23,7 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ),
     (
         "session-affinity-filter",
-        "precise-prefix-cache-scorer (a session's prefix keeps it on its pod)",
+        "session-affinity-scorer (a soft preference: weight it above the other scorers to pin)",
     ),
     (
         "endpoint-attribute-filter",
@@ -46,14 +46,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "queue-scorer / load-aware-scorer",
     ),
     // Scorers.
-    (
-        "lora-affinity-scorer",
-        "none: LoRA-aware scoring is not supported",
-    ),
-    (
-        "session-affinity-scorer",
-        "precise-prefix-cache-scorer (a session's prefix keeps it on its pod)",
-    ),
     (
         "no-hit-lru-scorer",
         "max-score-picker (ties are broken at random)",
@@ -91,7 +83,10 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "none: encode disaggregation (E/P/D) is not supported",
     ),
     // Producers.
-    ("session-id-producer", "precise-prefix-cache-scorer"),
+    (
+        "session-id-producer",
+        "session-affinity-scorer (strategy session_id, reading the id from a header)",
+    ),
     ("predicted-latency-producer", "queue-scorer"),
     (
         "multicluster-approx-prefix-cache-producer",

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, ImmediateResponse,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse,
     ProcessingResponse, StreamedBodyResponse, body_mutation, processing_response,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -35,6 +35,22 @@ pub fn header(key: &str, value: &str) -> HeaderValueOption {
         }),
         append_action: 2, // OVERWRITE_IF_EXISTS_OR_ADD
         ..Default::default()
+    }
+}
+
+/// The answer to the response headers: set `headers` (none: pass them through unchanged).
+pub fn set_response_headers(headers: &[(String, String)]) -> HeadersResponse {
+    if headers.is_empty() {
+        return HeadersResponse::default();
+    }
+    HeadersResponse {
+        response: Some(CommonResponse {
+            header_mutation: Some(HeaderMutation {
+                set_headers: headers.iter().map(|(k, v)| header(k, v)).collect(),
+                remove_headers: Vec::new(),
+            }),
+            ..Default::default()
+        }),
     }
 }
 

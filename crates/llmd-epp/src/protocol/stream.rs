@@ -66,6 +66,8 @@ pub(super) struct StreamState {
     inflight: Option<InFlightGuard>,
     /// The response is a server-sent event stream.
     response_streamed: bool,
+    /// Headers the decision sets on the response (e.g. `x-session-token`).
+    response_headers: Vec<(String, String)>,
 }
 
 /// Releases a counted decision when dropped ([`crate::inflight`]).
@@ -106,6 +108,7 @@ impl StreamState {
             metrics: RequestMetrics::new(),
             inflight: None,
             response_streamed: false,
+            response_headers: Vec::new(),
         }
     }
 
@@ -203,7 +206,7 @@ impl StreamState {
                 self.metrics
                     .response_headers(find(":status").as_deref(), content_type.as_deref());
                 vec![reply(processing_response::Response::ResponseHeaders(
-                    HeadersResponse::default(),
+                    response::set_response_headers(&self.response_headers),
                 ))]
             }
             Some(processing_request::Request::ResponseBody(b)) => {
@@ -375,6 +378,7 @@ impl StreamState {
         self.metrics.routed(model, &self.class, body.len());
         self.routed_model = Some(model_label(model));
         self.routed_to = decision.endpoints.clone();
+        self.response_headers = decision.response_headers.clone();
         let destination = decision.endpoints.join(",");
         let mut set = vec![header(DESTINATION_HEADER, &destination)];
         if !body.is_empty() {

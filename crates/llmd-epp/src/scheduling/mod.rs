@@ -38,6 +38,9 @@ pub struct Decision {
     /// Set when the scheduler counted the decision in flight: the protocol layer releases it
     /// as the response goes by ([`Picker::release`]).
     pub ticket: Option<crate::inflight::Ticket>,
+    /// Headers to set on the response to the client, in the response-headers phase (llm-d's
+    /// `ResponseHeader` plugins: e.g. the session-affinity scorer's `x-session-token`).
+    pub response_headers: Vec<(String, String)>,
 }
 
 /// Why no decision could be made; mapped to the client's status in one place

@@ -60,6 +60,12 @@ pub struct CycleState<'a> {
     pub service_name: Option<&'a str>,
     /// Fallback endpoints a profile adds after its picker's choice.
     pub fallbacks: usize,
+    /// Each profile run so far and its first pick (endpoint id), for plugins that act on one
+    /// profile's result (the session-affinity scorer's `profileName`).
+    pub picks: HashMap<String, String>,
+    /// Session-affinity scorers (`session_id` strategy) by plugin name: whether the session's
+    /// bound pod was among the candidates they scored (a session moves only when it was not).
+    pub session_bound_present: HashMap<String, bool>,
 }
 
 impl CycleState<'static> {
@@ -76,6 +82,8 @@ impl CycleState<'static> {
             keys: None,
             service_name: None,
             fallbacks: 0,
+            picks: HashMap::new(),
+            session_bound_present: HashMap::new(),
         }
     }
 }
@@ -103,6 +111,17 @@ pub trait Scorer: Send + Sync {
     /// After the decision (llm-d's `PreRequest`): e.g. the approximate prefix scorer records
     /// the prompt's blocks on the chosen pods.
     fn pre_request(&self, _cs: &CycleState<'_>, _decision: &Decision) {}
+
+    /// After the decision: headers to set on the response to the client (llm-d's
+    /// `ResponseHeader` hook; the session-affinity scorer names the chosen pod). Carried in
+    /// [`Decision::response_headers`] and applied by the protocol layer.
+    fn response_headers(
+        &self,
+        _cs: &CycleState<'_>,
+        _decision: &Decision,
+    ) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// Tells a disaggregating profile handler whether a request, whose decode pod is chosen,

@@ -164,20 +164,54 @@ impl Profiles {
             .by_name
             .get(name)
             .ok_or_else(|| PickError::Internal(format!("no scheduling profile {name:?}")))?;
-        Ok(p.run(cs, candidates))
+        let picked = p.run(cs, candidates);
+        if let Some(first) = picked.first() {
+            cs.picks.insert(name.to_owned(), first.id.to_string());
+        }
+        Ok(picked)
     }
 
     /// Tells every scorer (once, whatever the profiles sharing it) the decision.
     pub fn pre_request(&self, cs: &CycleState<'_>, decision: &Decision) {
-        let mut seen: Vec<*const ()> = Vec::new();
-        for p in self.by_name.values() {
-            for (_, s, _) in &p.scorers {
-                let ptr = Arc::as_ptr(s) as *const ();
-                if !seen.contains(&ptr) {
-                    seen.push(ptr);
-                    s.pre_request(cs, decision);
+        for s in self.scorers() {
+            s.pre_request(cs, decision);
+        }
+    }
+
+    /// The headers every scorer (once each) sets on the response to the client; a later
+    /// scorer's value for the same name replaces an earlier one's.
+    pub fn response_headers(
+        &self,
+        cs: &CycleState<'_>,
+        decision: &Decision,
+    ) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for s in self.scorers() {
+            for (k, v) in s.response_headers(cs, decision) {
+                match out.iter_mut().find(|(o, _)| o.eq_ignore_ascii_case(&k)) {
+                    Some(slot) => slot.1 = v,
+                    None => out.push((k, v)),
                 }
             }
         }
+        out
+    }
+
+    /// Every scorer once, whatever the profiles sharing it, in profile-name order.
+    fn scorers(&self) -> Vec<&Arc<dyn Scorer>> {
+        let mut names: Vec<&String> = self.by_name.keys().collect();
+        names.sort();
+        let mut seen: Vec<*const ()> = Vec::new();
+        let mut out = Vec::new();
+        for name in names {
+            for (_, s, _) in &self.by_name[name].scorers {
+                let ptr = Arc::as_ptr(s) as *const ();
+                if !seen.contains(&ptr) {
+                    seen.push(ptr);
+                    out.push(s);
+                }
+            }
+        }
+        out
     }
 }

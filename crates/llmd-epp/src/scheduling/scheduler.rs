@@ -194,16 +194,17 @@ impl Scheduler {
                     keys: None,
                     service_name: self.service_name.as_deref(),
                     fallbacks: self.limits.fallbacks,
+                    picks: std::collections::HashMap::new(),
+                    session_bound_present: std::collections::HashMap::new(),
                 };
                 let mut result = self.handler.handle(&self.profiles, &mut cs, eps);
                 if let Ok(d) = &mut result {
                     d.legs = legs(&cs, d);
-                }
-                if let Ok(d) = &result
-                    && !explain
-                {
-                    // llm-d's PreRequest: what was routed where (nothing is when explaining).
-                    self.profiles.pre_request(&cs, d);
+                    d.response_headers = self.profiles.response_headers(&cs, d);
+                    if !explain {
+                        // llm-d's PreRequest: what was routed where (nothing is when explaining).
+                        self.profiles.pre_request(&cs, d);
+                    }
                 }
                 (result, cs.explain, cs.prefix.or(cs.approx_prefix))
             }
