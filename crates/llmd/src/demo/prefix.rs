@@ -26,19 +26,29 @@ pub(super) fn prefix_config(random: bool, tokenizer: &Path) -> String {
         "max-score-picker"
     };
     // With random routing the prefix scorer still runs, so that the EPP records how many
-    // blocks the randomly chosen pod held; the random picker ignores every score.
+    // blocks the randomly chosen pod held; the random picker ignores every score. Precise
+    // routing also sees what it just routed: speculative prefix entries keep a group's
+    // requests together before its first one's KV events arrive, and the in-flight count
+    // spreads new groups over the pods.
+    let speculative = !random;
+    let active = if random {
+        ""
+    } else {
+        "\n      - {pluginRef: active-request-scorer, weight: 1}"
+    };
     format!(
         r#"
 plugins:
   - type: precise-prefix-cache-scorer
-    parameters: {{hashSeed: "{HASH_SEED}", tokenizer: "{tok}"}}
+    parameters: {{hashSeed: "{HASH_SEED}", tokenizer: "{tok}", speculativeIndexing: {speculative}}}
   - type: queue-scorer
+  - type: active-request-scorer
   - type: {picker}
 schedulingProfiles:
   - name: default
     plugins:
       - {{pluginRef: precise-prefix-cache-scorer, weight: 3}}
-      - {{pluginRef: queue-scorer, weight: 1}}
+      - {{pluginRef: queue-scorer, weight: 1}}{active}
       - {{pluginRef: {picker}}}
 "#
     )
