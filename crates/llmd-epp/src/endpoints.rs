@@ -325,6 +325,8 @@ impl Endpoint {
 pub struct Pool {
     endpoints: RwLock<Arc<Vec<Endpoint>>>,
     inflight: InFlight,
+    /// Woken when the set or a scraped load changes (flow control dispatches on it).
+    changed: tokio::sync::Notify,
 }
 
 /// How the set changed (to follow with KV-event subscriptions).
@@ -366,6 +368,8 @@ impl Pool {
             .collect();
         drop(old);
         *guard = Arc::new(eps);
+        drop(guard);
+        self.changed.notify_waiters();
         change
     }
 
@@ -385,6 +389,12 @@ impl Pool {
             e.inflight_at_scrape = at;
             e.unhealthy_until = None;
         });
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves when the set or a scraped load next changes.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// What this EPP routed and has not seen finish, per endpoint.

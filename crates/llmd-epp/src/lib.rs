@@ -13,6 +13,7 @@
 //! | `speculative` | provisional prefix entries of what was just routed, until the pods' KV events confirm them |
 //! | `endpoints` | the endpoint set (static file, reloaded), `/metrics` scraping, health |
 //! | `inflight` | what this EPP routed and has not seen finish, per endpoint (requests, prompt tokens) |
+//! | `flow_control` | the `flowControl` gate: priority bands, per-tenant fair queues, TTLs and capacities in front of the scheduler |
 //! | `discovery` | Kubernetes: an `InferencePool`'s ready pods as the endpoint set |
 //! | `config` | the llm-d-shaped `EndpointPickerConfig` |
 //! | `debug` | `/debug/route`: a decision explained, nothing routed |
@@ -30,6 +31,7 @@ mod debug;
 pub mod discovery;
 pub mod endpoints;
 pub mod flags;
+pub mod flow_control;
 pub mod inflight;
 pub mod kv;
 pub mod labels;
@@ -194,6 +196,9 @@ pub async fn start(
         .with_subset_filter(subset_filter)
         .with_service_name(service_name.clone()),
     );
+    if let Some(fc) = crate::scheduling::Picker::flow_control(&*scheduler) {
+        fc.set_pool_name(&pool_name);
+    }
     build_info();
     let mut kv_events_bound = None;
     // Who hears about endpoint changes: the KV-event subscriptions follow the pod set.

@@ -4,7 +4,7 @@
 //! ```yaml
 //! apiVersion: llm-d.ai/v1alpha1        # or inference.networking.x-k8s.io/v1alpha1
 //! kind: EndpointPickerConfig
-//! featureGates: [prepareDataPlugins]   # flowControl=true is refused until flow control exists
+//! featureGates: [prepareDataPlugins]   # and flowControl: requests queue by priority and fairness
 //! plugins:
 //!   - type: precise-prefix-cache-scorer
 //!     parameters:
@@ -116,7 +116,7 @@ pub struct EndpointPickerConfig {
     /// llm-d's data layer (metrics sources, endpoint notifications).
     #[serde(default)]
     pub data_layer: Option<DataLayer>,
-    /// llm-d's flow control (accepted; refused when the `flowControl` gate enables it).
+    /// llm-d's flow control (takes effect with the `flowControl` gate: [`crate::flow_control`]).
     #[serde(default)]
     pub flow_control: Option<FlowControl>,
     /// Request parsers.
@@ -235,6 +235,8 @@ impl EndpointPickerConfig {
         if let Some(fc) = &self.flow_control {
             fc.check(&gates)?;
         }
+        // With the gate on, the section resolves now (bad values name their field).
+        crate::flow_control::Settings::from_config(self)?;
         if self.parser.is_some()
             && self
                 .request_handler
