@@ -325,7 +325,13 @@ impl Waiting {
             .state
             .lock()
             .remove(self.priority, &self.flow, self.id);
-        removed.is_some()
+        match removed {
+            Some(item) => {
+                self.inner.gauges(&item.labels, item.bytes, -1.0);
+                true
+            }
+            None => false,
+        }
     }
 
     fn finish(&mut self, outcome: Outcome) {
