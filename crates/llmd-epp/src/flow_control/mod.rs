@@ -562,7 +562,7 @@ impl State {
     /// Takes the next request: the highest band with requests, its flow by the band's
     /// fairness policy, that flow's oldest request.
     fn pop_next(&mut self) -> Option<Item> {
-        let (&priority, band) = self.bands.iter_mut().rev().find(|(_, b)| b.requests > 0)?;
+        let (_, band) = self.bands.iter_mut().rev().find(|(_, b)| b.requests > 0)?;
         let flow = match band.settings.fairness {
             Fairness::RoundRobin => band.ring.front().cloned()?,
             Fairness::GlobalStrict => band
@@ -582,7 +582,6 @@ impl State {
         {
             band.ring.push_back(f);
         }
-        let _ = priority;
         band.requests -= 1;
         band.bytes -= item.bytes;
         self.requests -= 1;
