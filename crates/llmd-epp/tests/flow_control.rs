@@ -403,3 +403,51 @@ fn misspelt_flow_control_fields_are_startup_errors_naming_them() {
         .to_string();
     assert!(e.contains("flowControll"), "{e}");
 }
+
+/// Every flow-control series the dashboards' "Flow control" row reads is emitted by an EPP with
+/// the gate (the demo the live dashboard test scrapes runs without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_row_reads_series_an_epp_with_the_gate_emits() {
+    let e = start(&gated("  defaultRequestTTL: 300ms\n")).await;
+    let holder = routed(send(&e.client, "normal", "t").await);
+    refused(send(&e.client, "normal", "t").await);
+    let next = queue(&e, "high", "t").await;
+    drop(holder);
+    drop(routed(next.await.unwrap()));
+    let board: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../dashboards/epp-routing.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    for panel in board["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("llm_d_epp_flow_control_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            used.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+    }
+    assert!(used.len() >= 5, "the row reads {used:?}");
+    let exposed = metrics().render();
+    for name in &used {
+        assert!(
+            exposed
+                .lines()
+                .any(|l| l.starts_with(name.as_str()) && !l.starts_with('#')),
+            "{name} is read by the dashboard and not emitted"
+        );
+    }
+}
