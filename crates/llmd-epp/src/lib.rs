@@ -276,6 +276,16 @@ pub async fn start(
                 }
             }
         }
+        let objectives = discovery::follow_objectives(
+            k.client.clone(),
+            &k.pool,
+            scheduler.objectives().clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn("inference objectives", async move {
+            objectives.await;
+            Ok::<(), std::convert::Infallible>(())
+        });
         let follow = discovery::run(
             k.client,
             k.pool,

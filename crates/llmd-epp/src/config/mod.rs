@@ -36,8 +36,8 @@
 //! this EPP does not is refused at startup naming the field and the nearest supported
 //! alternative ([`sections`], [`crate::plugins::unsupported`]).
 //!
-//! Extensions of ours (not in llm-d): `inferenceObjectives` (priorities by objective name until
-//! the Kubernetes watch exists), the inline `saturationDetector` thresholds, and the plugin
+//! Extensions of ours (not in llm-d): `inferenceObjectives` (priorities by objective name for
+//! runs without a cluster; with one they are watched), the inline `saturationDetector` thresholds, and the plugin
 //! parameters each plugin file lists as such.
 
 pub mod sections;
@@ -129,8 +129,8 @@ pub struct EndpointPickerConfig {
     /// llm-d's deprecated single parser (`{pluginRef}`), as `requestHandler.parsers`.
     #[serde(default)]
     pub parser: Option<PluginRefOnly>,
-    /// Ours: InferenceObjectives by name and their priority (until the Kubernetes watch
-    /// exists). A request's objective comes from `x-llm-d-inference-objective` (or the older
+    /// Ours: InferenceObjectives by name and their priority (for runs without a cluster; with
+    /// `--pool-name` the cluster's are watched and win). A request's objective comes from `x-llm-d-inference-objective` (or the older
     /// `x-gateway-inference-objective`), else an objective named like its model; unknown: 0.
     #[serde(default)]
     pub inference_objectives: Vec<ObjectiveSpec>,

@@ -150,6 +150,11 @@ impl Scheduler {
         Ok(self)
     }
 
+    /// The InferenceObjectives requests are classified by (the Kubernetes watch updates them).
+    pub fn objectives(&self) -> &Objectives {
+        &self.objectives
+    }
+
     /// The saturation detector behind shedding.
     pub fn detector(&self) -> &UtilizationDetector {
         &self.detector
