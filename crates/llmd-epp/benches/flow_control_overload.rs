@@ -14,9 +14,10 @@
 //! the chosen pod; TTFT is the client's clock from sending to the first streamed token. The
 //! ext_proc stream is held until the response ends, as a data plane holds it.
 //!
-//! Rows: gold alone at 0.25x (the unloaded TTFT), then the 2x mix with flow control, then the
-//! same mix without it (legacy admission: nothing queues in the EPP, everything queues in the
-//! pods).
+//! Rows: gold alone at 0.25x (the unloaded TTFT), then the 2x mix with flow control, with
+//! flow control and llm-d's priority holdback (the low band stops at half the pool while gold
+//! is active), and without flow control (legacy admission: nothing queues in the EPP,
+//! everything queues in the pods).
 //!
 //! Run: `cargo bench -p llmd-epp --bench flow_control_overload` (or with `--profile dev`).
 
@@ -52,19 +53,29 @@ const MIX: &[(&str, &str, f64)] = &[
     ("bronze", "low", 0.75),
 ];
 
-fn config(flow_control: bool) -> String {
+/// `holdback`: llm-d's priority-holdback policy (the lower band stops at this saturation
+/// while the higher one is active).
+fn config(flow_control: bool, holdback: Option<f64>) -> String {
     let gate = if flow_control {
         format!(
-            "featureGates: [flowControl]\nflowControl:\n  defaultRequestTTL: {TTL_S}s\n  maxRequests: 400\n  priorityBands: [{{priority: 0, fairnessPolicyRef: rr}}]\n"
+            "featureGates: [flowControl]\nflowControl:\n  defaultRequestTTL: {TTL_S}s\n  maxRequests: 400\n  priorityBands: [{{priority: 0, fairnessPolicyRef: rr}}]\n{}",
+            if holdback.is_some() {
+                "  usageLimitPolicyPluginRef: holdback\n"
+            } else {
+                ""
+            }
         )
     } else {
         String::new()
     };
+    let holdback = holdback
+        .map(|m| format!("  - {{type: priority-holdback-policy, name: holdback, parameters: {{strategy: stepwise-spread, minCeiling: {m}}}}}\n"))
+        .unwrap_or_default();
     format!(
         "{gate}inferenceObjectives: [{{name: high, priority: 10}}, {{name: low, priority: 0}}]
 saturationDetector: {{queueDepthThreshold: {SLOTS}}}
 plugins:
-  - {{type: round-robin-fairness-policy, name: rr}}
+{holdback}  - {{type: round-robin-fairness-policy, name: rr}}
   - type: active-request-scorer
   - type: max-score-picker
 schedulingProfiles:
@@ -105,7 +116,7 @@ struct Stack {
     _sims: Vec<llmd_testkit::sim::SimHandle>,
 }
 
-async fn stack(flow_control: bool) -> Stack {
+async fn stack(flow_control: bool, holdback: Option<f64>) -> Stack {
     let mut sims = Vec::new();
     let mut specs: Vec<EndpointSpec> = Vec::new();
     for _ in 0..PODS {
@@ -139,7 +150,7 @@ async fn stack(flow_control: bool) -> Stack {
     }
     let stop = CancellationToken::new();
     let mut options = Options::new(
-        EndpointPickerConfig::parse(&config(flow_control)).unwrap(),
+        EndpointPickerConfig::parse(&config(flow_control, holdback)).unwrap(),
         EndpointsFile { endpoints: specs },
     );
     options.scrape_interval = Duration::from_secs(3600);
@@ -335,9 +346,9 @@ fn report(
 ) -> BTreeMap<&'static str, (f64, f64)> {
     println!("\n## {name}  (EPP queue peak: {peak} requests)");
     println!(
-        "| tenant | sent | served | served/s | refused (status reason: n) | TTFT p50 ms | TTFT p90 ms | longest EPP wait ms |"
+        "| tenant | sent | served | served/s | refused (status reason: n) | TTFT p50 ms | TTFT p90 ms | EPP answer p90 ms | longest EPP answer ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut out = BTreeMap::new();
     for (tenant, os) in results.lock().iter() {
         let mut ttft: Vec<f64> = os
@@ -377,14 +388,19 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let s = stack(true).await;
+        let s = stack(true, None).await;
         let (r, peak) = offer(&s, &[("gold", "high", 0.25)], SECONDS / 2.0).await;
         let unloaded = report("gold alone at 0.25x capacity, flow control on", &r, SECONDS / 2.0, peak);
         let (r, peak) = offer(&s, MIX, SECONDS).await;
         let loaded = report("2x capacity (gold 0.5x at priority 10; silver, bronze 0.75x each at 0), flow control on", &r, SECONDS, peak);
         s.stop.cancel();
         drop(s);
-        let s = stack(false).await;
+        let s = stack(true, Some(0.5)).await;
+        let (r, peak) = offer(&s, MIX, SECONDS).await;
+        let held = report("the same 2x mix, flow control with priority holdback (stepwise-spread, minCeiling 0.5)", &r, SECONDS, peak);
+        s.stop.cancel();
+        drop(s);
+        let s = stack(false, None).await;
         let (r, peak) = offer(&s, MIX, SECONDS).await;
         let legacy = report("the same 2x mix, flow control off (legacy admission)", &r, SECONDS, peak);
         s.stop.cancel();
@@ -395,6 +411,8 @@ fn main() {
         println!("\n## Against issue 19's targets");
         println!("- gold TTFT p90: unloaded {base:.0} ms, 2x with flow control {:.0} ms ({:.2}x; target <= 1.3x), without {:.0} ms ({:.2}x)",
             loaded["gold"].1, loaded["gold"].1 / base, legacy["gold"].1, legacy["gold"].1 / base);
+        println!("- gold TTFT p90 with priority holdback (minCeiling 0.5): {:.0} ms ({:.2}x); low band then {:.1}/s",
+            held["gold"].1, held["gold"].1 / base, held["silver"].0 + held["bronze"].0);
         println!("- low band: silver {silver:.1}/s, bronze {bronze:.1}/s: Jain's fairness {jain:.3} (target >= 0.95), ratio {:.3}", silver.min(bronze) / silver.max(bronze));
         println!("- gold served {:.1}/s of {:.1}/s offered", loaded["gold"].0, 0.5 * (PODS * SLOTS) as f64 / (0.020 + f64::from(MAX_TOKENS) * 0.010));
     });

@@ -369,6 +369,36 @@ async fn a_full_queue_sheds_priority_below_zero_first() {
     );
 }
 
+/// llm-d's priority-holdback usage-limit policy: with both priorities active, the lower band
+/// stops at half the pool (`minCeiling: 0.5`) while the higher one may fill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_holdback_keeps_headroom_for_the_higher_band() {
+    let config = format!(
+        "featureGates: [flowControl]\nflowControl: {{usageLimitPolicyPluginRef: holdback}}\n{}",
+        OBJECTIVES
+            .replace("queueDepthThreshold: 1", "queueDepthThreshold: 4")
+            .replace(
+                "plugins:\n",
+                "plugins:\n  - {type: priority-holdback-policy, name: holdback, parameters: {strategy: stepwise-spread, minCeiling: 0.5}}\n",
+            )
+    );
+    let e = start(&config).await;
+    // Both priorities become active.
+    drop(routed(send(&e.client, "high", "t").await));
+    wait_until("released", || e.inflight() == 0).await;
+    let l1 = routed(send(&e.client, "normal", "t").await);
+    let l2 = routed(send(&e.client, "normal", "t").await);
+    // Half the pool (2 of 4) is the lower band's ceiling: the third waits...
+    let l3 = queue(&e, "normal", "t").await;
+    // ...while the higher band still gets in.
+    let h = routed(send(&e.client, "high", "t").await);
+    assert_eq!((e.inflight(), e.queued()), (3, 1));
+    assert!(!l3.is_finished());
+    drop((l1, h));
+    let l3 = routed(l3.await.unwrap());
+    drop((l2, l3));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_gate_nothing_queues_and_sheddable_requests_get_429() {
     let e = start(OBJECTIVES).await;

@@ -188,6 +188,8 @@ struct State {
     /// Released, not yet counted in flight.
     pending: u64,
     next_id: u64,
+    /// When each priority last had a request (the usage-limit policy's active priorities).
+    seen: BTreeMap<i32, Instant>,
 }
 
 impl FlowControl {
@@ -463,6 +465,7 @@ impl Inner {
         }
         s.next_id += 1;
         let id = s.next_id;
+        s.seen.insert(priority, Instant::now());
         s.requests += 1;
         s.bytes += req.bytes;
         let band = s.bands.entry(priority).or_insert_with(|| Band {
@@ -514,16 +517,26 @@ impl Inner {
         let started = Instant::now();
         let mut seen = None;
         loop {
-            let (queued, pending) = {
-                let s = self.state.lock();
-                (s.requests, s.pending)
+            let (head, pending, active) = {
+                let mut s = self.state.lock();
+                let head = s
+                    .bands
+                    .iter()
+                    .rev()
+                    .find(|(_, b)| b.requests > 0)
+                    .map(|(p, _)| *p);
+                let now = Instant::now();
+                s.seen
+                    .retain(|_, at| now.duration_since(*at) < settings::ACTIVE_PRIORITY_WINDOW);
+                let active: Vec<i32> = s.seen.keys().rev().copied().collect();
+                (head, s.pending, active)
             };
-            if queued == 0 {
-                break;
-            }
+            let Some(head) = head else { break };
             let sat = self.saturation(pending);
             seen = Some(sat);
-            if sat >= 1.0 {
+            // The band at the head dispatches under its ceiling (1.0 without a usage-limit
+            // policy; lower for lower bands with priority holdback).
+            if sat >= self.settings.usage_limit.ceiling(head, &active) {
                 break;
             }
             let item = {

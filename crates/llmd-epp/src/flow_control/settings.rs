@@ -22,9 +22,146 @@ pub const GLOBAL_STRICT: &str = "global-strict-fairness-policy";
 /// GIE's ordering policy within a flow: first come, first served (the default and only one
 /// here).
 pub const FCFS: &str = "fcfs-ordering-policy";
+/// llm-d's priority-aware usage-limit policy: lower bands get lower saturation ceilings.
+pub const PRIORITY_HOLDBACK: &str = "priority-holdback-policy";
+/// llm-d's uniform usage-limit policy: one ceiling for every band (`threshold`, default 1.0).
+pub const STATIC_USAGE_LIMIT: &str = "static-usage-limit-policy";
 /// The plugin types flow control owns (accepted in `plugins:`; see
 /// [`crate::plugins::passive`]).
-pub const PLUGIN_TYPES: &[&str] = &[ROUND_ROBIN, GLOBAL_STRICT, FCFS];
+pub const PLUGIN_TYPES: &[&str] = &[
+    ROUND_ROBIN,
+    GLOBAL_STRICT,
+    FCFS,
+    PRIORITY_HOLDBACK,
+    STATIC_USAGE_LIMIT,
+];
+
+/// How long a priority counts as active for the usage-limit policy after its last request
+/// (GIE's idle-flow collection period).
+pub const ACTIVE_PRIORITY_WINDOW: Duration = Duration::from_secs(300);
+
+/// A usage-limit policy: the saturation ceiling under which each band may dispatch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UsageLimit {
+    /// One ceiling for every band (`static-usage-limit-policy`; 1.0 by default: no gating).
+    Static(f64),
+    /// `priority-holdback-policy`: the highest active priority gets `max`, the lowest `min`,
+    /// the others between, by rank (`stepwise-spread`) or by value (`linear-proportional`).
+    Holdback {
+        /// Space the ceilings by the priorities' values (else by their rank).
+        by_value: bool,
+        /// The lowest priority's ceiling.
+        min: f64,
+        /// The highest priority's ceiling.
+        max: f64,
+    },
+}
+
+impl Default for UsageLimit {
+    fn default() -> Self {
+        UsageLimit::Static(1.0)
+    }
+}
+
+impl UsageLimit {
+    /// The ceiling of `priority` among the active priorities (sorted highest first; it is
+    /// one of them).
+    pub fn ceiling(&self, priority: i32, active: &[i32]) -> f64 {
+        match *self {
+            UsageLimit::Static(t) => t,
+            UsageLimit::Holdback { by_value, min, max } => {
+                if active.len() < 2 {
+                    return max;
+                }
+                if by_value {
+                    let (hi, lo) = (active[0], active[active.len() - 1]);
+                    if hi == lo {
+                        return max;
+                    }
+                    let r = f64::from(priority - lo) / f64::from(hi - lo);
+                    min + r * (max - min)
+                } else {
+                    let i = active.iter().position(|p| *p == priority).unwrap_or(0);
+                    max - i as f64 * (max - min) / (active.len() - 1) as f64
+                }
+            }
+        }
+    }
+
+    /// From a `priority-holdback-policy` or `static-usage-limit-policy` plugin's parameters.
+    pub fn from_plugin(
+        kind: &str,
+        params: Option<&Value>,
+        field: &str,
+    ) -> Result<Self, ConfigError> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Holdback {
+            #[serde(default)]
+            strategy: Option<String>,
+            #[serde(default)]
+            shape: Option<String>,
+            #[serde(default)]
+            domain: Option<String>,
+            #[serde(default)]
+            min_ceiling: Option<f64>,
+            #[serde(default)]
+            max_ceiling: Option<f64>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Static {
+            #[serde(default)]
+            threshold: Option<f64>,
+        }
+        let bad = |m: String| ConfigError::Invalid(format!("{field}: {m}"));
+        let params = match params {
+            None | Some(Value::Null) => Value::Object(Default::default()),
+            Some(v) => v.clone(),
+        };
+        match kind {
+            STATIC_USAGE_LIMIT => {
+                let p: Static = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
+                let t = p.threshold.unwrap_or(1.0);
+                if !(t > 0.0 && t <= 1.0) {
+                    return Err(bad(format!("threshold must be in (0, 1], got {t}")));
+                }
+                Ok(UsageLimit::Static(t))
+            }
+            PRIORITY_HOLDBACK => {
+                let p: Holdback = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
+                let by_value = match (
+                    p.strategy.as_deref(),
+                    p.shape.as_deref(),
+                    p.domain.as_deref(),
+                ) {
+                    (Some("stepwise-spread"), None, None) => false,
+                    (Some("linear-proportional"), None, None) => true,
+                    (None, None | Some("linear"), Some("rank")) => false,
+                    (None, None | Some("linear"), Some("value")) => true,
+                    _ => {
+                        return Err(bad(
+                            "strategy must be stepwise-spread or linear-proportional (or shape: linear with domain: rank or value)".into(),
+                        ));
+                    }
+                };
+                let min = p
+                    .min_ceiling
+                    .ok_or_else(|| bad("minCeiling is required".into()))?;
+                let max = p.max_ceiling.unwrap_or(1.0);
+                if !((0.0..1.0).contains(&min) && max > 0.0 && max <= 1.0 && min <= max) {
+                    return Err(bad(format!(
+                        "minCeiling must be in [0, 1), maxCeiling in (0, 1] and not below it; got {min}, {max}"
+                    )));
+                }
+                Ok(UsageLimit::Holdback { by_value, min, max })
+            }
+            other => Err(ConfigError::Unsupported(format!(
+                "{field}: {other} is not a supported usage-limit policy (use {PRIORITY_HOLDBACK} or {STATIC_USAGE_LIMIT})"
+            ))),
+        }
+    }
+}
 
 /// Which flow of a band is served next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +195,7 @@ impl Default for BandSettings {
 }
 
 /// The resolved section.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Requests the queue may hold in all (`None`: no global limit).
     pub max_requests: Option<u64>,
@@ -74,6 +211,8 @@ pub struct Settings {
     pub default_band: BandSettings,
     /// The band of a priority < 0 with no band of its own.
     pub default_negative_band: BandSettings,
+    /// The usage-limit policy (`usageLimitPolicyPluginRef`; none: every band up to 1.0).
+    pub usage_limit: UsageLimit,
 }
 
 impl Default for Settings {
@@ -86,6 +225,7 @@ impl Default for Settings {
             bands: BTreeMap::new(),
             default_band: BandSettings::default(),
             default_negative_band: BandSettings::default(),
+            usage_limit: UsageLimit::default(),
         }
     }
 }
@@ -101,10 +241,22 @@ impl Settings {
     }
 
     fn resolve(fc: &FlowControl, config: &EndpointPickerConfig) -> Result<Self, ConfigError> {
+        let mut usage_limit = UsageLimit::default();
         if let Some(r) = &fc.usage_limit_policy_plugin_ref {
-            return Err(ConfigError::Unsupported(format!(
-                "flowControl.usageLimitPolicyPluginRef ({r:?}): usage-limit policies are not supported; lower the band's maxRequests/maxBytes instead"
-            )));
+            let field = "flowControl.usageLimitPolicyPluginRef";
+            usage_limit = match config.plugins.iter().find(|p| p.name() == r) {
+                Some(p) => UsageLimit::from_plugin(
+                    &p.kind,
+                    p.parameters.as_ref(),
+                    &format!("{field} ({r:?})"),
+                )?,
+                None if r == STATIC_USAGE_LIMIT => UsageLimit::default(),
+                None => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{field}: no plugin named {r:?} (declare a {PRIORITY_HOLDBACK} or {STATIC_USAGE_LIMIT})"
+                    )));
+                }
+            };
         }
         if fc.enable_eviction {
             return Err(ConfigError::Unsupported(
@@ -129,6 +281,7 @@ impl Settings {
                 fc.no_endpoint_request_ttl.as_ref(),
                 "flowControl.noEndpointRequestTTL",
             )?,
+            usage_limit,
             ..Default::default()
         };
         if let Some(b) = &fc.default_priority_band {
@@ -286,6 +439,42 @@ pub fn duration(v: &Value, field: &str) -> Result<Duration, ConfigError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn holdback_ceilings_by_rank_and_by_value() {
+        let rank = UsageLimit::Holdback {
+            by_value: false,
+            min: 0.4,
+            max: 1.0,
+        };
+        let active = [100, 10, -5];
+        let c: Vec<f64> = active.iter().map(|p| rank.ceiling(*p, &active)).collect();
+        assert!(
+            (c[1] - 0.7).abs() < 1e-9 && c[0] == 1.0 && (c[2] - 0.4).abs() < 1e-9,
+            "{c:?}"
+        );
+        let value = UsageLimit::Holdback {
+            by_value: true,
+            min: 0.0,
+            max: 1.0,
+        };
+        assert!((value.ceiling(10, &[100, 10, 0]) - 0.1).abs() < 1e-9);
+        // A single active priority gets the highest ceiling.
+        assert_eq!(rank.ceiling(-5, &[-5]), 1.0);
+        let s = settings(
+            "featureGates: [flowControl]\nplugins: [{type: priority-holdback-policy, name: h, parameters: {shape: linear, domain: rank, minCeiling: 0.5}}]\nflowControl: {usageLimitPolicyPluginRef: h}\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.usage_limit,
+            UsageLimit::Holdback {
+                by_value: false,
+                min: 0.5,
+                max: 1.0
+            }
+        );
+    }
+
     fn settings(yaml: &str) -> Result<Option<Settings>, ConfigError> {
         let c: EndpointPickerConfig = serde_yaml_ng::from_str(yaml).unwrap();
         Settings::from_config(&c)
@@ -348,6 +537,14 @@ mod tests {
             (
                 "flowControl: {usageLimitPolicyPluginRef: x}",
                 "flowControl.usageLimitPolicyPluginRef",
+            ),
+            (
+                "plugins: [{type: priority-holdback-policy, name: h, parameters: {strategy: stepwise-spread, minCeling: 0.5}}]\nflowControl: {usageLimitPolicyPluginRef: h}",
+                "minCeling",
+            ),
+            (
+                "plugins: [{type: priority-holdback-policy, name: h, parameters: {strategy: stepwise-spread}}]\nflowControl: {usageLimitPolicyPluginRef: h}",
+                "minCeiling is required",
             ),
         ];
         for (yaml, field) in cases {
