@@ -198,6 +198,7 @@ pub async fn start(
     );
     if let Some(fc) = crate::scheduling::Picker::flow_control(&*scheduler) {
         fc.set_pool_name(&pool_name);
+        fc.drain_on(shutdown.clone());
     }
     build_info();
     let mut kv_events_bound = None;

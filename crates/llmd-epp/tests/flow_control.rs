@@ -415,6 +415,21 @@ async fn without_the_gate_nothing_queues_and_sheddable_requests_get_429() {
     drop((a, b));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_get_503_shutting_down_when_the_epp_stops() {
+    let e = start(&gated("")).await;
+    let holder = routed(send(&e.client, "normal", "t").await);
+    let waiting = queue(&e, "normal", "t").await;
+    e.shutdown.cancel();
+    let i = refused(waiting.await.unwrap());
+    assert_eq!(
+        (i.status, reason(&i)),
+        (StatusCode::SERVICE_UNAVAILABLE, "rejected-shutting-down")
+    );
+    assert_eq!(e.queued(), 0);
+    drop(holder);
+}
+
 #[test]
 fn misspelt_flow_control_fields_are_startup_errors_naming_them() {
     let e =

@@ -215,6 +215,34 @@ impl FlowControl {
         let _ = self.inner.pool_name.set(name.to_owned());
     }
 
+    /// When `shutdown` is cancelled (the EPP stops), every queued request is answered 503
+    /// `rejected-shutting-down` at once instead of waiting out its TTL past the drain.
+    pub fn drain_on(&self, shutdown: CancellationToken) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            let items: Vec<Item> = {
+                let mut s = inner.state.lock();
+                let mut items = Vec::new();
+                while let Some(item) = s.pop_next() {
+                    items.push(item);
+                }
+                items
+            };
+            if !items.is_empty() {
+                tracing::info!(
+                    queued = items.len(),
+                    "EPP stopping: queued requests refused"
+                );
+            }
+            for item in items {
+                inner.gauges(&item.labels, item.bytes, -1.0);
+                // Dropping the sender answers the waiter `ShuttingDown`.
+                drop(item.tx);
+            }
+        });
+    }
+
     /// The settings.
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
