@@ -638,6 +638,63 @@ def epp_routing() -> dict:
     b.stat("Avg KV-cache utilization", "Average KV-cache utilization over a pool's pods.", "avg by (name) (inference_pool_average_kv_cache_utilization)", "percentunit", w=8)
     b.stat("Avg queue size", "Average number of requests waiting in a pool's model servers.", "avg by (name) (inference_pool_average_queue_size)", "short", w=8)
 
+    # Flow control (the flowControl feature gate): llm-d's names; the series exist only where the
+    # gate is on.
+    FC = "llm_d_epp_flow_control"
+    FCD = M + ', outcome="Dispatched"'
+    b.row("Flow control")
+    b.stat("Queued now", "Requests waiting in the EPP's flow-control queue now (all bands and flows).", f"sum({FC}_queue_size{{{M}}})", "short", decimals=0)
+    b.stat(
+        "Queue wait p90 (dispatched)",
+        "90th percentile of the time dispatched requests waited in the flow-control queue over the time range.",
+        f"histogram_quantile(0.9, sum by (le) ({rate(FC + '_request_queue_duration_seconds_bucket', FCD, RANGE)}))",
+        "s",
+        decimals=None,
+    )
+    b.stat(
+        "Refused by flow control",
+        "Share of the requests that went through flow control and were not dispatched (queue full, displaced, TTL expired, client gone; time range).",
+        f'sum(increase({FC}_requests_total{{outcome!="Dispatched"}}[{RANGE}])) / sum(increase({FC}_requests_total[{RANGE}]))',
+        "percentunit",
+    )
+    b.stat("Pool saturation", "The pool's saturation as the flow-control dispatcher last saw it (1.0 and above: requests wait).", f"max by (inference_pool) ({FC}_pool_saturation)", "percentunit")
+    b.series(
+        "Queue size by priority",
+        "Requests waiting in each priority band.",
+        [target(f"sum by (priority) ({FC}_queue_size{{{M}}})", "priority {{priority}}")],
+        "short",
+        w=8,
+    )
+    b.series(
+        "Queue size by flow",
+        "Requests waiting per fairness id (tenant) and priority.",
+        [target(f"sum by (fairness_id, priority) ({FC}_queue_size{{{M}}})", "{{fairness_id}} ({{priority}})")],
+        "short",
+        w=8,
+    )
+    b.series(
+        "Queue bytes by priority",
+        "Bytes of the requests waiting in each priority band (bounded by the bands' and the queue's maxBytes).",
+        [target(f"sum by (priority) ({FC}_queue_bytes{{{M}}})", "priority {{priority}}")],
+        "bytes",
+        w=8,
+    )
+    b.series(
+        "Outcomes",
+        "Requests leaving flow control per second, by priority and outcome (Dispatched, RejectedCapacity, EvictedDisplaced, EvictedTTL, EvictedNoEndpoints, EvictedContextCancelled).",
+        [target(f"sum by (priority, outcome) ({rate(FC + '_requests_total')})", "{{priority}} {{outcome}}")],
+        "ops",
+    )
+    b.series(
+        "Queue wait by priority",
+        "Median and 90th percentile of the time dispatched requests waited, per priority band.",
+        [
+            target(hq(0.5, FC + "_request_queue_duration_seconds", FCD, by="le, priority"), "p50 {{priority}}"),
+            target(hq(0.9, FC + "_request_queue_duration_seconds", FCD, by="le, priority"), "p90 {{priority}}"),
+        ],
+        "s",
+    )
+
     return b.dashboard(
         "llmd-epp-routing",
         "EPP Routing",

@@ -54,7 +54,8 @@ pub struct Args {
     #[arg(long)]
     pub config_text: Option<String>,
     /// InferenceObjective manifests (YAML, `---`-separated) giving requests their priority
-    /// until the Kubernetes watch exists (ours; llm-d watches the InferenceObjective CRD).
+    /// without a cluster (ours; with --pool-name the pool's InferenceObjectives are watched and
+    /// win, as llm-d does).
     #[arg(long, env = "LLMD_EPP_INFERENCE_OBJECTIVES")]
     pub inference_objectives_file: Option<PathBuf>,
     /// Endpoints file (YAML/JSON), reloaded when it changes (local runs; else --pool-name).

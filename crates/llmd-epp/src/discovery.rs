@@ -11,6 +11,10 @@
 //! each rank's publisher by its rank), and its replay socket likewise; otherwise pods are
 //! expected to connect to `--kv-events-bind`.
 //!
+//! The pool namespace's `InferenceObjective`s whose `spec.poolRef.name` is the pool (llm-d's
+//! and GIE's API groups) are followed too ([`follow_objectives`]): their priorities classify
+//! requests ([`crate::objectives`]) as soon as the watch sees them.
+//!
 //! An API error or an unusable pool spec keeps the last good set (`llmd-k8s` logs it once and
 //! counts it in `llmd_kubernetes_watch_errors_total`): a flaky API server must not empty the
 //! pool. A deleted pool, which the watch reports as such, has no endpoints.
@@ -122,4 +126,38 @@ pub async fn run(
     };
     // The watch task ends when cancelled; the loop ends when the watch task has.
     tokio::join!(task, apply);
+}
+
+/// Keeps `objectives`' cluster layer equal to the pool's `InferenceObjective`s (those of the
+/// pool's namespace whose `spec.poolRef.name` is the pool, or that name no pool) until
+/// cancelled. A failing watch keeps the last objectives seen.
+pub fn follow_objectives(
+    client: kube::Client,
+    pool: &PoolRef,
+    objectives: crate::objectives::Objectives,
+    cancel: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (mut rx, task) = llmd_k8s::watch_objectives(client, &pool.namespace, cancel);
+    let name = pool.name.clone();
+    let apply = async move {
+        while rx.changed().await.is_ok() {
+            let Some(all) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let mine: Vec<(String, i32)> = all
+                .into_iter()
+                .filter(|o| o.pool.as_deref().is_none_or(|p| p == name))
+                .map(|o| (o.name, o.priority))
+                .collect();
+            tracing::info!(
+                pool = name,
+                objectives = mine.len(),
+                "InferenceObjectives changed"
+            );
+            objectives.set_cluster(mine);
+        }
+    };
+    async move {
+        tokio::join!(task, apply);
+    }
 }

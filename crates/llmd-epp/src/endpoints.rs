@@ -339,6 +339,8 @@ pub struct Pool {
     inflight: InFlight,
     /// Benchmarks only: scorers do not see the in-flight count (the EPP before it).
     inflight_hidden: std::sync::atomic::AtomicBool,
+    /// Woken when the set or a scraped load changes (flow control dispatches on it).
+    changed: tokio::sync::Notify,
 }
 
 /// How the set changed (to follow with KV-event subscriptions).
@@ -380,6 +382,8 @@ impl Pool {
             .collect();
         drop(old);
         *guard = Arc::new(eps);
+        drop(guard);
+        self.changed.notify_waiters();
         change
     }
 
@@ -409,6 +413,12 @@ impl Pool {
             e.inflight_at_scrape = at;
             e.unhealthy_until = None;
         });
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves when the set or a scraped load next changes.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// What this EPP routed and has not seen finish, per endpoint.

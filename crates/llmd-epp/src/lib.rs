@@ -14,6 +14,7 @@
 //! | `endpoints` | the endpoint set (static file, reloaded), `/metrics` scraping, health |
 //! | `inflight` | what this EPP routed and has not seen finish, per endpoint (requests, prompt tokens) |
 //! | `lora` | what a scrape says about a pod's base model and LoRA adapters (`vllm:lora_requests_info`) |
+//! | `flow_control` | the `flowControl` gate: priority bands, per-tenant fair queues, TTLs and capacities in front of the scheduler |
 //! | `discovery` | Kubernetes: an `InferencePool`'s ready pods as the endpoint set |
 //! | `config` | the llm-d-shaped `EndpointPickerConfig` |
 //! | `debug` | `/debug/route`: a decision explained, nothing routed |
@@ -31,6 +32,7 @@ mod debug;
 pub mod discovery;
 pub mod endpoints;
 pub mod flags;
+pub mod flow_control;
 pub mod inflight;
 pub mod kv;
 pub mod labels;
@@ -196,6 +198,10 @@ pub async fn start(
         .with_subset_filter(subset_filter)
         .with_service_name(service_name.clone()),
     );
+    if let Some(fc) = crate::scheduling::Picker::flow_control(&*scheduler) {
+        fc.set_pool_name(&pool_name);
+        fc.drain_on(shutdown.clone());
+    }
     build_info();
     let mut kv_events_bound = None;
     // Who hears about endpoint changes: the KV-event subscriptions follow the pod set.
@@ -273,6 +279,16 @@ pub async fn start(
                 }
             }
         }
+        let objectives = discovery::follow_objectives(
+            k.client.clone(),
+            &k.pool,
+            scheduler.objectives().clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn("inference objectives", async move {
+            objectives.await;
+            Ok::<(), std::convert::Infallible>(())
+        });
         let follow = discovery::run(
             k.client,
             k.pool,

@@ -5,13 +5,18 @@
 //! with 429 while the pool is saturated. Its fairness id is `x-llm-d-inference-fairness-id`
 //! (or `x-gateway-inference-fairness-id`), else `default-flow`.
 //!
-//! Until the Kubernetes watch comes (with flow control), objectives come from the config's
-//! `inferenceObjectives` and from `--inference-objectives-file`, a YAML file of
-//! `InferenceObjective` manifests as applied to a cluster. A request that names no objective
+//! Objectives come from the cluster (with `--pool-name`: the pool namespace's
+//! `InferenceObjective`s whose `spec.poolRef.name` is the pool, followed by watch, llm-d's and
+//! GIE's API groups; [`Objectives::set_cluster`]), from the config's `inferenceObjectives` and
+//! from `--inference-objectives-file`, a YAML file of `InferenceObjective` manifests as applied
+//! to a cluster. The cluster's definition of a name wins. A request that names no objective
 //! takes the one named like its model, if any (GIE's older `InferenceModel` was keyed by model).
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use serde::Deserialize;
 
@@ -62,9 +67,11 @@ impl RequestClass {
 }
 
 /// The known objectives: name → priority.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Objectives {
     by_name: HashMap<String, i32>,
+    /// The cluster's (the watch replaces it; shared by clones).
+    cluster: Arc<RwLock<HashMap<String, i32>>>,
 }
 
 fn header<'a>(headers: &'a [(String, String)], names: &[&str]) -> Option<&'a str> {
@@ -88,10 +95,27 @@ impl Objectives {
                 )));
             }
         }
-        Ok(Self { by_name })
+        Ok(Self {
+            by_name,
+            cluster: Arc::default(),
+        })
     }
 
-    /// The known objectives (sorted by name).
+    /// Replaces the cluster's objectives (name → priority), as the watch sees them now.
+    pub fn set_cluster(&self, objectives: impl IntoIterator<Item = (String, i32)>) {
+        *self.cluster.write() = objectives.into_iter().collect();
+    }
+
+    /// An objective's priority: the cluster's, else the configured one.
+    pub fn priority(&self, name: &str) -> Option<i32> {
+        self.cluster
+            .read()
+            .get(name)
+            .copied()
+            .or_else(|| self.by_name.get(name).copied())
+    }
+
+    /// The configured objectives (sorted by name; not the cluster's).
     pub fn specs(&self) -> Vec<ObjectiveSpec> {
         let mut v: Vec<ObjectiveSpec> = self
             .by_name
@@ -118,10 +142,8 @@ impl Objectives {
     /// The class of a request with these (lower-cased) headers and model.
     pub fn classify(&self, headers: &[(String, String)], model: Option<&str>) -> RequestClass {
         let priority = match header(headers, OBJECTIVE_HEADERS) {
-            Some(name) => self.by_name.get(name).copied().unwrap_or(0),
-            None => model
-                .and_then(|m| self.by_name.get(m).copied())
-                .unwrap_or(0),
+            Some(name) => self.priority(name).unwrap_or(0),
+            None => model.and_then(|m| self.priority(m)).unwrap_or(0),
         };
         let fairness_id = header(headers, FAIRNESS_HEADERS)
             .unwrap_or(DEFAULT_FAIRNESS_ID)
@@ -238,6 +260,22 @@ mod tests {
             0
         );
         assert_eq!(o.classify(&[], None), RequestClass::default());
+        // The cluster's definition wins, and follows the watch.
+        let shared = o.clone();
+        shared.set_cluster([("batch".to_owned(), 7), ("new".to_owned(), -3)]);
+        let c = o.classify(&h(&[("x-llm-d-inference-objective", "batch")]), None);
+        assert_eq!(c.priority, 7);
+        assert_eq!(
+            o.classify(&h(&[("x-llm-d-inference-objective", "new")]), None)
+                .priority,
+            -3
+        );
+        shared.set_cluster([]);
+        assert_eq!(
+            o.classify(&h(&[("x-llm-d-inference-objective", "batch")]), None)
+                .priority,
+            -1
+        );
     }
 
     #[test]

@@ -246,3 +246,65 @@ async fn every_target_port_is_an_endpoint_with_its_ranks_kv_events() {
     assert_eq!(per_rank.get(&at(1)), Some(&4), "{per_rank:?}");
     shutdown.cancel();
 }
+
+/// The pool's InferenceObjectives are followed by watch (llm-d's API group; GIE's, not served by
+/// this fake, answers 404 and does not hold the other back): a request naming
+/// one gets its priority as soon as the watch sees it, a change or deletion follows, and an
+/// objective of another pool is not this pool's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_objectives_are_followed_by_watch() {
+    use llmd_epp::scheduling::Picker;
+    let engine = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = engine.local_addr().unwrap().port();
+    serve_metrics(engine);
+    let mut other_pool = fake::objective("elsewhere", Some(50));
+    other_pool["spec"]["poolRef"]["name"] = json!("another-pool");
+    let api = FakeKube::start(
+        fake::pool("vllm", port),
+        vec![pod("d1", Some("127.0.0.1"), "decode", "vllm", true, false)],
+    )
+    .await
+    .unwrap();
+    api.edit(|o| {
+        o.objectives = vec![
+            fake::objective("premium", Some(100)),
+            fake::objective("batch", Some(-10)),
+            fake::objective("plain", None),
+            other_pool,
+        ];
+    });
+    let shutdown = CancellationToken::new();
+    let epp = start_epp(&api, PD_CONFIG, &shutdown).await;
+    let priority = |objective: &str| {
+        epp.scheduler
+            .classify(
+                &[(
+                    "x-llm-d-inference-objective".to_owned(),
+                    objective.to_owned(),
+                )],
+                None,
+            )
+            .priority
+    };
+    wait_until("the objectives watched", || priority("premium") == 100).await;
+    assert_eq!(priority("batch"), -10);
+    assert_eq!(priority("plain"), 0);
+    assert_eq!(priority("elsewhere"), 0, "another pool's objective");
+    // Listed once, then watched (not polled).
+    assert_eq!(api.lists(fake::Kind::Objective), 1, "{:?}", api.requests());
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.kind == fake::Kind::Objective && r.watch)
+    );
+
+    api.edit(|o| {
+        o.objectives[1]["spec"]["priority"] = json!(5);
+        o.objectives.remove(0);
+    });
+    wait_until("the change followed", || {
+        priority("batch") == 5 && priority("premium") == 0
+    })
+    .await;
+    shutdown.cancel();
+}

@@ -537,8 +537,11 @@ async fn the_binary_takes_llm_d_flags_and_refuses_what_it_lacks() {
         (vec!["--metrics-endpoint-auth=true"], "not implemented"),
         (vec!["--endpoint-selector", "app=vllm"], "--endpoints-file"),
         (
-            vec!["--config-text", "featureGates: [flowControl]\n"],
-            "not implemented yet",
+            vec![
+                "--config-text",
+                "featureGates: [flowControl]\nflowControl: {enableEviction: true}\n",
+            ],
+            "flowControl.enableEviction",
         ),
         (
             vec![

@@ -123,6 +123,8 @@ pub mod labels {
     pub const BUILD_REF: &str = "build_ref";
     /// Operation that failed.
     pub const OPERATION: &str = "operation";
+    /// GIE's and llm-d's InferencePool label of the flow-control metrics.
+    pub const INFERENCE_POOL: &str = "inference_pool";
     /// vLLM's DP engine index (`"0"`..).
     pub const ENGINE: &str = "engine";
     /// vLLM finish reason (`stop`, `length`, `abort`, `error`).
@@ -672,6 +674,137 @@ pub mod epp {
         &[],
     );
 
+    /// Flow control's queue-wait buckets (seconds): 100 µs to 60 s (GIE's).
+    pub const FLOW_CONTROL_QUEUE_BUCKETS: &[f64] = &[
+        0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        60.0,
+    ];
+    /// GIE (flow control): time from enqueue to the final outcome (`outcome`: `Dispatched`,
+    /// `RejectedCapacity`, `EvictedTTL`, `EvictedNoEndpoints`, `EvictedContextCancelled`,
+    /// `EvictedDisplaced`, `RejectedOther`).
+    pub const FLOW_CONTROL_QUEUE_DURATION: MetricDef = histogram(
+        "inference_extension_flow_control_request_queue_duration_seconds",
+        "Distribution of total time requests spend in the Flow Control layer (from enqueue to final outcome).",
+        &[
+            FAIRNESS_ID,
+            PRIORITY,
+            OUTCOME,
+            INFERENCE_POOL,
+            MODEL_NAME,
+            TARGET_MODEL_NAME,
+        ],
+        FLOW_CONTROL_QUEUE_BUCKETS,
+    );
+    /// llm-d's name of [`FLOW_CONTROL_QUEUE_DURATION`].
+    pub const LLMD_FLOW_CONTROL_QUEUE_DURATION: MetricDef = histogram(
+        "llm_d_epp_flow_control_request_queue_duration_seconds",
+        "Distribution of total time requests spend in the Flow Control layer (from enqueue to final outcome).",
+        &[
+            FAIRNESS_ID,
+            PRIORITY,
+            OUTCOME,
+            INFERENCE_POOL,
+            MODEL_NAME,
+            TARGET_MODEL_NAME,
+        ],
+        FLOW_CONTROL_QUEUE_BUCKETS,
+    );
+    /// GIE (flow control): requests waiting in the queue now.
+    pub const FLOW_CONTROL_QUEUE_SIZE: MetricDef = gauge(
+        "inference_extension_flow_control_queue_size",
+        "Current number of requests actively held in the Flow Control queue.",
+        &[
+            FAIRNESS_ID,
+            PRIORITY,
+            INFERENCE_POOL,
+            MODEL_NAME,
+            TARGET_MODEL_NAME,
+        ],
+    );
+    /// llm-d's name of [`FLOW_CONTROL_QUEUE_SIZE`].
+    pub const LLMD_FLOW_CONTROL_QUEUE_SIZE: MetricDef = gauge(
+        "llm_d_epp_flow_control_queue_size",
+        "Current number of requests actively held in the Flow Control queue.",
+        &[
+            FAIRNESS_ID,
+            PRIORITY,
+            INFERENCE_POOL,
+            MODEL_NAME,
+            TARGET_MODEL_NAME,
+        ],
+    );
+    /// GIE (flow control): bytes of the requests waiting in the queue now.
+    pub const FLOW_CONTROL_QUEUE_BYTES: MetricDef = gauge(
+        "inference_extension_flow_control_queue_bytes",
+        "Current total size in bytes of requests actively held in the Flow Control queue.",
+        &[
+            FAIRNESS_ID,
+            PRIORITY,
+            INFERENCE_POOL,
+            MODEL_NAME,
+            TARGET_MODEL_NAME,
+        ],
+    );
+    /// llm-d's name of [`FLOW_CONTROL_QUEUE_BYTES`].
+    pub const LLMD_FLOW_CONTROL_QUEUE_BYTES: MetricDef = gauge(
+        "llm_d_epp_flow_control_queue_bytes",
+        "Current total size in bytes of requests actively held in the Flow Control queue.",
+        &[
+            FAIRNESS_ID,
+            PRIORITY,
+            INFERENCE_POOL,
+            MODEL_NAME,
+            TARGET_MODEL_NAME,
+        ],
+    );
+    /// GIE (flow control): the pool's saturation as the dispatcher last saw it.
+    pub const FLOW_CONTROL_POOL_SATURATION: MetricDef = gauge(
+        "inference_extension_flow_control_pool_saturation",
+        "Current saturation level of the inference pool (0.0 = empty, 1.0 = fully saturated).",
+        &[INFERENCE_POOL],
+    );
+    /// llm-d's name of [`FLOW_CONTROL_POOL_SATURATION`].
+    pub const LLMD_FLOW_CONTROL_POOL_SATURATION: MetricDef = gauge(
+        "llm_d_epp_flow_control_pool_saturation",
+        "Current saturation level of the inference pool (0.0 = empty, 1.0 = fully saturated).",
+        &[INFERENCE_POOL],
+    );
+    /// GIE (flow control): one dispatch cycle (the queue looked at, requests released).
+    pub const FLOW_CONTROL_DISPATCH_CYCLE_DURATION: MetricDef = histogram(
+        "inference_extension_flow_control_dispatch_cycle_duration_seconds",
+        "Distribution of time taken for each internal dispatch cycle in the Flow Control layer.",
+        &[],
+        SCHEDULER_E2E_BUCKETS,
+    );
+    /// llm-d's name of [`FLOW_CONTROL_DISPATCH_CYCLE_DURATION`].
+    pub const LLMD_FLOW_CONTROL_DISPATCH_CYCLE_DURATION: MetricDef = histogram(
+        "llm_d_epp_flow_control_dispatch_cycle_duration_seconds",
+        "Distribution of time taken for each internal dispatch cycle in the Flow Control layer.",
+        &[],
+        SCHEDULER_E2E_BUCKETS,
+    );
+    /// GIE (flow control): time to enqueue a request (`outcome`: `Enqueued`, or the rejection).
+    pub const FLOW_CONTROL_ENQUEUE_DURATION: MetricDef = histogram(
+        "inference_extension_flow_control_request_enqueue_duration_seconds",
+        "Distribution of time taken to enqueue requests into the Flow Control layer.",
+        &[FAIRNESS_ID, PRIORITY, OUTCOME],
+        SCHEDULER_E2E_BUCKETS,
+    );
+    /// llm-d's name of [`FLOW_CONTROL_ENQUEUE_DURATION`].
+    pub const LLMD_FLOW_CONTROL_ENQUEUE_DURATION: MetricDef = histogram(
+        "llm_d_epp_flow_control_request_enqueue_duration_seconds",
+        "Distribution of time taken to enqueue requests into the Flow Control layer.",
+        &[FAIRNESS_ID, PRIORITY, OUTCOME],
+        SCHEDULER_E2E_BUCKETS,
+    );
+    /// llm-d (flow control): requests by final outcome (as the queue-duration histogram's
+    /// `outcome`).
+    pub const LLMD_FLOW_CONTROL_REQUESTS: MetricDef = counter(
+        "llm_d_epp_flow_control_requests_total",
+        "Requests that went through the Flow Control layer, by final outcome.",
+        &[FAIRNESS_ID, PRIORITY, OUTCOME, INFERENCE_POOL],
+    );
+
     /// Every EPP metric except the KV-index ones (see [`super::kv_cache`]).
     pub const ALL: &[&MetricDef] = &[
         &PREFIX_CACHE_HITS,
@@ -737,6 +870,19 @@ pub mod epp {
         &LLMD_INFLIGHT_REQUESTS,
         &LLMD_INFLIGHT_TOKENS,
         &INFLIGHT_REAPED,
+        &FLOW_CONTROL_QUEUE_DURATION,
+        &LLMD_FLOW_CONTROL_QUEUE_DURATION,
+        &FLOW_CONTROL_QUEUE_SIZE,
+        &LLMD_FLOW_CONTROL_QUEUE_SIZE,
+        &FLOW_CONTROL_QUEUE_BYTES,
+        &LLMD_FLOW_CONTROL_QUEUE_BYTES,
+        &FLOW_CONTROL_POOL_SATURATION,
+        &LLMD_FLOW_CONTROL_POOL_SATURATION,
+        &FLOW_CONTROL_DISPATCH_CYCLE_DURATION,
+        &LLMD_FLOW_CONTROL_DISPATCH_CYCLE_DURATION,
+        &FLOW_CONTROL_ENQUEUE_DURATION,
+        &LLMD_FLOW_CONTROL_ENQUEUE_DURATION,
+        &LLMD_FLOW_CONTROL_REQUESTS,
     ];
 }
 

@@ -4,7 +4,7 @@
 //! ```yaml
 //! apiVersion: llm-d.ai/v1alpha1        # or inference.networking.x-k8s.io/v1alpha1
 //! kind: EndpointPickerConfig
-//! featureGates: [prepareDataPlugins]   # flowControl=true is refused until flow control exists
+//! featureGates: [prepareDataPlugins]   # and flowControl: requests queue by priority and fairness
 //! plugins:
 //!   - type: precise-prefix-cache-scorer
 //!     parameters:
@@ -36,8 +36,8 @@
 //! this EPP does not is refused at startup naming the field and the nearest supported
 //! alternative ([`sections`], [`crate::plugins::unsupported`]).
 //!
-//! Extensions of ours (not in llm-d): `inferenceObjectives` (priorities by objective name until
-//! the Kubernetes watch exists), the inline `saturationDetector` thresholds, and the plugin
+//! Extensions of ours (not in llm-d): `inferenceObjectives` (priorities by objective name for
+//! runs without a cluster; with one they are watched), the inline `saturationDetector` thresholds, and the plugin
 //! parameters each plugin file lists as such.
 
 pub mod sections;
@@ -116,7 +116,7 @@ pub struct EndpointPickerConfig {
     /// llm-d's data layer (metrics sources, endpoint notifications).
     #[serde(default)]
     pub data_layer: Option<DataLayer>,
-    /// llm-d's flow control (accepted; refused when the `flowControl` gate enables it).
+    /// llm-d's flow control (takes effect with the `flowControl` gate: [`crate::flow_control`]).
     #[serde(default)]
     pub flow_control: Option<FlowControl>,
     /// Request parsers.
@@ -129,8 +129,8 @@ pub struct EndpointPickerConfig {
     /// llm-d's deprecated single parser (`{pluginRef}`), as `requestHandler.parsers`.
     #[serde(default)]
     pub parser: Option<PluginRefOnly>,
-    /// Ours: InferenceObjectives by name and their priority (until the Kubernetes watch
-    /// exists). A request's objective comes from `x-llm-d-inference-objective` (or the older
+    /// Ours: InferenceObjectives by name and their priority (for runs without a cluster; with
+    /// `--pool-name` the cluster's are watched and win). A request's objective comes from `x-llm-d-inference-objective` (or the older
     /// `x-gateway-inference-objective`), else an objective named like its model; unknown: 0.
     #[serde(default)]
     pub inference_objectives: Vec<ObjectiveSpec>,
@@ -235,6 +235,8 @@ impl EndpointPickerConfig {
         if let Some(fc) = &self.flow_control {
             fc.check(&gates)?;
         }
+        // With the gate on, the section resolves now (bad values name their field).
+        crate::flow_control::Settings::from_config(self)?;
         if self.parser.is_some()
             && self
                 .request_handler

@@ -34,10 +34,8 @@ const GATES: &[Gate] = &[
     Gate {
         name: "flowControl",
         default: false,
-        refuse_on: Some(
-            "flow control (queueing by priority and fairness) is not implemented yet; without the gate, requests with priority < 0 are shed when the pool is saturated, as llm-d's legacy admission does",
-        ),
-        note: "",
+        refuse_on: None,
+        note: "requests wait in the EPP's flow-control queue while the pool is saturated (crate::flow_control)",
     },
     Gate {
         name: "prepareDataPlugins",
@@ -116,13 +114,13 @@ impl FeatureGates {
     }
 }
 
-/// A Kubernetes quantity (`"1Gi"`, `500`) or duration (`"30s"`), kept as written: flow
-/// control is not implemented, so nothing reads them yet.
+/// A Kubernetes quantity (`"1Gi"`, `500`) or duration (`"30s"`), kept as written here and
+/// resolved by [`crate::flow_control::Settings`] (which names the field when it is bad).
 pub type Opaque = Value;
 
-/// llm-d's `flowControl` section. Accepted as written (every field typed, unknown fields
-/// refused); it only takes effect with the `flowControl` gate, which is refused until flow
-/// control exists here. Its `saturationDetector` is honoured without the gate, as in llm-d.
+/// llm-d's `flowControl` section (every field typed, unknown fields refused). It takes effect
+/// with the `flowControl` gate ([`crate::flow_control`]); without it only its
+/// `saturationDetector` is honoured, as in llm-d.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FlowControl {
@@ -195,14 +193,9 @@ impl FlowControl {
     }
 
     /// Checks it against the gates: with `flowControl` off its settings are ignored (logged,
-    /// as llm-d does); the gate itself is refused by [`FeatureGates::parse`].
+    /// as llm-d does); with it on they are resolved by [`crate::flow_control::Settings`].
     pub fn check(&self, gates: &FeatureGates) -> Result<(), ConfigError> {
-        if gates.flow_control {
-            return Err(ConfigError::Unsupported(
-                "flowControl: flow control is not implemented yet".into(),
-            ));
-        }
-        if self.has_settings() {
+        if !gates.flow_control && self.has_settings() {
             tracing::warn!(
                 "the flowControl section is set but the flowControl feature gate is off: its settings (other than saturationDetector) are ignored, as in llm-d"
             );
@@ -384,14 +377,10 @@ mod tests {
     }
 
     #[test]
-    fn gates_follow_llm_d_and_refuse_flow_control() {
+    fn gates_follow_llm_d() {
         assert!(gates(&["prepareDataPlugins", "dataLayer=true"]).is_ok());
-        assert!(gates(&["flowControl=false"]).is_ok());
-        let e = gates(&["flowControl"]).unwrap_err().to_string();
-        assert!(
-            e.contains("flowControl") && e.contains("not implemented yet"),
-            "{e}"
-        );
+        assert!(!gates(&["flowControl=false"]).unwrap().flow_control);
+        assert!(gates(&["flowControl"]).unwrap().flow_control);
         let e = gates(&["fastLane"]).unwrap_err().to_string();
         assert!(e.contains("fastLane") && e.contains("known"), "{e}");
         let e = gates(&["dataLayer=maybe"]).unwrap_err().to_string();
@@ -399,18 +388,14 @@ mod tests {
     }
 
     #[test]
-    fn flow_control_is_accepted_and_its_gate_refused() {
+    fn flow_control_is_accepted_with_or_without_its_gate() {
         let fc: FlowControl = serde_yaml_ng::from_str(
             "maxBytes: 1Gi\nmaxRequests: 500\ndefaultRequestTTL: 30s\npriorityBands: [{priority: 10, maxRequests: 100, orderingPolicyRef: fcfs}]\nsaturationDetector: {pluginRef: sd}\n",
         )
         .unwrap();
         assert!(fc.has_settings());
         assert!(fc.check(&FeatureGates::default()).is_ok());
-        let e = fc
-            .check(&FeatureGates { flow_control: true })
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not implemented yet"), "{e}");
+        assert!(fc.check(&FeatureGates { flow_control: true }).is_ok());
         let e = serde_yaml_ng::from_str::<FlowControl>("maxByte: 1\n")
             .unwrap_err()
             .to_string();

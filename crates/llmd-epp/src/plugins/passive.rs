@@ -10,6 +10,7 @@
 //! | `metrics-data-source`, `core-metrics-extractor` | the EPP's scraper (`--refresh-metrics-interval`, the metric flags) |
 //! | `endpoint-notification-source` | the KV-event subscriptions follow the pool's endpoints |
 //! | `openai-parser` | the request parser (OpenAI completions and chat completions) |
+//! | `round-robin-fairness-policy`, `global-strict-fairness-policy`, `fcfs-ordering-policy`, `priority-holdback-policy`, `static-usage-limit-policy` | flow control names them ([`crate::flow_control`]) |
 //! | `inflight-load-producer` | the EPP's in-flight count ([`crate::inflight`]), always kept: uncached prompt tokens, released at the first streamed chunk; requests released at the end |
 //!
 //! A plugin of these types may be listed in a profile (llm-d's precise guide lists `tokenizer`
@@ -33,6 +34,11 @@ pub const TYPES: &[&str] = &[
     "endpoint-notification-source",
     "openai-parser",
     "inflight-load-producer",
+    "round-robin-fairness-policy",
+    "global-strict-fairness-policy",
+    "fcfs-ordering-policy",
+    "priority-holdback-policy",
+    "static-usage-limit-policy",
 ];
 
 /// What a passive plugin stands for.
@@ -50,6 +56,8 @@ pub enum Passive {
     DataLayer,
     /// A request parser.
     Parser,
+    /// A flow-control fairness or ordering policy.
+    FlowControlPolicy,
 }
 
 /// `prefill-header-handler` / `disagg-headers-handler` parameters.
@@ -174,6 +182,21 @@ pub fn build(spec: &PluginSpec) -> Option<Result<Passive, ConfigError>> {
         }),
         "endpoint-notification-source" => Ok(Passive::DataLayer),
         "openai-parser" => Ok(Passive::Parser),
+        "priority-holdback-policy" | "static-usage-limit-policy" => {
+            crate::flow_control::settings::UsageLimit::from_plugin(
+                kind,
+                spec.parameters.as_ref(),
+                &format!("plugin {:?} parameters", spec.name()),
+            )
+            .map(|_| Passive::FlowControlPolicy)
+        }
+        "round-robin-fairness-policy" | "global-strict-fairness-policy" | "fcfs-ordering-policy" => {
+            match &spec.parameters {
+                None | Some(Value::Null) => Ok(Passive::FlowControlPolicy),
+                Some(Value::Object(m)) if m.is_empty() => Ok(Passive::FlowControlPolicy),
+                Some(_) => Err(refuse(spec, "", "this policy takes no parameters")),
+            }
+        }
         "inflight-load-producer" => params::<InFlightProducerParams>(spec).and_then(|p| {
             if p.add_estimated_output_tokens == Some(true) || p.max_estimated_output_tokens.is_some()
             {

@@ -139,6 +139,19 @@ pub(crate) struct Deps {
     parallel: Arc<Semaphore>,
     /// See [`ExtProcService::pick_inline_for_bench`].
     pick_inline: bool,
+    /// The stream's answers: closed when the data plane drops the stream (its client left),
+    /// which ends a flow-control wait.
+    answers: Option<mpsc::Sender<Result<ProcessingResponse, Status>>>,
+}
+
+impl Deps {
+    /// Resolves when the data plane has dropped this stream (never without one).
+    pub async fn client_gone(&self) {
+        match &self.answers {
+            Some(tx) => tx.closed().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl Deps {
@@ -226,6 +239,7 @@ impl ExternalProcessor for ExtProcService {
             config: self.config.clone(),
             parallel: self.parallel.clone(),
             pick_inline: self.pick_inline,
+            answers: Some(tx.clone()),
         };
         tokio::spawn(async move {
             let mut state = stream::StreamState::new(grpc_trace);

@@ -356,8 +356,23 @@ impl StreamState {
         self.class = deps
             .picker
             .classify(&self.headers, parsed.as_ref().map(|r| r.model.as_str()));
+        // Flow control (`flowControl` gate): wait for room in the pool, or be refused.
+        let mut permit = None;
+        if let (Some(fc), Some(req)) = (deps.picker.flow_control(), parsed.as_ref()) {
+            let request = crate::flow_control::Request {
+                class: &self.class,
+                bytes: self.body.len() as u64,
+                model: &req.model,
+            };
+            match fc.admit(request, deps.client_gone()).await {
+                Ok(p) => permit = Some(p),
+                Err(e) => return self.immediate(&e),
+            }
+        }
         let headers = std::mem::take(&mut self.headers);
         let (result, parsed, headers) = deps.pick(parsed, headers, self.subset.clone(), span).await;
+        // The decision is counted in flight now (or failed): the pool's capacity sees it.
+        drop(permit);
         self.headers = headers;
         let decision = match result {
             Ok(d) if !d.endpoints.is_empty() => d,

@@ -60,6 +60,23 @@ pub enum PickError {
     /// `ResourceExhausted`, `rejected-saturated`).
     #[error("system saturated, sheddable request dropped")]
     Saturated,
+    /// Flow control: the request's band or the whole queue is full, or a higher-priority
+    /// request displaced it (429, GIE's `ResourceExhausted`, `rejected-saturated`).
+    #[error("request rejected by flow control: queue at capacity")]
+    QueueFull,
+    /// Flow control: the request waited past its TTL (503, GIE's `ServiceUnavailable`,
+    /// `rejected-ttl-expired`, or `rejected-no-endpoints` when the pool had no endpoint).
+    #[error("request timed out in queue{}", if *no_endpoints { " (no endpoints)" } else { "" })]
+    QueueTimeout {
+        /// It waited on a pool without endpoints (`noEndpointRequestTTL`).
+        no_endpoints: bool,
+    },
+    /// Flow control: the client disconnected while queued (503, `rejected-context-cancelled`).
+    #[error("client disconnected")]
+    ClientGone,
+    /// Flow control: the EPP is stopping (503, `rejected-shutting-down`).
+    #[error("flow controller shutting down")]
+    ShuttingDown,
     /// Body or prompt over the limit (413).
     #[error("{0}")]
     TooLarge(String),
@@ -75,17 +92,27 @@ impl PickError {
             PickError::BadRequest(_) => 400,
             PickError::UnknownModel(_) => 404,
             PickError::TooLarge(_) => 413,
-            PickError::Saturated => 429,
+            PickError::Saturated | PickError::QueueFull => 429,
             PickError::Internal(_) => 500,
-            PickError::NoEndpoints(_) => 503,
+            PickError::NoEndpoints(_)
+            | PickError::QueueTimeout { .. }
+            | PickError::ClientGone
+            | PickError::ShuttingDown => 503,
         }
     }
 
     /// GIE's dropped-reason value, where one applies.
     pub fn dropped_reason(&self) -> Option<&'static str> {
         match self {
-            PickError::NoEndpoints(_) => Some("rejected-no-endpoints"),
-            PickError::Saturated => Some("rejected-saturated"),
+            PickError::NoEndpoints(_) | PickError::QueueTimeout { no_endpoints: true } => {
+                Some("rejected-no-endpoints")
+            }
+            PickError::Saturated | PickError::QueueFull => Some("rejected-saturated"),
+            PickError::QueueTimeout {
+                no_endpoints: false,
+            } => Some("rejected-ttl-expired"),
+            PickError::ClientGone => Some("rejected-context-cancelled"),
+            PickError::ShuttingDown => Some("rejected-shutting-down"),
             _ => None,
         }
     }
@@ -98,8 +125,11 @@ impl PickError {
         match self {
             PickError::BadRequest(_) | PickError::TooLarge(_) => "BadRequest",
             PickError::UnknownModel(_) => "NotFound",
-            PickError::Saturated => "ResourceExhausted",
-            PickError::NoEndpoints(_) => "ServiceUnavailable",
+            PickError::Saturated | PickError::QueueFull => "ResourceExhausted",
+            PickError::NoEndpoints(_)
+            | PickError::QueueTimeout { .. }
+            | PickError::ClientGone
+            | PickError::ShuttingDown => "ServiceUnavailable",
             PickError::Internal(_) => "Internal",
         }
     }
@@ -124,6 +154,10 @@ impl PickError {
             PickError::UnknownModel(_) => "unknown_model",
             PickError::TooLarge(_) => "too_large",
             PickError::Saturated => "saturated",
+            PickError::QueueFull => "queue_full",
+            PickError::QueueTimeout { .. } => "queue_timeout",
+            PickError::ClientGone => "client_gone",
+            PickError::ShuttingDown => "shutting_down",
             PickError::Internal(_) => "internal",
             PickError::NoEndpoints(_) => "no_endpoints",
         }
@@ -162,6 +196,12 @@ pub trait Picker: Send + Sync + 'static {
     ) -> crate::objectives::RequestClass {
         crate::objectives::RequestClass::default()
     }
+
+    /// The flow controller requests wait in before [`Picker::pick`] (the `flowControl`
+    /// gate), if any.
+    fn flow_control(&self) -> Option<&crate::flow_control::FlowControl> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -182,5 +222,26 @@ mod tests {
         );
         assert_eq!(PickError::BadRequest("x".into()).status(), 400);
         assert_eq!(PickError::TooLarge("x".into()).status(), 413);
+        // Flow control, as llm-d's admission translates its outcomes.
+        assert_eq!(PickError::QueueFull.status(), 429);
+        assert_eq!(
+            PickError::QueueFull.dropped_reason(),
+            Some("rejected-saturated")
+        );
+        let ttl = PickError::QueueTimeout {
+            no_endpoints: false,
+        };
+        assert_eq!(
+            (ttl.status(), ttl.dropped_reason(), ttl.gie_code()),
+            (503, Some("rejected-ttl-expired"), "ServiceUnavailable")
+        );
+        assert_eq!(
+            PickError::QueueTimeout { no_endpoints: true }.dropped_reason(),
+            Some("rejected-no-endpoints")
+        );
+        assert_eq!(
+            PickError::ClientGone.dropped_reason(),
+            Some("rejected-context-cancelled")
+        );
     }
 }

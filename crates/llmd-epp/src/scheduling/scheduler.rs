@@ -63,6 +63,8 @@ pub struct Scheduler {
     limits: Limits,
     service_name: Option<String>,
     bodyless: AtomicU64,
+    /// The flow controller (`flowControl` gate on); its queue replaces legacy shedding.
+    flow: Option<crate::flow_control::FlowControl>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -98,6 +100,9 @@ impl Scheduler {
     pub fn with_env(config: &EndpointPickerConfig, env: BuildEnv) -> Result<Self, ConfigError> {
         let built = registry::build(config, &env)?;
         let pool = env.pool.clone().unwrap_or_default();
+        let flow = crate::flow_control::Settings::from_config(config)?.map(|s| {
+            crate::flow_control::FlowControl::new(s, pool.clone(), built.detector.clone())
+        });
         Ok(Self {
             pool,
             profiles: built.profiles,
@@ -109,6 +114,7 @@ impl Scheduler {
             limits: Limits::default(),
             service_name: None,
             bodyless: AtomicU64::new(0),
+            flow,
         })
     }
 
@@ -142,6 +148,11 @@ impl Scheduler {
         all.extend_from_slice(extra);
         self.objectives = Objectives::new(&all)?;
         Ok(self)
+    }
+
+    /// The InferenceObjectives requests are classified by (the Kubernetes watch updates them).
+    pub fn objectives(&self) -> &Objectives {
+        &self.objectives
     }
 
     /// The saturation detector behind shedding.
@@ -275,6 +286,7 @@ impl Scheduler {
                 .objectives
                 .classify(ctx.headers, Some(&req.model))
                 .sheddable()
+            && self.flow.is_none()
             && self.detector.saturation(&eps) >= 1.0
         {
             return Err(PickError::Saturated);
@@ -356,5 +368,9 @@ impl Picker for Scheduler {
 
     fn classify(&self, headers: &[(String, String)], model: Option<&str>) -> RequestClass {
         self.objectives.classify(headers, model)
+    }
+
+    fn flow_control(&self) -> Option<&crate::flow_control::FlowControl> {
+        self.flow.as_ref()
     }
 }

@@ -2,7 +2,9 @@
 //! its pods that answers the way the real one does, so discovery is tested through
 //! `kube::Client` without a cluster.
 //!
-//! It serves, for `inference.networking.k8s.io/v1` `inferencepools` and core `v1` `pods`:
+//! It serves, for `inference.networking.k8s.io/v1` `inferencepools`, core `v1` `pods` and
+//! `llm-d.ai/v1alpha2` `inferenceobjectives` (other groups' objectives: 404, as a cluster
+//! without that CRD answers):
 //!
 //! - **GET** of the pool by name;
 //! - **LIST** of a namespace's collection, with `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`,
@@ -43,6 +45,8 @@ pub const NAMESPACE: &str = "ai";
 pub const POOL: &str = "llama";
 /// The InferencePool API group and version the fake serves.
 const POOL_API: (&str, &str) = ("inference.networking.k8s.io", "v1");
+/// The InferenceObjective API group and version the fake serves.
+pub const OBJECTIVE_API: (&str, &str) = ("llm-d.ai", "v1alpha2");
 
 /// The objects the fake holds.
 #[derive(Debug, Clone, Default)]
@@ -51,15 +55,19 @@ pub struct Objects {
     pub pool: Value,
     /// Pod objects (any namespace; requests see their own).
     pub pods: Vec<Value>,
+    /// `InferenceObjective` objects (any namespace).
+    pub objectives: Vec<Value>,
 }
 
-/// The two resources served.
+/// The resources served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// `inferencepools`.
     Pool,
     /// `pods`.
     Pod,
+    /// `inferenceobjectives`.
+    Objective,
 }
 
 /// One LIST or WATCH request as received (GETs of the pool are not recorded).
@@ -139,6 +147,10 @@ impl FakeKube {
                 axum::routing::get(pools),
             )
             .route("/api/v1/namespaces/{ns}/pods", axum::routing::get(pods_of))
+            .route(
+                "/apis/{group}/{version}/namespaces/{ns}/inferenceobjectives",
+                axum::routing::get(objectives_of),
+            )
             .with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -298,38 +310,53 @@ fn apply(s: &mut Store, mut next: Objects) {
             });
         }
     }
-    let mut old_pods: HashMap<(String, String), Value> =
-        s.objects.pods.iter().map(|p| (key(p), p.clone())).collect();
-    for pod in &mut next.pods {
-        let old = old_pods.remove(&key(pod));
-        match &old {
-            Some(o) if content(o) == content(pod) => *pod = o.clone(),
+    let pods = std::mem::take(&mut next.pods);
+    next.pods = diff(s, Kind::Pod, &s.objects.pods.clone(), pods);
+    let objectives = std::mem::take(&mut next.objectives);
+    next.objectives = diff(
+        s,
+        Kind::Objective,
+        &s.objects.objectives.clone(),
+        objectives,
+    );
+    s.objects = next;
+}
+
+/// Logs a change per object of `new` that differs from `old` (by namespace and name), and one
+/// per object gone; returns `new` with resource versions.
+fn diff(s: &mut Store, kind: Kind, old: &[Value], mut new: Vec<Value>) -> Vec<Value> {
+    let mut old: HashMap<(String, String), Value> =
+        old.iter().map(|p| (key(p), p.clone())).collect();
+    for obj in &mut new {
+        let was = old.remove(&key(obj));
+        match &was {
+            Some(o) if content(o) == content(obj) => *obj = o.clone(),
             _ => {
                 s.rv += 1;
-                set_rv(pod, s.rv);
+                set_rv(obj, s.rv);
                 let rv = s.rv;
                 s.log.push(Change {
                     rv,
-                    kind: Kind::Pod,
-                    old,
-                    new: Some(pod.clone()),
+                    kind,
+                    old: was,
+                    new: Some(obj.clone()),
                 });
             }
         }
     }
-    let mut gone: Vec<Value> = old_pods.into_values().collect();
+    let mut gone: Vec<Value> = old.into_values().collect();
     gone.sort_by_key(key);
-    for pod in gone {
+    for obj in gone {
         s.rv += 1;
         let rv = s.rv;
         s.log.push(Change {
             rv,
-            kind: Kind::Pod,
-            old: Some(pod),
+            kind,
+            old: Some(obj),
             new: None,
         });
     }
-    s.objects = next;
+    new
 }
 
 /// A `Status` answer, as the API server gives for errors.
@@ -392,6 +419,21 @@ async fn pods_of(
     collection(sh, Kind::Pod, ns, q).await
 }
 
+async fn objectives_of(
+    State(sh): State<Shared>,
+    Path((group, version, ns)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if (group.as_str(), version.as_str()) != OBJECTIVE_API {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+    }
+    collection(sh, Kind::Objective, ns, q).await
+}
+
 /// LIST or WATCH of a namespace's collection.
 async fn collection(sh: Shared, kind: Kind, ns: String, q: HashMap<String, String>) -> Response {
     let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
@@ -442,6 +484,7 @@ async fn collection(sh: Shared, kind: Kind, ns: String, q: HashMap<String, Strin
     let items: Vec<Value> = match kind {
         Kind::Pool => vec![s.objects.pool.clone()],
         Kind::Pod => s.objects.pods.clone(),
+        Kind::Objective => s.objects.objectives.clone(),
     }
     .into_iter()
     .filter(|o| !o.is_null() && filter.matches(o))
@@ -452,6 +495,10 @@ async fn collection(sh: Shared, kind: Kind, ns: String, q: HashMap<String, Strin
             "InferencePoolList",
         ),
         Kind::Pod => ("v1".to_owned(), "PodList"),
+        Kind::Objective => (
+            format!("{}/{}", OBJECTIVE_API.0, OBJECTIVE_API.1),
+            "InferenceObjectiveList",
+        ),
     };
     axum::Json(json!({"apiVersion": api_version, "kind": list_kind,
                       "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}))
@@ -517,4 +564,19 @@ pub fn named<'a>(pods: &'a mut [Value], name: &str) -> &'a mut Value {
         Some(p) => p,
         None => panic!("no pod {name}"),
     }
+}
+
+/// An `llm-d.ai/v1alpha2` `InferenceObjective` in `ai` with this priority (`None`: unset) for
+/// the pool [`pool`] makes.
+pub fn objective(name: &str, priority: Option<i32>) -> Value {
+    let mut spec = json!({"poolRef": {"name": POOL, "group": "inference.networking.k8s.io"}});
+    if let Some(p) = priority {
+        spec["priority"] = json!(p);
+    }
+    json!({
+        "apiVersion": format!("{}/{}", OBJECTIVE_API.0, OBJECTIVE_API.1),
+        "kind": "InferenceObjective",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    })
 }

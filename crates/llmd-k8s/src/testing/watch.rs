@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{Change, Kind, POOL_API, Shared, Store, set_rv, status, status_object};
+use super::{Change, Kind, OBJECTIVE_API, POOL_API, Shared, Store, set_rv, status, status_object};
 
 /// One requirement of a label selector.
 #[derive(Debug, Clone)]
@@ -147,6 +147,7 @@ pub(super) fn start(s: &Store, filter: Filter, from: Option<u64>, bookmarks: boo
             let current = match start.filter.kind {
                 Kind::Pool => std::slice::from_ref(&s.objects.pool),
                 Kind::Pod => s.objects.pods.as_slice(),
+                Kind::Objective => s.objects.objectives.as_slice(),
             };
             for obj in current
                 .iter()
@@ -186,6 +187,10 @@ fn bookmark(kind: Kind, rv: u64) -> Bytes {
     let (api_version, kind) = match kind {
         Kind::Pool => (format!("{}/{}", POOL_API.0, POOL_API.1), "InferencePool"),
         Kind::Pod => ("v1".to_owned(), "Pod"),
+        Kind::Objective => (
+            format!("{}/{}", OBJECTIVE_API.0, OBJECTIVE_API.1),
+            "InferenceObjective",
+        ),
     };
     line(
         &json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version,
