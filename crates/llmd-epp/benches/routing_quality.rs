@@ -17,6 +17,8 @@
 //! - `bursts`: 6 times, a new ~1,500-token prefix arrives as 8 requests within 20 ms.
 //! - `multi-turn`: 16 conversations of 4 turns (each turn's prompt extends the previous one),
 //!   8 in flight; a follow-up "hits" when it goes to the pod that served the turn before.
+//! - `trace`: a Mooncake-style trace (prompts of shared `hash_ids` blocks under 8 roots of
+//!   unequal popularity, 240 requests arriving open-loop at 40/s).
 //! - `mixed`: all three at once (shared prefixes with 6 in flight, conversations with 4,
 //!   bursts every 400 ms).
 //!
@@ -27,7 +29,10 @@
 //!
 //! Prints, per scenario and policy: engine prefix-cache hit rate (cached / prompt tokens, from
 //! the responses' `usage`), TTFT p50/p90/p99 (client clock), requests per pod (largest
-//! deviation from the mean), and the scenario's own figure.
+//! deviation from the mean), goodput (requests/s, and their share, with TTFT within 100 ms),
+//! and the scenario's own figure. A LoRA mix is not here: in one process the simulators share
+//! one `vllm:lora_requests_info` series (it has no engine label), so LoRA affinity is shown by
+//! `tests/affinity.rs` with simulators in processes of their own.
 //! Run: `cargo bench -p llmd-epp --bench routing_quality` (about 3 minutes);
 //! `LLMD_ROUTING_SCENARIOS=bursts,mixed` and `LLMD_ROUTING_POLICIES=precise` select.
 
@@ -500,6 +505,54 @@ async fn multi_turn(
     (out, (same, follow))
 }
 
+/// A Mooncake-style trace (`hash_ids` of shared blocks, open-loop arrivals), generated: `n`
+/// requests at `rate`/s (exponential gaps); each prompt is a root block chosen from 8 (the
+/// first ones far more often, as system prompts are), 1-3 blocks shared under that root, and 1-2
+/// blocks of its own; a block is ~250 tokens of the same text wherever its id recurs.
+async fn trace(stack: &Arc<Stack>, n: usize, rate: f64, seed: u64) -> Vec<Outcome> {
+    let mut x = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut at = 0.0f64;
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for i in 0..n {
+        let u = (next() % 1_000_000) as f64 / 1_000_000.0;
+        at += -(1.0 - u).ln() / rate;
+        // Root: 0 half the time, 1 a quarter, ... (8 roots).
+        let root = (next() % 255 + 1).leading_zeros().saturating_sub(56) as u64;
+        let mut ids = vec![root];
+        for depth in 0..1 + next() % 3 {
+            ids.push(1_000 + root * 100 + depth * 10 + next() % 3);
+        }
+        for k in 0..1 + next() % 2 {
+            ids.push(1_000_000 + i as u64 * 10 + k);
+        }
+        let prompt: String = ids
+            .iter()
+            .map(|id| format!("[{id}] {}", words(seed * 99_991 + id, 125)))
+            .collect();
+        let stack = stack.clone();
+        let due = Duration::from_secs_f64(at);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+            request(&stack, &prompt, 16).await
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// TTFT objective for the goodput column.
+const SLO_MS: f64 = 100.0;
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -552,7 +605,7 @@ fn main() {
             .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
     };
     let scenarios = select("LLMD_ROUTING_SCENARIOS").unwrap_or_else(|| {
-        ["shared-prefix", "bursts", "multi-turn", "mixed"]
+        ["shared-prefix", "bursts", "multi-turn", "trace", "mixed"]
             .map(String::from)
             .to_vec()
     });
@@ -576,11 +629,12 @@ fn main() {
         for scenario in &scenarios {
             eprintln!("\n== {scenario}: {PODS} pods");
             eprintln!(
-                "{:>14} | {:>6} | {:>8} {:>8} {:>8} | {:>6} | figure",
+                "{:>14} | {:>6} | {:>8} {:>8} {:>8} | {:>6} | goodput (TTFT <= {SLO_MS} ms) | figure",
                 "policy", "hit", "TTFT p50", "p90", "p99", "spread"
             );
             for &policy in &policies {
                 let stack = Arc::new(stack(policy, &tok, &metrics).await);
+                let began = Instant::now();
                 let (out, figure) = match scenario.as_str() {
                     "shared-prefix" => {
                         let out = shared_prefix(&stack, 192, 12, 1).await;
@@ -601,6 +655,10 @@ fn main() {
                         );
                         (out, f)
                     }
+                    "trace" => {
+                        let out = trace(&stack, 240, 40.0, 7).await;
+                        (out, "open loop at 40 requests/s".to_owned())
+                    }
                     "mixed" => {
                         let (a, b, c) = tokio::join!(
                             shared_prefix(&stack, 128, 6, 4),
@@ -618,12 +676,16 @@ fn main() {
                     }
                     other => panic!("unknown scenario {other}"),
                 };
+                let secs = began.elapsed().as_secs_f64();
                 let (hit, p50, p90, p99, dev) = summary(&out, &stack.pods);
+                let good = out.iter().filter(|o| o.ttft_ms <= SLO_MS).count();
                 eprintln!(
-                    "{:>14} | {:>5.1}% | {p50:>8.1} {p90:>8.1} {p99:>8.1} | ±{:>4.0}% | {figure} ({} requests)",
+                    "{:>14} | {:>5.1}% | {p50:>8.1} {p90:>8.1} {p99:>8.1} | ±{:>4.0}% | {:>5.1}/s {:>5.1}% | {figure} ({} requests)",
                     policy.name(),
                     hit * 100.0,
                     dev * 100.0,
+                    good as f64 / secs,
+                    100.0 * good as f64 / out.len().max(1) as f64,
                     out.len()
                 );
                 drop(stack);
