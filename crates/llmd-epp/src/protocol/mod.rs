@@ -144,7 +144,9 @@ pub(crate) struct Deps {
 impl Deps {
     /// Runs the picker on a blocking thread (at most [`MAX_PARALLEL_PICKS`] at once; the rest
     /// wait without holding a thread), so tokenizing and scoring never stall the async workers
-    /// that relay responses. The request and headers are moved in and handed back.
+    /// that relay responses; picks the picker calls cheap ([`Picker::picks_inline`]: small
+    /// prompts) run here, where the hop would cost more than the pick. The request and headers
+    /// are moved in and handed back.
     pub async fn pick(
         &self,
         request: Option<InferenceRequest>,
@@ -156,7 +158,7 @@ impl Deps {
         Option<InferenceRequest>,
         Vec<(String, String)>,
     ) {
-        if self.pick_inline {
+        if self.pick_inline || self.picker.picks_inline(request.as_ref()) {
             let ctx = PickContext {
                 request: request.as_ref(),
                 headers: &headers,
