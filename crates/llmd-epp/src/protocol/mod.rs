@@ -1,8 +1,9 @@
 //! The Envoy `ext_proc` server (`envoy.service.ext_proc.v3.ExternalProcessor.Process`): one
 //! bidirectional stream per HTTP request, answered the way Envoy and the GIE endpoint-picker
 //! protocol expect (`reference/epp-and-kv-index.md` §1). This is the top of the EPP: it parses
-//! the request, asks the [`Picker`] (the scheduler) for a decision off the async runtime, and
-//! turns the decision or its error into Envoy's answer.
+//! the request, asks the [`Picker`] (the scheduler) for a decision off the async runtime (small
+//! picks on the stream's task, [`Picker::picks_inline`]), and turns the decision or its error
+//! into Envoy's answer.
 //!
 //! | module | what it does |
 //! |---|---|
