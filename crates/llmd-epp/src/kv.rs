@@ -182,6 +182,16 @@ impl KvService {
         }
     }
 
+    /// Whether the tokenizer for requests to `model` was loaded (or found missing) already, so
+    /// that keying such a request reads no file.
+    pub fn tokenizer_loaded(&self, model: &str) -> bool {
+        let name = self.tokenizer_name(model);
+        self.tokenizers
+            .read()
+            .get(name)
+            .is_some_and(|slot| slot.get().is_some())
+    }
+
     /// The tokenizer for requests to `model` (see [`Self::tokenizer_name`]).
     fn tokenizer(&self, model: &str) -> Option<Arc<TokenizerEntry>> {
         let name = self.tokenizer_name(model);

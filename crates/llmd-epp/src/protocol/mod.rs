@@ -1,8 +1,9 @@
 //! The Envoy `ext_proc` server (`envoy.service.ext_proc.v3.ExternalProcessor.Process`): one
 //! bidirectional stream per HTTP request, answered the way Envoy and the GIE endpoint-picker
 //! protocol expect (`reference/epp-and-kv-index.md` §1). This is the top of the EPP: it parses
-//! the request, asks the [`Picker`] (the scheduler) for a decision off the async runtime, and
-//! turns the decision or its error into Envoy's answer.
+//! the request, asks the [`Picker`] (the scheduler) for a decision off the async runtime (small
+//! picks on the stream's task, [`Picker::picks_inline`]), and turns the decision or its error
+//! into Envoy's answer.
 //!
 //! | module | what it does |
 //! |---|---|
@@ -157,7 +158,9 @@ impl Deps {
 impl Deps {
     /// Runs the picker on a blocking thread (at most [`MAX_PARALLEL_PICKS`] at once; the rest
     /// wait without holding a thread), so tokenizing and scoring never stall the async workers
-    /// that relay responses. The request and headers are moved in and handed back.
+    /// that relay responses; picks the picker calls cheap ([`Picker::picks_inline`]: small
+    /// prompts) run here, where the hop would cost more than the pick. The request and headers
+    /// are moved in and handed back.
     pub async fn pick(
         &self,
         request: Option<InferenceRequest>,
@@ -169,7 +172,7 @@ impl Deps {
         Option<InferenceRequest>,
         Vec<(String, String)>,
     ) {
-        if self.pick_inline {
+        if self.pick_inline || self.picker.picks_inline(request.as_ref()) {
             let ctx = PickContext {
                 request: request.as_ref(),
                 headers: &headers,

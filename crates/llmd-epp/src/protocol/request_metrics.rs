@@ -14,9 +14,13 @@
 //! - the response's end: duration, sizes, token counts from `usage`, NTPOT and streamed TPOT;
 //!   the running gauges go down (also when the stream is dropped).
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use llmd_telemetry::names::{MetricDef, epp};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata};
+use parking_lot::RwLock;
 
 use super::Usage;
 use crate::labels::{fairness_label, model_label};
@@ -57,13 +61,124 @@ impl Labels {
             ("priority", self.priority.clone()),
         ]
     }
+}
 
-    fn histograms(&self, gie: Option<&MetricDef>, llmd: &MetricDef, value: f64) {
-        if let Some(g) = gie {
-            metrics::histogram!(g.name, &self.gie()).record(value);
+/// The metric keys of one label set, built once and reused by every request with those labels:
+/// a prebuilt [`Key`] carries its hash, so recording is a registry lookup and an atomic update
+/// instead of cloning label strings and hashing them for each of the ~20 series a request
+/// touches. Keys, not handles, are cached: a key finds whatever recorder is installed when it
+/// is used (tests install theirs at any point).
+#[derive(Debug)]
+struct Keys {
+    request_total: Key,
+    model_request_total: Key,
+    llmd_request_total: Key,
+    request_sizes: Key,
+    llmd_request_size: Key,
+    running: Key,
+    llmd_running: Key,
+    duration: Key,
+    llmd_duration: Key,
+    model_duration: Key,
+    response_sizes: Key,
+    llmd_response_size: Key,
+    /// TTFT, `streaming` false and true.
+    ttft: [Key; 2],
+    input_tokens: Key,
+    llmd_input_tokens: Key,
+    output_tokens: Key,
+    llmd_output_tokens: Key,
+    ntpot: Key,
+    llmd_ntpot: Key,
+    llmd_streaming_tpot: Key,
+    llmd_itl: Key,
+    cached: Key,
+    llmd_cached: Key,
+}
+
+/// Label sets whose keys are kept; past it keys are built per request (still right, slower).
+const MAX_CACHED_LABEL_SETS: usize = 4096;
+
+/// (model, fairness id, priority) label values.
+type LabelSet = (String, String, String);
+
+static KEYS: LazyLock<RwLock<HashMap<LabelSet, Arc<Keys>>>> =
+    LazyLock::new(|| RwLock::new(HashMap::new()));
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+impl Keys {
+    fn of(l: &Labels) -> Arc<Keys> {
+        let id = (l.model.clone(), l.fairness.clone(), l.priority.clone());
+        if let Some(k) = KEYS.read().get(&id) {
+            return k.clone();
         }
-        metrics::histogram!(llmd.name, &self.llmd()).record(value);
+        let keys = Arc::new(Keys::new(l));
+        let mut cache = KEYS.write();
+        if cache.len() < MAX_CACHED_LABEL_SETS {
+            cache.entry(id).or_insert_with(|| keys.clone());
+        }
+        keys
     }
+
+    fn new(l: &Labels) -> Keys {
+        let gie = || -> Vec<Label> { l.gie().into_iter().map(|(k, v)| Label::new(k, v)).collect() };
+        let llmd = || -> Vec<Label> {
+            l.llmd()
+                .into_iter()
+                .map(|(k, v)| Label::new(k, v))
+                .collect()
+        };
+        let key = |def: &MetricDef, labels: Vec<Label>| Key::from_parts(def.name, labels);
+        let mut total = gie();
+        total.push(Label::new("priority", l.priority.clone()));
+        let ttft = |streaming: bool| {
+            let mut labels = llmd();
+            labels.push(Label::new("streaming", streaming.to_string()));
+            key(&epp::LLMD_TTFT, labels)
+        };
+        Keys {
+            request_total: key(&epp::REQUEST_TOTAL, total),
+            model_request_total: key(&epp::MODEL_REQUEST_TOTAL, gie()),
+            llmd_request_total: key(&epp::LLMD_REQUEST_TOTAL, llmd()),
+            request_sizes: key(&epp::REQUEST_SIZES, gie()),
+            llmd_request_size: key(&epp::LLMD_REQUEST_SIZE, llmd()),
+            running: key(
+                &epp::RUNNING_REQUESTS,
+                vec![Label::new("model_name", l.model.clone())],
+            ),
+            llmd_running: key(&epp::LLMD_REQUEST_RUNNING, llmd()),
+            duration: key(&epp::REQUEST_DURATION, gie()),
+            llmd_duration: key(&epp::LLMD_REQUEST_DURATION, llmd()),
+            model_duration: key(&epp::MODEL_REQUEST_DURATION, gie()),
+            response_sizes: key(&epp::RESPONSE_SIZES, gie()),
+            llmd_response_size: key(&epp::LLMD_RESPONSE_SIZE, llmd()),
+            ttft: [ttft(false), ttft(true)],
+            input_tokens: key(&epp::INPUT_TOKENS, gie()),
+            llmd_input_tokens: key(&epp::LLMD_INPUT_TOKENS, llmd()),
+            output_tokens: key(&epp::OUTPUT_TOKENS, gie()),
+            llmd_output_tokens: key(&epp::LLMD_OUTPUT_TOKENS, llmd()),
+            ntpot: key(&epp::NTPOT, gie()),
+            llmd_ntpot: key(&epp::LLMD_NTPOT, llmd()),
+            llmd_streaming_tpot: key(&epp::LLMD_STREAMING_TPOT, llmd()),
+            llmd_itl: key(&epp::LLMD_STREAMING_ITL, llmd()),
+            cached: key(&epp::PROMPT_CACHED_TOKENS, gie()),
+            llmd_cached: key(&epp::LLMD_CACHED_TOKENS, llmd()),
+        }
+    }
+}
+
+fn counter(key: &Key) -> Counter {
+    metrics::with_recorder(|r| r.register_counter(key, &METADATA))
+}
+
+fn gauge(key: &Key) -> Gauge {
+    metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
+}
+
+fn histogram(key: &Key) -> Histogram {
+    metrics::with_recorder(|r| r.register_histogram(key, &METADATA))
 }
 
 /// The metrics state of one ext_proc stream.
@@ -71,6 +186,7 @@ impl Labels {
 pub(super) struct RequestMetrics {
     received: Instant,
     labels: Option<Labels>,
+    keys: Option<Arc<Keys>>,
     /// The running gauges were raised (lowered once, at the end or on drop).
     running: bool,
     /// Response phase.
@@ -88,6 +204,7 @@ impl RequestMetrics {
         Self {
             received: Instant::now(),
             labels: None,
+            keys: None,
             running: false,
             streaming: false,
             first_byte: None,
@@ -101,20 +218,19 @@ impl RequestMetrics {
     /// The request was routed.
     pub(super) fn routed(&mut self, model: &str, class: &RequestClass, request_bytes: usize) {
         let l = Labels::new(model, class);
-        metrics::counter!(epp::REQUEST_TOTAL.name, "model_name" => l.model.clone(), "target_model_name" => l.model.clone(), "priority" => l.priority.clone()).increment(1);
-        metrics::counter!(epp::MODEL_REQUEST_TOTAL.name, &l.gie()).increment(1);
-        metrics::counter!(epp::LLMD_REQUEST_TOTAL.name, &l.llmd()).increment(1);
-        l.histograms(
-            Some(&epp::REQUEST_SIZES),
-            &epp::LLMD_REQUEST_SIZE,
-            request_bytes as f64,
-        );
-        metrics::gauge!(epp::RUNNING_REQUESTS.name, "model_name" => l.model.clone()).increment(1.0);
-        metrics::gauge!(epp::LLMD_REQUEST_RUNNING.name, &l.llmd()).increment(1.0);
+        let k = Keys::of(&l);
+        counter(&k.request_total).increment(1);
+        counter(&k.model_request_total).increment(1);
+        counter(&k.llmd_request_total).increment(1);
+        histogram(&k.request_sizes).record(request_bytes as f64);
+        histogram(&k.llmd_request_size).record(request_bytes as f64);
+        gauge(&k.running).increment(1.0);
+        gauge(&k.llmd_running).increment(1.0);
         metrics::histogram!(epp::LLMD_REQUEST_PROCESSING_DURATION.name)
             .record(self.received.elapsed().as_secs_f64());
         self.running = true;
         self.labels = Some(l);
+        self.keys = Some(k);
     }
 
     /// The EPP refused the request.
@@ -141,10 +257,9 @@ impl RequestMetrics {
                 self.first_byte = Some(now);
             }
             if self.streaming
-                && let (Some(prev), Some(l)) = (self.last_chunk, &self.labels)
+                && let (Some(prev), Some(k)) = (self.last_chunk, &self.keys)
             {
-                metrics::histogram!(epp::LLMD_STREAMING_ITL.name, &l.llmd())
-                    .record(now.duration_since(prev).as_secs_f64());
+                histogram(&k.llmd_itl).record(now.duration_since(prev).as_secs_f64());
             }
             self.last_chunk = Some(now);
         }
@@ -157,58 +272,39 @@ impl RequestMetrics {
             return;
         }
         self.finished = true;
-        let Some(l) = self.labels.clone() else {
+        let (Some(l), Some(k)) = (self.labels.clone(), self.keys.clone()) else {
             return;
         };
         let e2e = self.received.elapsed().as_secs_f64();
-        l.histograms(
-            Some(&epp::REQUEST_DURATION),
-            &epp::LLMD_REQUEST_DURATION,
-            e2e,
-        );
-        metrics::histogram!(epp::MODEL_REQUEST_DURATION.name, &l.gie()).record(e2e);
-        l.histograms(
-            Some(&epp::RESPONSE_SIZES),
-            &epp::LLMD_RESPONSE_SIZE,
-            self.response_bytes as f64,
-        );
+        histogram(&k.duration).record(e2e);
+        histogram(&k.llmd_duration).record(e2e);
+        histogram(&k.model_duration).record(e2e);
+        histogram(&k.response_sizes).record(self.response_bytes as f64);
+        histogram(&k.llmd_response_size).record(self.response_bytes as f64);
         let ttft = match (self.streaming, self.first_byte) {
             (true, Some(t)) => t.duration_since(self.received).as_secs_f64(),
             _ => e2e,
         };
-        let mut ttft_labels = l.llmd().to_vec();
-        ttft_labels.push(("streaming", self.streaming.to_string()));
-        metrics::histogram!(epp::LLMD_TTFT.name, ttft_labels.as_slice()).record(ttft);
+        histogram(&k.ttft[usize::from(self.streaming)]).record(ttft);
         if let Some(u) = usage {
             if u.prompt > 0 {
-                l.histograms(
-                    Some(&epp::INPUT_TOKENS),
-                    &epp::LLMD_INPUT_TOKENS,
-                    u.prompt as f64,
-                );
+                histogram(&k.input_tokens).record(u.prompt as f64);
+                histogram(&k.llmd_input_tokens).record(u.prompt as f64);
             }
             if u.completion > 0 {
-                l.histograms(
-                    Some(&epp::OUTPUT_TOKENS),
-                    &epp::LLMD_OUTPUT_TOKENS,
-                    u.completion as f64,
-                );
-                l.histograms(
-                    Some(&epp::NTPOT),
-                    &epp::LLMD_NTPOT,
-                    e2e / u.completion as f64,
-                );
+                histogram(&k.output_tokens).record(u.completion as f64);
+                histogram(&k.llmd_output_tokens).record(u.completion as f64);
+                let ntpot = e2e / u.completion as f64;
+                histogram(&k.ntpot).record(ntpot);
+                histogram(&k.llmd_ntpot).record(ntpot);
                 if self.streaming && u.completion > 1 {
-                    metrics::histogram!(epp::LLMD_STREAMING_TPOT.name, &l.llmd())
+                    histogram(&k.llmd_streaming_tpot)
                         .record((e2e - ttft).max(0.0) / (u.completion - 1) as f64);
                 }
             }
             if let Some(c) = u.cached {
-                l.histograms(
-                    Some(&epp::PROMPT_CACHED_TOKENS),
-                    &epp::LLMD_CACHED_TOKENS,
-                    c as f64,
-                );
+                histogram(&k.cached).record(c as f64);
+                histogram(&k.llmd_cached).record(c as f64);
             }
         }
         if let Some(status) = self.server_error.take() {
@@ -222,10 +318,9 @@ impl RequestMetrics {
             return;
         }
         self.running = false;
-        if let Some(l) = &self.labels {
-            metrics::gauge!(epp::RUNNING_REQUESTS.name, "model_name" => l.model.clone())
-                .decrement(1.0);
-            metrics::gauge!(epp::LLMD_REQUEST_RUNNING.name, &l.llmd()).decrement(1.0);
+        if let Some(k) = &self.keys {
+            gauge(&k.running).decrement(1.0);
+            gauge(&k.llmd_running).decrement(1.0);
         }
     }
 }

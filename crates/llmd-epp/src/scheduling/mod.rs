@@ -182,6 +182,12 @@ pub trait Picker: Send + Sync + 'static {
     /// Chooses the endpoints for a request.
     fn pick(&self, ctx: &PickContext<'_>) -> Result<Decision, PickError>;
 
+    /// Whether the pick of `request` is cheap enough to run on the async worker that received
+    /// it: the hop to a blocking thread then costs more than the pick. Default: never.
+    fn picks_inline(&self, _request: Option<&crate::request::InferenceRequest>) -> bool {
+        false
+    }
+
     /// The data plane could not reach `endpoint`: leave it out of routing for `period`.
     fn report_unreachable(&self, _endpoint: &str, _period: std::time::Duration) {}
 

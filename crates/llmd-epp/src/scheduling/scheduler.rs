@@ -27,6 +27,15 @@ use crate::inflight::{Leg, Release, Ticket};
 use crate::kv::KvService;
 use crate::objectives::{Objectives, RequestClass};
 use crate::plugins::registry::{self, BuildEnv};
+use crate::request::{InferenceRequest, Prompt};
+
+/// Largest completions prompt whose pick runs on the ext_proc stream's own task rather than
+/// on a blocking thread. A pick at this size takes tens of µs (tokenizing ~500 tokens through
+/// the prompt cache, a short index lookup); handing it to a blocking thread and back costs
+/// about as much again in wake-ups and context switches (`scripts/bench-epp-floor.sh`).
+/// Longer prompts stay off the runtime: `benches/stream_gaps.rs` shows what they cost streamed
+/// responses inline.
+pub const INLINE_PICK_MAX_PROMPT_BYTES: usize = 2048;
 
 /// One scoring entry of an explanation: (profile, plugin, endpoint, score in [0, 1]).
 pub type ScoreEntry = (String, String, String, f64);
@@ -356,6 +365,19 @@ impl Picker for Scheduler {
             }
         }
         result
+    }
+
+    /// Inline: bodyless requests, and completions prompts of at most
+    /// [`INLINE_PICK_MAX_PROMPT_BYTES`] whose tokenizer is loaded (no file I/O, no chat
+    /// template). The rest go to the blocking pool.
+    fn picks_inline(&self, request: Option<&InferenceRequest>) -> bool {
+        let Some(req) = request else { return true };
+        matches!(req.prompt, Prompt::Text(_) | Prompt::Tokens(_))
+            && req.user_input_bytes <= INLINE_PICK_MAX_PROMPT_BYTES
+            && self
+                .kv
+                .as_ref()
+                .is_none_or(|kv| kv.tokenizer_loaded(&req.model))
     }
 
     fn report_unreachable(&self, endpoint: &str, period: std::time::Duration) {
