@@ -173,7 +173,20 @@ schedulingProfiles:
     }
 }
 
+/// A fresh stack; rebuilt (at most twice) when a pod's KV events never reach the new EPP.
 async fn stack(policy: Policy, tok: &str, metrics: &MetricsHandle) -> Stack {
+    for _ in 0..2 {
+        match try_stack(policy, tok, metrics).await {
+            Ok(s) => return s,
+            Err(pod) => eprintln!(
+                "  (warm-up: no KV events from {pod} reached the EPP in 10 s; building the stack again)"
+            ),
+        }
+    }
+    try_stack(policy, tok, metrics).await.unwrap()
+}
+
+async fn try_stack(policy: Policy, tok: &str, metrics: &MetricsHandle) -> Result<Stack, String> {
     let stop = CancellationToken::new();
     let mut specs = String::from("endpoints:\n");
     let mut pods = Vec::new();
@@ -261,7 +274,10 @@ async fn stack(policy: Policy, tok: &str, metrics: &MetricsHandle) -> Stack {
                     .await
                     .unwrap();
                 n += 1;
-                assert!(n < 200);
+                if n >= 1_000 {
+                    stop.cancel();
+                    return Err(pod.clone());
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -280,7 +296,7 @@ async fn stack(policy: Policy, tok: &str, metrics: &MetricsHandle) -> Stack {
     };
     // The EPP's tokenizer loaded before anything is measured.
     request(&stack, &words(7, 50), 1).await;
-    stack
+    Ok(stack)
 }
 
 /// Routes `prompt` through the EPP, streams it from the chosen pod, and relays the response
