@@ -289,7 +289,9 @@ def test_every_panel_returns_data(board, scraped_stack) -> None:
     # flow-control row is checked only against a stack that exposes them
     # (crates/llmd-epp/tests/flow_control.rs checks that an EPP with the gate emits every
     # series that row reads).
-    flow_control_on = bool(prom.query('count({__name__=~"llm_d_epp_flow_control_.*"})'))
+    # (Gauges and histograms without labels are exported as zero series by every EPP: only
+    # the per-request counter says that flow control ran.)
+    flow_control_on = bool(prom.query("count(llm_d_epp_flow_control_requests_total)"))
     for q in pu.queries(d):
         if not flow_control_on and all(n.startswith("llm_d_epp_flow_control_") for n in pu.metric_names(q.expr)):
             continue

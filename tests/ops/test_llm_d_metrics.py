@@ -160,7 +160,7 @@ def exposed(llmd_bin, tmp_path_factory) -> dict[str, list[dict[str, str]]]:
     tok = str(snapshots[0])
     work = tmp_path_factory.mktemp("llm-d-metrics")
     p = {k: pu.free_port() for k in ("prefill", "decode", "proxy", "proxy_m", "zmq", "dead",
-                                     *(f"{e}_{x}" for e in "abc" for x in ("grpc", "health", "metrics", "gw", "gw_m")))}
+                                     *(f"{e}_{x}" for e in "abcd" for x in ("grpc", "health", "metrics", "gw", "gw_m")))}
     stack = Stack(llmd_bin, work)
     try:
         sim = ["sim", "--host", "127.0.0.1", "--model", MODEL, "--tokenizer", tok, "--hash-seed", "7",
@@ -206,6 +206,10 @@ def exposed(llmd_bin, tmp_path_factory) -> dict[str, list[dict[str, str]]]:
             # request gets 429 and any other is routed.
             "c": {"plugins": [{"type": "round-robin-picker"}],
                   "inferenceObjectives": [{"name": "batch", "priority": -1}]},
+            # Flow control (llm-d's gate): requests pass through its queues, so its series exist.
+            "d": {"featureGates": ["flowControl"], "plugins": [{"type": "round-robin-picker"}],
+                  "flowControl": {"defaultRequestTTL": "5s"},
+                  "inferenceObjectives": [{"name": "premium", "priority": 10}]},
         }
         for e, cfg in configs.items():
             path = work / f"epp-{e}.yaml"
@@ -221,7 +225,7 @@ def exposed(llmd_bin, tmp_path_factory) -> dict[str, list[dict[str, str]]]:
             stack.start(f"gateway-{e}", ["gateway", "--host", "127.0.0.1", "--port", str(p[f"{e}_gw"]),
                                          "--metrics-port", str(p[f"{e}_gw_m"]),
                                          "--epp", f"http://127.0.0.1:{p[f'{e}_grpc']}"])
-        for port in (p["prefill"], p["decode"], p["proxy_m"], p["a_metrics"], p["b_metrics"], p["c_metrics"]):
+        for port in (p["prefill"], p["decode"], p["proxy_m"], p["a_metrics"], p["b_metrics"], p["c_metrics"], p["d_metrics"]):
             wait_http(f"http://127.0.0.1:{port}/metrics", stack)
         time.sleep(1)  # the EPPs' first scrapes
 
@@ -246,10 +250,12 @@ def exposed(llmd_bin, tmp_path_factory) -> dict[str, list[dict[str, str]]]:
         complete("b", doc)
         complete("c", "hi", expect=429, headers={"x-gateway-inference-objective": "batch"})
         complete("c", "hi", headers={"x-llm-d-inference-fairness-id": "tenant-a"})
+        complete("d", "hi", headers={"x-llm-d-inference-fairness-id": "tenant-a"})
+        complete("d", "hi", headers={"x-gateway-inference-objective": "premium"})
         time.sleep(1)  # pool gauges after the next scrapes
         stack.check_alive()
         out: dict[str, list[dict[str, str]]] = {}
-        for port in (p["prefill"], p["decode"], p["proxy_m"], p["a_metrics"], p["b_metrics"], p["c_metrics"]):
+        for port in (p["prefill"], p["decode"], p["proxy_m"], p["a_metrics"], p["b_metrics"], p["c_metrics"], p["d_metrics"]):
             for name, series in parse(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()).items():
                 out.setdefault(name, []).extend(series)
         yield out

@@ -400,6 +400,13 @@ fn main() {
         let held = report("the same 2x mix, flow control with priority holdback (stepwise-spread, minCeiling 0.5)", &r, SECONDS, peak);
         s.stop.cancel();
         drop(s);
+        // Gold offers half the pool: a lower band held to a quarter leaves gold a free slot
+        // most of the time.
+        let s = stack(true, Some(0.25)).await;
+        let (r, peak) = offer(&s, MIX, SECONDS).await;
+        let held_more = report("the same 2x mix, flow control with priority holdback (stepwise-spread, minCeiling 0.25)", &r, SECONDS, peak);
+        s.stop.cancel();
+        drop(s);
         let s = stack(false, None).await;
         let (r, peak) = offer(&s, MIX, SECONDS).await;
         let legacy = report("the same 2x mix, flow control off (legacy admission)", &r, SECONDS, peak);
@@ -413,6 +420,8 @@ fn main() {
             loaded["gold"].1, loaded["gold"].1 / base, legacy["gold"].1, legacy["gold"].1 / base);
         println!("- gold TTFT p90 with priority holdback (minCeiling 0.5): {:.0} ms ({:.2}x); low band then {:.1}/s",
             held["gold"].1, held["gold"].1 / base, held["silver"].0 + held["bronze"].0);
+        println!("- gold TTFT p90 with priority holdback (minCeiling 0.25): {:.0} ms ({:.2}x); low band then {:.1}/s",
+            held_more["gold"].1, held_more["gold"].1 / base, held_more["silver"].0 + held_more["bronze"].0);
         println!("- low band: silver {silver:.1}/s, bronze {bronze:.1}/s: Jain's fairness {jain:.3} (target >= 0.95), ratio {:.3}", silver.min(bronze) / silver.max(bronze));
         println!("- gold served {:.1}/s of {:.1}/s offered", loaded["gold"].0, 0.5 * (PODS * SLOTS) as f64 / (0.020 + f64::from(MAX_TOKENS) * 0.010));
     });
