@@ -618,7 +618,9 @@ async fn the_binary_serves_tls_by_default() {
         headers: &headers,
     };
     let body = bytes::Bytes::from(completion("over TLS", 1));
-    let tls = Client::connect_lazy(&format!("https://{grpc}"), Duration::from_secs(10)).unwrap();
+    // The first request loads the default configuration's tokenizer: a debug build on a busy
+    // machine took over 10 s for it once.
+    let tls = Client::connect_lazy(&format!("https://{grpc}"), Duration::from_secs(60)).unwrap();
     match tls.request(&head, &body).await.unwrap() {
         RequestDecision::Continue(c) => assert_eq!(
             c.headers
