@@ -235,6 +235,38 @@ async fn a_high_priority_request_queued_last_dispatches_first_on_release() {
     assert_eq!(metric("llm_d_epp_flow_control_queue_size", &[]), 0.0);
 }
 
+/// llm-d's `concurrency-detector` as the flow controller's saturation detector: the pool is
+/// full at `maxConcurrency` requests in flight per endpoint (the EPP's own count, no scrape),
+/// and the next request waits until one of them ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_detector_queues_past_max_concurrency() {
+    let e = start(
+        "
+featureGates: [flowControl]
+flowControl:
+  saturationDetector: {pluginRef: cd}
+inferenceObjectives: [{name: normal, priority: 0}]
+plugins:
+  - {type: concurrency-detector, name: cd, parameters: {maxConcurrency: 2}}
+  - type: round-robin-picker
+schedulingProfiles:
+  - name: default
+    plugins: [{pluginRef: round-robin-picker}]
+",
+    )
+    .await;
+    let first = routed(send(&e.client, "normal", "t").await);
+    let second = routed(send(&e.client, "normal", "t").await);
+    assert_eq!(e.inflight(), 2);
+    let third = queue(&e, "normal", "t").await;
+    assert!(!third.is_finished());
+    drop(first);
+    let third = routed(third.await.unwrap());
+    assert_eq!(e.queued(), 0);
+    drop((second, third));
+    wait_until("all released", || e.inflight() == 0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_of_a_band_take_turns() {
     let e = start(&gated(ROUND_ROBIN_BAND)).await;

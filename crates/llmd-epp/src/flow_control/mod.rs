@@ -534,8 +534,7 @@ impl Inner {
         if eps.is_empty() {
             return 1.0;
         }
-        let per_request =
-            1.0 / (self.detector.thresholds().queue_depth_threshold * eps.len() as f64);
+        let per_request = self.detector.per_request(eps.len());
         self.detector.saturation(&eps) + pending as f64 * per_request
     }
 

@@ -17,6 +17,7 @@
 //! | `decode-filter` | filter | `decode_filter.rs` |
 //! | `prefill-filter` | filter | `prefill_filter.rs` |
 //! | `utilization-detector` | saturation detector, filter | `utilization_detector.rs` |
+//! | `concurrency-detector` | saturation detector, filter (the EPP's in-flight count) | `concurrency_detector.rs` |
 //! | `max-score-picker` | picker | `max_score_picker.rs` |
 //! | `random-picker` | picker | `random_picker.rs` |
 //! | `weighted-random-picker` | picker | `weighted_random_picker.rs` |
@@ -34,6 +35,7 @@
 pub mod active_request_scorer;
 pub mod always_disagg_pd_decider;
 pub mod approx_prefix;
+pub mod concurrency_detector;
 pub mod decode_filter;
 pub mod disagg;
 pub mod disagg_profile_handler;

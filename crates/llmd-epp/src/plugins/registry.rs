@@ -18,12 +18,13 @@ use serde::de::DeserializeOwned;
 
 use super::passive::{self, Passive};
 use super::{
-    active_request_scorer, always_disagg_pd_decider, approx_prefix::ApproxIndex, decode_filter,
-    disagg_profile_handler, kv_cache_utilization_scorer, load_aware_scorer, lora_affinity_scorer,
-    max_score_picker, pd_profile_handler, precise_prefix_cache_scorer, prefill_filter,
-    prefix_based_pd_decider, prefix_cache_scorer, queue_scorer, random_picker, round_robin_picker,
-    running_requests_size_scorer, session_affinity_scorer, single_profile_handler,
-    token_load_scorer, unsupported, utilization_detector, weighted_random_picker,
+    active_request_scorer, always_disagg_pd_decider, approx_prefix::ApproxIndex,
+    concurrency_detector, decode_filter, disagg_profile_handler, kv_cache_utilization_scorer,
+    load_aware_scorer, lora_affinity_scorer, max_score_picker, pd_profile_handler,
+    precise_prefix_cache_scorer, prefill_filter, prefix_based_pd_decider, prefix_cache_scorer,
+    queue_scorer, random_picker, round_robin_picker, running_requests_size_scorer,
+    session_affinity_scorer, single_profile_handler, token_load_scorer, unsupported,
+    utilization_detector, weighted_random_picker,
 };
 use crate::config::{ConfigError, EndpointPickerConfig, PluginSpec, SaturationDetectorSpec};
 use crate::endpoints::Pool;
@@ -346,6 +347,12 @@ pub const TYPES: &[PluginType] = &[
     row(prefill_filter::TYPE, |spec, _| {
         no_params(spec)?;
         Ok(Plugin::Filter(Arc::new(prefill_filter::PrefillFilter)))
+    }),
+    row(concurrency_detector::TYPE, |spec, _| {
+        let p: concurrency_detector::Params = params(spec)?;
+        let d = concurrency_detector::build(&p)
+            .map_err(|(field, why)| invalid_params(spec, &format!("{field}: {why}")))?;
+        Ok(Plugin::Detector(Arc::new(d)))
     }),
     row(utilization_detector::TYPE, |spec, ctx| {
         let d = utilization_detector::UtilizationDetectorPlugin::new(

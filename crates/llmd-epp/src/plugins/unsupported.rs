@@ -93,7 +93,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "approx-prefix-cache-producer",
     ),
     // Saturation detectors.
-    ("concurrency-detector", "utilization-detector"),
     // Parsers.
     (
         "anthropic-parser",
