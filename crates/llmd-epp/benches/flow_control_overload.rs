@@ -155,14 +155,9 @@ async fn stack(flow_control: bool, holdback: Option<f64>) -> Stack {
     );
     options.scrape_interval = Duration::from_secs(3600);
     options.grace_period = Duration::from_secs(1);
-    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let epp = llmd_epp::start(
         options,
-        Listeners {
-            grpc: bind().await,
-            health: None,
-            metrics: bind().await,
-        },
+        Listeners::loopback().await.unwrap(),
         None,
         stop.clone(),
     )

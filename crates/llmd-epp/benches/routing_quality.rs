@@ -237,7 +237,6 @@ async fn try_stack(policy: Policy, tok: &str, metrics: &MetricsHandle) -> Result
         pods.push(format!("127.0.0.1:{}", sim.addr().port()));
         sims.push(sim);
     }
-    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let mut options = Options::new(
         EndpointPickerConfig::parse(&policy.config(tok)).unwrap(),
         EndpointsFile::parse(&specs).unwrap(),
@@ -248,11 +247,7 @@ async fn try_stack(policy: Policy, tok: &str, metrics: &MetricsHandle) -> Result
     options.pool_name = "bench".into();
     let epp = llmd_epp::start(
         options,
-        Listeners {
-            grpc: bind().await,
-            health: None,
-            metrics: bind().await,
-        },
+        Listeners::loopback().await.unwrap(),
         None,
         stop.clone(),
     )

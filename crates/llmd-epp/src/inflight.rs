@@ -165,37 +165,7 @@ impl InFlight {
     /// Releases part or all of a tracked request (idempotent: a part already released, or a
     /// request already reaped, is not released twice).
     pub fn release(&self, ticket: Ticket, what: Release) {
-        let mut s = self.state.lock();
-        let s = &mut *s;
-        let Some(entry) = s.entries.get_mut(&ticket.0) else {
-            return;
-        };
-        let mut changed = false;
-        for leg in &mut entry.legs {
-            let (tokens, request) = match what {
-                Release::All => (true, true),
-                Release::Tokens => (true, false),
-                Release::Prefill => (leg.prefill, leg.prefill),
-            };
-            let pod = s.pods.get_mut(&leg.endpoint);
-            if let Some(pod) = pod {
-                if tokens && leg.tokens > 0 {
-                    pod.tokens = pod.tokens.saturating_sub(leg.tokens);
-                    leg.tokens = 0;
-                    changed = true;
-                }
-                if request && leg.request_open {
-                    pod.requests = pod.requests.saturating_sub(1);
-                    leg.request_open = false;
-                    changed = true;
-                }
-            }
-        }
-        if what == Release::All {
-            s.entries.remove(&ticket.0);
-            s.pods.retain(|_, p| p.requests > 0 || p.tokens > 0);
-        }
-        if changed {
+        if release_in(&mut self.state.lock(), ticket.0, what) {
             self.released.notify_waiters();
         }
     }
@@ -242,6 +212,38 @@ impl InFlight {
     }
 }
 
+/// Releases part or all of entry `id`; true when some load was released.
+fn release_in(s: &mut State, id: u64, what: Release) -> bool {
+    let Some(entry) = s.entries.get_mut(&id) else {
+        return false;
+    };
+    let mut changed = false;
+    for leg in &mut entry.legs {
+        let (tokens, request) = match what {
+            Release::All => (true, true),
+            Release::Tokens => (true, false),
+            Release::Prefill => (leg.prefill, leg.prefill),
+        };
+        if let Some(pod) = s.pods.get_mut(&leg.endpoint) {
+            if tokens && leg.tokens > 0 {
+                pod.tokens = pod.tokens.saturating_sub(leg.tokens);
+                leg.tokens = 0;
+                changed = true;
+            }
+            if request && leg.request_open {
+                pod.requests = pod.requests.saturating_sub(1);
+                leg.request_open = false;
+                changed = true;
+            }
+        }
+    }
+    if what == Release::All {
+        s.entries.remove(&id);
+        s.pods.retain(|_, p| p.requests > 0 || p.tokens > 0);
+    }
+    changed
+}
+
 /// Releases entries older than `timeout` (at most once a second unless forced).
 fn reap(s: &mut State, now: Instant, timeout: Duration) -> usize {
     if s.last_reap
@@ -257,19 +259,9 @@ fn reap(s: &mut State, now: Instant, timeout: Duration) -> usize {
         .map(|(id, _)| *id)
         .collect();
     for id in &stale {
-        if let Some(entry) = s.entries.remove(id) {
-            for leg in entry.legs {
-                if let Some(pod) = s.pods.get_mut(&leg.endpoint) {
-                    pod.tokens = pod.tokens.saturating_sub(leg.tokens);
-                    if leg.request_open {
-                        pod.requests = pod.requests.saturating_sub(1);
-                    }
-                }
-            }
-        }
+        release_in(s, *id, Release::All);
     }
     if !stale.is_empty() {
-        s.pods.retain(|_, p| p.requests > 0 || p.tokens > 0);
         metrics::counter!(llmd_telemetry::names::epp::INFLIGHT_REAPED.name)
             .increment(stale.len() as u64);
         tracing::warn!(

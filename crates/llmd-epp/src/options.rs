@@ -22,6 +22,18 @@ pub struct Listeners {
     pub metrics: TcpListener,
 }
 
+impl Listeners {
+    /// ext_proc and metrics on `127.0.0.1`, any free port each, no separate health port (tests,
+    /// benchmarks, `llmd demo`).
+    pub async fn loopback() -> std::io::Result<Self> {
+        Ok(Self {
+            grpc: TcpListener::bind("127.0.0.1:0").await?,
+            health: None,
+            metrics: TcpListener::bind("127.0.0.1:0").await?,
+        })
+    }
+}
+
 /// What [`crate::start`] runs.
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -91,14 +91,9 @@ async fn each_rank_is_an_endpoint_with_its_own_kv_events_queue_and_metrics() {
     );
     options.scrape_interval = Duration::from_millis(100);
     options.pool_name = "dp".into();
-    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let epp = llmd_epp::start(
         options,
-        Listeners {
-            grpc: bind().await,
-            health: None,
-            metrics: bind().await,
-        },
+        Listeners::loopback().await.unwrap(),
         None,
         stop.clone(),
     )
@@ -144,6 +139,9 @@ async fn each_rank_is_an_endpoint_with_its_own_kv_events_queue_and_metrics() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
+    // The process's registry is rendered at most every 100 ms for the ranks' views: wait out a
+    // rendering from before the last request above.
+    tokio::time::sleep(Duration::from_millis(250)).await;
     let m1 = get(&format!("http://{}/metrics", ranks[1])).await.unwrap();
     assert!(!m1.contains("engine=\"0\""), "rank 1 shows rank 0's series");
     let served1 = before(&m1, "1");

@@ -64,7 +64,6 @@ impl Running {
 
 /// An EPP over one idle pod, scraped once (then every hour).
 async fn start(config: &str) -> Running {
-    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let shutdown = CancellationToken::new();
     let mut options = Options::new(
         EndpointPickerConfig::parse(config).unwrap(),
@@ -77,11 +76,7 @@ async fn start(config: &str) -> Running {
     options.grace_period = Duration::from_secs(1);
     let epp = llmd_epp::start(
         options,
-        Listeners {
-            grpc: bind().await,
-            health: None,
-            metrics: bind().await,
-        },
+        Listeners::loopback().await.unwrap(),
         Some(metrics()),
         shutdown.clone(),
     )

@@ -140,7 +140,6 @@ async fn inference_pool_pods_become_endpoints() {
 /// An EPP following the fake API server's pool `ai/llama` (KV events dialled on 5557, their
 /// replay on 5600, resync every 100 ms).
 async fn start_epp(api: &FakeKube, config: &str, shutdown: &CancellationToken) -> llmd_epp::Epp {
-    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     llmd_epp::start(
         Options {
             scrape_interval: std::time::Duration::from_secs(5),
@@ -165,11 +164,7 @@ async fn start_epp(api: &FakeKube, config: &str, shutdown: &CancellationToken) -
                 },
             )
         },
-        Listeners {
-            grpc: bind().await,
-            health: None,
-            metrics: bind().await,
-        },
+        Listeners::loopback().await.unwrap(),
         Some(common::metrics()),
         shutdown.clone(),
     )

@@ -79,7 +79,6 @@ impl Replica {
                 .build()
                 .unwrap();
             let epp = rt.block_on(async {
-                let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
                 llmd_epp::start(
                     llmd_epp::Options {
                         config: EndpointPickerConfig::parse(ROUND_ROBIN_CONFIG).unwrap(),
@@ -99,11 +98,7 @@ impl Replica {
                         service_name: None,
                         tls: None,
                     },
-                    llmd_epp::Listeners {
-                        grpc: bind().await,
-                        health: None,
-                        metrics: bind().await,
-                    },
+                    llmd_epp::Listeners::loopback().await.unwrap(),
                     None,
                     CancellationToken::new(),
                 )

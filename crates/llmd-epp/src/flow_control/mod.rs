@@ -524,9 +524,7 @@ impl Inner {
     fn saturation(&self, pending: u64) -> f64 {
         let all = self.pool.snapshot();
         let mut eps: Vec<Endpoint> = all.iter().cloned().collect();
-        self.pool
-            .inflight()
-            .fill(eps.iter_mut().map(|e| (&*e.id, &mut e.inflight)));
+        self.pool.fill_inflight(&mut eps);
         let now = Instant::now();
         if eps.iter().any(|e| e.healthy(now)) {
             eps.retain(|e| e.healthy(now));

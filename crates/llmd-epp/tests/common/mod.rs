@@ -84,7 +84,6 @@ pub async fn epp(
     endpoints_file: Option<std::path::PathBuf>,
     kv_events_bind: Option<&str>,
 ) -> TestEpp {
-    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let shutdown = CancellationToken::new();
     let epp = llmd_epp::start(
         Options {
@@ -105,11 +104,7 @@ pub async fn epp(
             service_name: None,
             tls: None,
         },
-        Listeners {
-            grpc: bind().await,
-            health: None,
-            metrics: bind().await,
-        },
+        Listeners::loopback().await.unwrap(),
         Some(metrics()),
         shutdown.clone(),
     )

@@ -41,7 +41,6 @@ pub async fn epp_tls(
     pods: &[(SocketAddr, Role)],
     tls: Option<llmd_epp::TlsOptions>,
 ) -> SocketAddr {
-    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let endpoints = pods
         .iter()
         .map(|(p, role)| EndpointSpec {
@@ -73,11 +72,7 @@ pub async fn epp_tls(
             service_name: None,
             tls,
         },
-        llmd_epp::Listeners {
-            grpc: bind().await,
-            health: None,
-            metrics: bind().await,
-        },
+        llmd_epp::Listeners::loopback().await.unwrap(),
         None,
         CancellationToken::new(),
     )

@@ -161,11 +161,7 @@ pub(super) async fn epp(
             // TLS on ext_proc, as `llmd epp` serves it by default (self-signed, not verified).
             tls: Some(llmd_epp::TlsOptions::self_signed()),
         },
-        llmd_epp::Listeners {
-            grpc: bind().await?,
-            health: None,
-            metrics: bind().await?,
-        },
+        llmd_epp::Listeners::loopback().await?,
         Some(metrics.clone()),
         stop.clone(),
     )
