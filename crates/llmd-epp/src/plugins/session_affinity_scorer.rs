@@ -32,7 +32,9 @@
 //! `evictionSweepSeconds` as decisions are made (no background task). This is llm-d's
 //! `SessionIDHeader`; its request-attribute sources (ids published by other plugins) are
 //! refused, header sources only. At most [`MAX_BINDINGS`] sessions are bound (ours): past it a
-//! new session is not bound (logged once).
+//! new session is not bound (logged once). A session id over [`MAX_SESSION_ID_BYTES`] (ours)
+//! is not bound either: it is scored as no session, counted with `reason="too_long"` and
+//! logged once, so the bindings' memory stays bounded by both limits.
 //!
 //! Parameters (llm-d's):
 //! - `strategy`: `encoded_endpoint_header` (default) or `session_id`.
@@ -75,6 +77,9 @@ pub const DEFAULT_EVICTION_SWEEP_SECONDS: f64 = 10.0;
 /// sessions are placed by the other scorers and not bound, so clients inventing session ids
 /// cannot grow the map without limit.
 pub const MAX_BINDINGS: usize = 1 << 20;
+
+/// Longest session id bound (bytes).
+pub const MAX_SESSION_ID_BYTES: usize = 256;
 
 /// How the session is carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -227,18 +232,35 @@ struct Bindings {
     sweep: Duration,
     map: parking_lot::Mutex<BindingMap>,
     full_logged: AtomicBool,
+    too_long_logged: AtomicBool,
 }
 
 impl Bindings {
     /// The request's session id: the first configured header with a non-empty value.
     fn session_id<'a>(&self, cs: &'a CycleState<'_>) -> Option<&'a str> {
-        self.headers.iter().find_map(|h| {
+        let id = self.headers.iter().find_map(|h| {
             cs.headers
                 .iter()
                 .find(|(k, _)| k == h)
                 .map(|(_, v)| v.trim())
                 .filter(|v| !v.is_empty())
-        })
+        })?;
+        if id.len() > MAX_SESSION_ID_BYTES {
+            metrics::counter!(
+                llmd_telemetry::names::epp::SESSION_TOKENS_IGNORED.name,
+                llmd_telemetry::names::labels::REASON => "too_long"
+            )
+            .increment(1);
+            if !self.too_long_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    bytes = id.len(),
+                    max = MAX_SESSION_ID_BYTES,
+                    "session id too long, scored as no session and not bound (logged once)"
+                );
+            }
+            return None;
+        }
+        Some(id)
     }
 
     fn bound(&self, id: &str) -> Option<String> {
@@ -328,6 +350,7 @@ impl SessionAffinityScorer {
                     sweep,
                     map: parking_lot::Mutex::new((HashMap::new(), Instant::now())),
                     full_logged: AtomicBool::new(false),
+                    too_long_logged: AtomicBool::new(false),
                 })
             }
         };
@@ -514,6 +537,35 @@ mod tests {
                 SessionAffinityScorer::token("10.0.0.2:9000")
             )]
         );
+    }
+
+    #[test]
+    fn a_session_id_over_the_limit_is_not_bound() {
+        let s = scorer(Params {
+            strategy: Strategy::SessionId,
+            ..Default::default()
+        });
+        let (a, b) = (test_endpoint(8000), test_endpoint(8001));
+        let both = [a.clone(), b.clone()];
+        for (len, bound) in [
+            (MAX_SESSION_ID_BYTES, [0.0, 1.0]),
+            (MAX_SESSION_ID_BYTES + 1, [0.0, 0.0]),
+        ] {
+            let headers = vec![("x-session-id".to_owned(), "x".repeat(len))];
+            let mut cs = CycleState::for_test();
+            cs.headers = &headers;
+            s.score(&mut cs, &both);
+            s.pre_request(
+                &cs,
+                &Decision {
+                    endpoints: vec![b.id.to_string()],
+                    ..Default::default()
+                },
+            );
+            let mut cs = CycleState::for_test();
+            cs.headers = &headers;
+            assert_eq!(s.score(&mut cs, &both), bound, "{len} bytes");
+        }
     }
 
     #[test]
