@@ -1,8 +1,8 @@
 //! The subset of Envoy's API that llmd-rs speaks: the ext_proc v3 protocol (messages, the tonic
 //! client and server) and the few `envoy.config.core.v3`, `envoy.type.v3` and ext_proc filter
 //! types it references, under Envoy's package paths (`pb::envoy::service::ext_proc::v3::
-//! ProcessingRequest`, ...), the paths the `envoy-types` crate used before this replaced it. The well-known types are
-//! `prost-types`', re-exported at [`google::protobuf`].
+//! ProcessingRequest`, ...), the paths of the `envoy-types` crate this replaces. The well-known
+//! types are `prost-types`', re-exported at [`google::protobuf`].
 //!
 //! The code is generated from `proto/` at the repository root (what is included and why:
 //! `proto/README.md`) and checked in; `tests/proto_generated.rs` checks that it is up to date and
