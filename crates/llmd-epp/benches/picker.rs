@@ -19,12 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HttpBody, HttpHeaders, ProcessingRequest, processing_request,
-};
 use llmd_epp::config::{EndpointPickerConfig, ROUND_ROBIN_CONFIG};
 use llmd_epp::endpoints::{EndpointsFile, Load, Pool};
 use llmd_epp::protocol::{ExtProcConfig, ExtProcService};
@@ -33,6 +27,12 @@ use llmd_kv_index::events::Tier;
 use llmd_kv_index::hashing::BlockKey;
 use llmd_kv_index::index::IndexOps;
 use llmd_testkit::corpus::document;
+use llmd_wire::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use llmd_wire::pb::envoy::service::ext_proc::v3::{
+    HttpBody, HttpHeaders, ProcessingRequest, processing_request,
+};
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const PODS: usize = 64;
@@ -138,7 +138,7 @@ async fn one(
     let r = responses.message().await.unwrap().unwrap();
     let took = started.elapsed();
     assert!(
-        matches!(r.response, Some(envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response::RequestHeaders(_))),
+        matches!(r.response, Some(llmd_wire::pb::envoy::service::ext_proc::v3::processing_response::Response::RequestHeaders(_))),
         "not routed: {r:?}"
     );
     took

@@ -38,7 +38,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use http::{HeaderMap, StatusCode};
 use llmd_epp::config::EndpointPickerConfig;
 use llmd_epp::endpoints::EndpointsFile;
@@ -46,6 +45,7 @@ use llmd_epp::protocol::{ExtProcConfig, ExtProcService};
 use llmd_epp::{Listeners, Options};
 use llmd_testkit::corpus::document;
 use llmd_wire::ext_proc::{BodyAnswer, Client, RequestDecision, RequestHead};
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use tokio_util::sync::CancellationToken;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";

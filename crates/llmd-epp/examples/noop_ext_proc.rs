@@ -1,4 +1,4 @@
-//! The ext_proc floor: a no-op Envoy `ext_proc` server over the same tonic / `envoy-types`
+//! The ext_proc floor: a no-op Envoy `ext_proc` server over the same tonic / `llmd_wire::pb`
 //! stack as the EPP, for `scripts/bench-epp-floor.sh`. It routes every request to one fixed
 //! backend and does nothing else, so Envoy in front of it costs what any ext_proc router costs;
 //! the EPP is measured against it.
@@ -14,16 +14,16 @@
 use std::pin::Pin;
 
 use clap::Parser;
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+use futures::{Stream, StreamExt};
+use llmd_epp::protocol::DESTINATION_HEADER;
+use llmd_wire::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
-use envoy_types::pb::envoy::service::ext_proc::v3::{
+use llmd_wire::pb::envoy::service::ext_proc::v3::{
     BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ProcessingRequest,
     ProcessingResponse, TrailersResponse, processing_request, processing_response,
 };
-use futures::{Stream, StreamExt};
-use llmd_epp::protocol::DESTINATION_HEADER;
 use tonic::{Request, Response, Status, Streaming};
 
 /// A no-op ext_proc server: every request goes to `--destination`.

@@ -54,9 +54,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use llmd_kv_index::subscriber::{PodEndpoint, Subscriber, SubscriberConfig};
 use llmd_telemetry::MetricsHandle;
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoints::Pool;

@@ -102,7 +102,7 @@ async fn each_rank_is_an_endpoint_with_its_own_kv_events_queue_and_metrics() {
     let index = epp.scheduler.kv().unwrap().index.clone();
     warm_up(&index, &ranks).await;
     common::matched(epp.metrics, "warm up").await;
-    let mut client = envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(format!("http://{}", epp.grpc))
+    let mut client = llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(format!("http://{}", epp.grpc))
         .await
         .unwrap();
 

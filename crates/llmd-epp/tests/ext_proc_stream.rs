@@ -3,22 +3,22 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, Metadata};
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
+use llmd_epp::protocol::{ExtProcConfig, ExtProcService};
+use llmd_epp::scheduling::{Decision, PickContext, PickError, Picker};
+use llmd_wire::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, Metadata};
+use llmd_wire::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use llmd_wire::pb::envoy::service::ext_proc::v3::{
     HttpBody, HttpHeaders, HttpTrailers, ProcessingRequest, ProcessingResponse,
     ProtocolConfiguration, body_mutation, processing_request, processing_response,
 };
-use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
-use llmd_epp::protocol::{ExtProcConfig, ExtProcService};
-use llmd_epp::scheduling::{Decision, PickContext, PickError, Picker};
+use llmd_wire::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use tokio::sync::mpsc;
 
 /// Routes to 10.0.0.1:8000 (and 10.0.0.2:8000 as fallback); P/D when the prompt says "pd";
@@ -406,7 +406,7 @@ async fn buffered_mode_and_subset_hint() {
         ..Default::default()
     });
     let hint = Struct {
-        fields: HashMap::from([(
+        fields: BTreeMap::from([(
             "x-gateway-destination-endpoint-subset".to_owned(),
             Value {
                 kind: Some(Kind::ListValue(ListValue {

@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 use common::{
     MODEL, completion, epp, prefix_config, route, serve, sim, sim_flags, spec_of, text, warm_up,
 };
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse, processing_request,
-    processing_response,
-};
 use llmd_epp::config::EndpointPickerConfig;
 use llmd_epp::endpoints::EndpointsFile;
 use llmd_epp::{Listeners, Options};
+use llmd_wire::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use llmd_wire::pb::envoy::service::ext_proc::v3::{
+    HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse, processing_request,
+    processing_response,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::HealthCheckRequest;

@@ -51,7 +51,7 @@ async fn inference_pool_pods_become_endpoints() {
     let epp = start_epp(&api, PD_CONFIG, &shutdown).await;
     let pool = epp.scheduler.pool().clone();
     let mut client =
-        envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(
+        llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(
             format!("http://{}", epp.grpc),
         )
         .await
@@ -222,7 +222,7 @@ async fn every_target_port_is_an_endpoint_with_its_ranks_kv_events() {
     assert_eq!(kv[&at(0)], (tcp(5557), tcp(5600)));
     assert_eq!(kv[&at(1)], (tcp(5558), tcp(5601)));
     let mut client =
-        envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(
+        llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(
             format!("http://{}", epp.grpc),
         )
         .await

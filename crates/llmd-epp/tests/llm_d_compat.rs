@@ -509,7 +509,7 @@ async fn the_binary_takes_llm_d_flags_and_refuses_what_it_lacks() {
     ]);
     assert!(serving, "{out}");
     let (grpc, metrics) = addrs.unwrap();
-    let mut client = envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(format!("http://{grpc}"))
+    let mut client = llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
     let r = route(&mut client, "/v1/completions", &completion("hello", 1)).await;

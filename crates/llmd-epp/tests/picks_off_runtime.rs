@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use http::{HeaderMap, StatusCode};
 use llmd_epp::protocol::{ExtProcConfig, ExtProcService, MAX_PARALLEL_PICKS};
 use llmd_epp::scheduling::{Decision, PickContext, PickError, Picker};
 use llmd_wire::ext_proc::{BodyAnswer, Client, RequestDecision, RequestHead};
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 
 /// Requests for the model `stuck` wait in the picker until the gate opens; others are routed
 /// at once.

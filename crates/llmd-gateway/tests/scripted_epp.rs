@@ -11,16 +11,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use clap::Parser;
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+use futures::{Stream, StreamExt};
+use llmd_testkit::sim::SimBuilder;
+use llmd_wire::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
-use envoy_types::pb::envoy::service::ext_proc::v3::{
+use llmd_wire::pb::envoy::service::ext_proc::v3::{
     BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ProcessingRequest,
     ProcessingResponse, processing_request, processing_response,
 };
-use futures::{Stream, StreamExt};
-use llmd_testkit::sim::SimBuilder;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -201,7 +201,7 @@ async fn falls_back_down_the_list_and_forwards_unmutated_bodies() {
     let seen = seen.lock().clone();
     let first = &seen[0];
     let pc = first.protocol_config.as_ref().unwrap();
-    let fd = envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode::FullDuplexStreamed as i32;
+    let fd = llmd_wire::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode::FullDuplexStreamed as i32;
     assert_eq!((pc.request_body_mode, pc.response_body_mode), (fd, fd));
     let Some(processing_request::Request::RequestHeaders(h)) = &first.request else {
         panic!("{first:?}")

@@ -17,19 +17,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{MODEL, epp, gateway, sim};
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
-    ExternalProcessor, ExternalProcessorServer,
-};
-use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ProcessingRequest,
-    ProcessingResponse, processing_request, processing_response,
-};
 use futures::{Stream, StreamExt};
 use llmd_epp::config::ROUND_ROBIN_CONFIG;
 use llmd_epp::endpoints::Role;
 use llmd_telemetry::testing::{self, Received};
 use llmd_telemetry::{OtlpProtocol, TelemetryConfig, TracingConfig};
+use llmd_wire::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use llmd_wire::pb::envoy::service::ext_proc::v3::{
+    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ProcessingRequest,
+    ProcessingResponse, processing_request, processing_response,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Otlp;
 use serde_json::json;
 use tokio::sync::Notify;

@@ -9,20 +9,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+use futures::{Stream, StreamExt};
+use llmd_wire::ext_proc::{Answer, BodyAnswer, Client, RequestDecision, RequestHead, decide};
+use llmd_wire::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use llmd_wire::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
-use envoy_types::pb::envoy::service::ext_proc::v3::{
+use llmd_wire::pb::envoy::service::ext_proc::v3::{
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse,
     ProcessingRequest, ProcessingResponse, StreamedBodyResponse, body_mutation, processing_request,
     processing_response,
 };
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use futures::{Stream, StreamExt};
-use llmd_wire::ext_proc::{Answer, BodyAnswer, Client, RequestDecision, RequestHead, decide};
+use llmd_wire::pb::envoy::r#type::v3::HttpStatus;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Routes to `10.0.0.1:8000` (uppercasing the body), or rejects bodies containing `reject`;

@@ -47,9 +47,9 @@ pub use usage::{Usage, find_usage};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
-use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use futures::Stream;
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
+use llmd_wire::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use tokio::sync::{Semaphore, mpsc};
 use tonic::{Request, Response, Status, Streaming};
 

@@ -1,15 +1,15 @@
 //! Building the answers Envoy expects: header mutations, the destination in `envoy.lb`
 //! dynamic metadata, streamed body chunks, and the `ImmediateResponse` of an error.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::service::ext_proc::v3::{
+use llmd_wire::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use llmd_wire::pb::envoy::service::ext_proc::v3::{
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse,
     ProcessingResponse, StreamedBodyResponse, body_mutation, processing_response,
 };
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use llmd_wire::pb::envoy::r#type::v3::HttpStatus;
+use llmd_wire::pb::google::protobuf::{Struct, Value, value::Kind};
 
 use super::{
     BODY_CHUNK_LIMIT, DESTINATION_HEADER, DROPPED_REASON_HEADER, ENVOY_LB_NAMESPACE,
@@ -57,7 +57,7 @@ pub fn set_response_headers(headers: &[(String, String)]) -> HeadersResponse {
 /// `envoy.lb` dynamic metadata naming the destination.
 pub fn lb_metadata(destination: &str) -> Struct {
     let inner = Struct {
-        fields: HashMap::from([(
+        fields: BTreeMap::from([(
             DESTINATION_HEADER.to_owned(),
             Value {
                 kind: Some(Kind::StringValue(destination.to_owned())),
@@ -65,7 +65,7 @@ pub fn lb_metadata(destination: &str) -> Struct {
         )]),
     };
     Struct {
-        fields: HashMap::from([(
+        fields: BTreeMap::from([(
             ENVOY_LB_NAMESPACE.to_owned(),
             Value {
                 kind: Some(Kind::StructValue(inner)),

@@ -3,14 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
+use llmd_telemetry::names::{self, spans};
+use llmd_wire::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use llmd_wire::pb::envoy::service::ext_proc::v3::{
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
     ProcessingRequest, ProcessingResponse, TrailersResponse, body_mutation, processing_request,
     processing_response,
 };
-use envoy_types::pb::google::protobuf::value::Kind;
-use llmd_telemetry::names::{self, spans};
+use llmd_wire::pb::google::protobuf::value::Kind;
 
 use super::request_metrics::RequestMetrics;
 use super::response::{self, header, lb_metadata, reply};

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use llmd_epp::config::EndpointPickerConfig;
 use llmd_epp::endpoints::{EndpointSpec, EndpointsFile};
 use llmd_epp::{Epp, Listeners, Options};
 use llmd_telemetry::MetricsHandle;
 use llmd_testkit::sim::{Sim, SimBuilder};
 use llmd_wire::ext_proc::Answer;
+use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use tokio_util::sync::CancellationToken;
 
 pub const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use bytes::Bytes;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::transport::Channel;
 

@@ -25,16 +25,14 @@ mod mutation;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use envoy_types::pb::envoy::config::core::v3::{
-    HeaderMap as PbHeaderMap, HeaderValue as PbHeaderValue,
-};
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
+use crate::pb::envoy::config::core::v3::{HeaderMap as PbHeaderMap, HeaderValue as PbHeaderValue};
+use crate::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use crate::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use crate::pb::envoy::service::ext_proc::v3::{
     HttpBody, HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse,
     ProtocolConfiguration, body_mutation, processing_request, processing_response,
 };
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -384,7 +382,7 @@ async fn request_phase(
 
 fn collect_set(
     out: &mut Vec<(String, Vec<u8>)>,
-    m: &envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation,
+    m: &crate::pb::envoy::service::ext_proc::v3::HeaderMutation,
 ) {
     for h in m.set_headers.iter().filter_map(|o| o.header.as_ref()) {
         let raw = if h.raw_value.is_empty() {

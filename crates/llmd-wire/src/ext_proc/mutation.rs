@@ -1,6 +1,6 @@
 //! Applying an ext_proc `HeaderMutation` the way Envoy does.
 
-use envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation;
+use crate::pb::envoy::service::ext_proc::v3::HeaderMutation;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Applies `mutation` to `headers`: `remove_headers` first, then `set_headers` with their
@@ -53,7 +53,7 @@ pub fn apply_mutation(headers: &mut HeaderMap, mutation: &HeaderMutation) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::config::core::v3::{HeaderValue as PbValue, HeaderValueOption};
+    use crate::pb::envoy::config::core::v3::{HeaderValue as PbValue, HeaderValueOption};
 
     fn set(key: &str, value: &str, action: i32, raw: bool) -> HeaderValueOption {
         HeaderValueOption {
