@@ -35,7 +35,8 @@ use crate::request::{InferenceRequest, Prompt};
 
 /// A model's tokenizer and its prompt cache.
 struct TokenizerEntry {
-    tokenizer: ModelTokenizer,
+    /// Shared with other components of the process that load the same files.
+    tokenizer: Arc<ModelTokenizer>,
     cache: PromptCache,
 }
 
@@ -209,7 +210,7 @@ impl KvService {
                 .clone(),
         };
         slot.get_or_init(|| {
-            match ModelTokenizer::load(name) {
+            match ModelTokenizer::shared(name) {
                 Ok(t) => Some(Arc::new(TokenizerEntry {
                     tokenizer: t,
                     cache: PromptCache::new(4_000_000, 1024),

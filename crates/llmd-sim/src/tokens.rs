@@ -40,11 +40,9 @@ impl SimTokenizer {
         if dummy {
             return Ok(SimTokenizer::Bytes);
         }
-        let tok = ModelTokenizer::load(tokenizer.unwrap_or(model))?;
-        Ok(SimTokenizer::Hf(
-            Arc::new(tok),
-            PromptCache::new(cache_tokens, 1024),
-        ))
+        // Shared with the other simulators and the EPP of the same process (`llmd demo`).
+        let tok = ModelTokenizer::shared(tokenizer.unwrap_or(model))?;
+        Ok(SimTokenizer::Hf(tok, PromptCache::new(cache_tokens, 1024)))
     }
 
     /// The prompt cache's counters (the byte stand-in has none).

@@ -43,7 +43,10 @@ pub use fast::{FastBpe, Unsupported};
 pub use locate::{TokenizerFiles, hf_hub_cache, locate};
 pub use prompt_cache::{CacheEntry, PromptCache, PromptCacheStats, PromptTokens};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 /// Errors loading or using a tokenizer.
 #[derive(Debug, thiserror::Error)]
@@ -120,11 +123,73 @@ impl std::fmt::Debug for ModelTokenizer {
     }
 }
 
+/// What makes two loads the same for [`ModelTokenizer::shared`]: the name and each file's path,
+/// size and modification time (`None` where the file is absent or unreadable).
+#[derive(Debug, PartialEq, Eq)]
+struct SharedKey {
+    name: String,
+    files: Vec<(PathBuf, Option<(u64, Option<std::time::SystemTime>)>)>,
+}
+
+impl SharedKey {
+    fn of(name: &str, files: &TokenizerFiles) -> Self {
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()))
+        };
+        let mut paths = vec![files.tokenizer_json.clone()];
+        paths.extend(files.tokenizer_config.clone());
+        Self {
+            name: name.to_owned(),
+            files: paths
+                .into_iter()
+                .map(|p| {
+                    let s = stamp(&p);
+                    (p, s)
+                })
+                .collect(),
+        }
+    }
+}
+
 impl ModelTokenizer {
     /// Finds and loads the tokenizer of `model` (a HF model name or a local path).
     pub fn load(model: &str) -> Result<Self, TokenizerError> {
         let files = locate(model, None)?;
         Self::from_files(model, &files)
+    }
+
+    /// Like [`Self::load`], but shared within the process: while an `Arc` from an earlier
+    /// call for the same name and the same files (path, size and modification time of
+    /// `tokenizer.json` and `tokenizer_config.json`) is alive, it is returned instead of a new
+    /// load. A Llama-3.1 tokenizer takes about 0.75 s and 150 MB to load; `llmd demo` runs an
+    /// EPP and several simulators in one process, which all read the same files. Concurrent
+    /// first calls load once (the others wait for it).
+    pub fn shared(model: &str) -> Result<Arc<Self>, TokenizerError> {
+        static SHARED: Mutex<Vec<(SharedKey, Weak<ModelTokenizer>)>> = Mutex::new(Vec::new());
+        static LOADING: Mutex<()> = Mutex::new(());
+        let files = locate(model, None)?;
+        let key = SharedKey::of(model, &files);
+        let find = |key: &SharedKey| {
+            SHARED
+                .lock()
+                .iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, t)| t.upgrade())
+        };
+        if let Some(t) = find(&key) {
+            return Ok(t);
+        }
+        let _loading = LOADING.lock();
+        if let Some(t) = find(&key) {
+            return Ok(t);
+        }
+        let t = Arc::new(Self::from_files(model, &files)?);
+        let mut shared = SHARED.lock();
+        shared.retain(|(_, t)| t.strong_count() > 0);
+        shared.push((key, Arc::downgrade(&t)));
+        Ok(t)
     }
 
     /// Loads from located files.

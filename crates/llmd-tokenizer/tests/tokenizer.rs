@@ -165,3 +165,55 @@ fn prompt_cache_equals_fresh_tokenization() {
         assert!(s.cached_tokens <= 200_000);
     }
 }
+
+/// A word-level `tokenizer.json` small enough to write in a test.
+const TINY: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+"model":{"type":"WordLevel","vocab":{"a":0,"b":1,"[UNK]":2},"unk_token":"[UNK]"}}"#;
+
+#[test]
+fn shared_loads_are_one_tokenizer_until_dropped_or_changed() {
+    use llmd_tokenizer::ModelTokenizer;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, TINY).unwrap();
+    let name = dir.path().display().to_string();
+
+    let a = ModelTokenizer::shared(&name).unwrap();
+    let b = ModelTokenizer::shared(&name).unwrap();
+    assert!(
+        Arc::ptr_eq(&a, &b),
+        "a second load while the first is alive is the same"
+    );
+    assert_eq!(a.encode("a b a", false).unwrap(), vec![0, 1, 0]);
+    // Concurrent first loads of other files are not mixed up with this one.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("tokenizer.json"),
+        TINY.replace("\"a\":0", "\"a\":2")
+            .replace("\"[UNK]\":2", "\"[UNK]\":0"),
+    )
+    .unwrap();
+    let c = ModelTokenizer::shared(&other.path().display().to_string()).unwrap();
+    assert!(!Arc::ptr_eq(&a, &c));
+    assert_eq!(c.encode("a", false).unwrap(), vec![2]);
+
+    // A changed file is a new load, even while the old one is alive.
+    let changed = TINY.replace("\"b\":1", "\"b\":1,\"c\":3");
+    std::fs::write(&path, &changed).unwrap();
+    let f = std::fs::File::options().write(true).open(&path).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let d = ModelTokenizer::shared(&name).unwrap();
+    assert!(!Arc::ptr_eq(&a, &d));
+    assert_eq!(d.encode("c", false).unwrap(), vec![3]);
+
+    // Once every holder is gone, the next call loads afresh (nothing is kept alive).
+    let weak = Arc::downgrade(&d);
+    drop((a, b, d));
+    assert!(weak.upgrade().is_none());
+    let e = ModelTokenizer::shared(&name).unwrap();
+    assert_eq!(e.encode("c a", false).unwrap(), vec![3, 0]);
+}
