@@ -482,10 +482,22 @@ pub fn parse_scrape(
     text: &str,
     names: &MetricNames,
 ) -> Result<(Load, crate::lora::ServedModels), llmd_telemetry::exposition::ParseError> {
-    let m = llmd_telemetry::exposition::parse(text)?;
-    let models = crate::lora::from_samples(&m.samples, names);
+    // Only the five series the EPP reads are parsed in full (vLLM's /metrics is ~30 KB of
+    // mostly histogram buckets, scraped 20 times a second per pod); every line is still checked
+    // to be exposition text.
+    let wanted = [
+        &names.waiting,
+        &names.running,
+        &names.kv_usage,
+        &names.cache_info,
+        &names.lora_info,
+    ];
+    let samples = llmd_telemetry::exposition::parse_samples_of(text, |name| {
+        wanted.iter().any(|spec| spec.name == name)
+    })?;
+    let models = crate::lora::from_samples(&samples, names);
     let values = |spec: &MetricSpec| -> Vec<f64> {
-        m.samples
+        samples
             .iter()
             .filter(|s| spec.matches(s))
             .map(|s| s.value)
@@ -493,7 +505,7 @@ pub fn parse_scrape(
             .collect()
     };
     let usage = values(&names.kv_usage);
-    let info = m.samples.iter().find(|s| names.cache_info.matches(s));
+    let info = samples.iter().find(|s| names.cache_info.matches(s));
     let load = Load {
         waiting: values(&names.waiting).iter().sum(),
         running: values(&names.running).iter().sum(),

@@ -138,10 +138,47 @@ pub fn parse(text: &str) -> Result<Exposition, ParseError> {
     Ok(out)
 }
 
+/// The samples of the metrics `keep` accepts (by metric name, `_bucket`/`_sum`/`_count`
+/// included), parsed as [`parse`] parses them; `# HELP` and `# TYPE` are skipped.
+///
+/// For a reader that needs a few series of a large exposition (the EPP scraping a model
+/// server's ~30 KB `/metrics` 20 times a second): every line is still checked to be blank, a
+/// comment or a sample with a valid metric name, so text that is not an exposition (an HTML
+/// page, a JSON error) is refused, but only kept samples have their labels, value and
+/// timestamp parsed and checked; a malformed label set of another metric goes unnoticed.
+pub fn parse_samples_of(
+    text: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<Sample>, ParseError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_end_matches('\r');
+        let err = |reason| ParseError {
+            line: i + 1,
+            reason,
+        };
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let name = &line[..sample_name_end(line)];
+        if !valid_metric_name(name) {
+            return Err(err("invalid metric name"));
+        }
+        if keep(name) {
+            out.push(parse_sample(line).map_err(err)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Where a sample line's metric name ends.
+fn sample_name_end(line: &str) -> usize {
+    line.find(|c: char| c == '{' || c.is_ascii_whitespace())
+        .unwrap_or(line.len())
+}
+
 fn parse_sample(line: &str) -> Result<Sample, &'static str> {
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_ascii_whitespace())
-        .unwrap_or(line.len());
+    let name_end = sample_name_end(line);
     let name = &line[..name_end];
     if !valid_metric_name(name) {
         return Err("invalid metric name");
@@ -337,6 +374,48 @@ odd{path="a\"b\\c\nd",} NaN 1700000000000
                 })
                 .collect();
             let _ = parse(&text);
+            let _ = parse_samples_of(&text, |n| n.starts_with('m'));
         }
+    }
+
+    #[test]
+    fn parse_samples_of_keeps_what_the_full_parse_finds_for_those_names() {
+        let keep = |n: &str| n == "vllm:num_requests_waiting" || n == "odd";
+        let full: Vec<Sample> = parse(VLLM)
+            .unwrap()
+            .samples
+            .into_iter()
+            .filter(|s| keep(&s.name))
+            .collect();
+        let some = parse_samples_of(VLLM, keep).unwrap();
+        assert_eq!(format!("{some:?}"), format!("{full:?}")); // NaN != NaN, so compare as text
+        assert_eq!(some.len(), 2);
+        assert!(parse_samples_of(VLLM, |_| false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn parse_samples_of_refuses_what_is_not_an_exposition() {
+        for (text, line) in [
+            ("<html><body>not found</body></html>\n", 1),
+            ("ok 1\n{\"error\": \"no metrics\"}\n", 2),
+            ("ok 1\n9bad 1\n", 2),
+        ] {
+            assert_eq!(
+                parse_samples_of(text, |_| false).unwrap_err().line,
+                line,
+                "{text}"
+            );
+        }
+        // A kept sample is checked in full; another metric's labels are not read.
+        let text = "kept{a=\"1\"} x\nother{a=1} 2\n";
+        assert_eq!(
+            parse_samples_of(text, |n| n == "kept").unwrap_err(),
+            ParseError {
+                line: 1,
+                reason: "invalid value"
+            }
+        );
+        assert!(parse_samples_of(text, |n| n == "none").is_ok());
+        assert!(parse(text).is_err());
     }
 }
