@@ -128,8 +128,11 @@ impl std::fmt::Debug for ModelTokenizer {
 #[derive(Debug, PartialEq, Eq)]
 struct SharedKey {
     name: String,
-    files: Vec<(PathBuf, Option<(u64, Option<std::time::SystemTime>)>)>,
+    files: Vec<(PathBuf, Option<FileStamp>)>,
 }
+
+/// A file's size and modification time.
+type FileStamp = (u64, Option<std::time::SystemTime>);
 
 impl SharedKey {
     fn of(name: &str, files: &TokenizerFiles) -> Self {

@@ -11,33 +11,38 @@ pub struct Usage {
     pub cached: Option<u64>,
 }
 
+/// What is read of a `usage` object (other fields are skipped without being kept).
+#[derive(serde::Deserialize)]
+struct UsageJson {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    /// Any JSON: a malformed `prompt_tokens_details` loses only the cached count.
+    #[serde(default)]
+    prompt_tokens_details: Option<serde_json::Value>,
+}
+
 /// The last `usage` object in the end of a response body: a JSON response or an SSE stream
 /// (where it is the last event before `[DONE]` with `stream_options.include_usage`).
 pub fn find_usage(tail: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
+    let finder = memchr::memmem::FinderRev::new(KEY);
     let mut end = tail.len();
-    while let Some(at) = tail[..end].windows(KEY.len()).rposition(|w| w == KEY) {
+    while let Some(at) = finder.rfind(&tail[..end]) {
         end = at;
         let rest = &tail[at + KEY.len()..];
         let start = rest
             .iter()
             .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))?;
+        // The object is read up to its closing brace; what follows it is not looked at.
         let mut values =
-            serde_json::Deserializer::from_slice(&rest[start..]).into_iter::<serde_json::Value>();
-        if let Some(Ok(v)) = values.next()
-            && let (Some(prompt), Some(completion)) = (
-                v.get("prompt_tokens").and_then(serde_json::Value::as_u64),
-                v.get("completion_tokens")
-                    .and_then(serde_json::Value::as_u64),
-            )
-        {
+            serde_json::Deserializer::from_slice(&rest[start..]).into_iter::<UsageJson>();
+        if let Some(Ok(u)) = values.next() {
             return Some(Usage {
-                prompt,
-                completion,
-                cached: v
-                    .get("prompt_tokens_details")
-                    .and_then(|d| d.get("cached_tokens"))
-                    .and_then(serde_json::Value::as_u64),
+                prompt: u.prompt_tokens,
+                completion: u.completion_tokens,
+                cached: u
+                    .prompt_tokens_details
+                    .and_then(|d| d.get("cached_tokens")?.as_u64()),
             });
         }
     }
@@ -83,6 +88,20 @@ mod tests {
                 completion: 2,
                 cached: None
             })
+        );
+        // A malformed details object loses only the cached count; other fields are skipped.
+        assert_eq!(
+            find_usage(br#"{"usage":{"prompt_tokens":1,"x":[1,{"y":2}],"completion_tokens":2,"prompt_tokens_details":"?"}}"#),
+            Some(Usage {
+                prompt: 1,
+                completion: 2,
+                cached: None
+            })
+        );
+        // Counts that are not unsigned integers are not a usage.
+        assert_eq!(
+            find_usage(br#"{"usage":{"prompt_tokens":-1,"completion_tokens":2}}"#),
+            None
         );
     }
 }
