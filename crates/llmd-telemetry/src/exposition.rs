@@ -143,9 +143,10 @@ pub fn parse(text: &str) -> Result<Exposition, ParseError> {
 ///
 /// For a reader that needs a few series of a large exposition (the EPP scraping a model
 /// server's ~30 KB `/metrics` 20 times a second): every line is still checked to be blank, a
-/// comment or a sample with a valid metric name, so text that is not an exposition (an HTML
-/// page, a JSON error) is refused, but only kept samples have their labels, value and
-/// timestamp parsed and checked; a malformed label set of another metric goes unnoticed.
+/// comment or a sample (a valid metric name, a label set, a value, an optional timestamp), so
+/// text that is not an exposition (an HTML page, a JSON error) is refused; but only kept
+/// samples have their labels parsed (names checked, values unescaped and stored), so a bad
+/// label name or escape in another metric goes unnoticed.
 pub fn parse_samples_of(
     text: &str,
     keep: impl Fn(&str) -> bool,
@@ -166,9 +167,42 @@ pub fn parse_samples_of(
         }
         if keep(name) {
             out.push(parse_sample(line).map_err(err)?);
+        } else {
+            check_sample_shape(&line[name.len()..]).map_err(err)?;
         }
     }
     Ok(out)
+}
+
+/// Checks, without allocating, that what follows a sample's name is a label set (braces,
+/// quoted values with escapes; names not checked), a value and an optional timestamp.
+fn check_sample_shape(rest: &str) -> Result<(), &'static str> {
+    let mut rest = rest;
+    if let Some(labels) = rest.strip_prefix('{') {
+        let bytes = labels.as_bytes();
+        let mut i = 0;
+        let mut quoted = false;
+        let end = loop {
+            match (bytes.get(i), quoted) {
+                (None, _) => return Err("unterminated label set"),
+                (Some(b'\\'), true) => i += 1,
+                (Some(b'"'), q) => quoted = !q,
+                (Some(b'}'), false) => break i,
+                _ => {}
+            }
+            i += 1;
+        };
+        rest = &labels[end + 1..];
+    }
+    let mut fields = rest.split_whitespace();
+    parse_value(fields.next().ok_or("missing value")?).ok_or("invalid value")?;
+    if let Some(ts) = fields.next() {
+        ts.parse::<i64>().map_err(|_| "invalid timestamp")?;
+    }
+    if fields.next().is_some() {
+        return Err("trailing data after timestamp");
+    }
+    Ok(())
 }
 
 /// Where a sample line's metric name ends.
@@ -406,16 +440,30 @@ odd{path="a\"b\\c\nd",} NaN 1700000000000
                 "{text}"
             );
         }
-        // A kept sample is checked in full; another metric's labels are not read.
-        let text = "kept{a=\"1\"} x\nother{a=1} 2\n";
+        // Every sample's shape is checked: label braces and quotes, value, timestamp.
+        for (text, reason) in [
+            ("other{a=\"1\"} x\n", "invalid value"),
+            ("garbage line here\n", "invalid value"),
+            ("other{a=\"}\" 1\n", "unterminated label set"),
+            ("other 1 2 3\n", "trailing data after timestamp"),
+            ("other 1 now\n", "invalid timestamp"),
+            ("other{}\n", "missing value"),
+        ] {
+            let e = parse_samples_of(text, |_| false).unwrap_err();
+            assert_eq!(e, ParseError { line: 1, reason }, "{text}");
+            assert!(parse(text).is_err(), "{text}");
+        }
+        // A label value holding braces, quotes and escapes is skipped correctly.
+        assert!(parse_samples_of("o{a=\"}{\\\"\\\\\",b=\"x\"} 1 5\n", |_| false).is_ok());
+        // A kept sample is parsed in full; another metric's label names are not checked.
+        let text = "kept{a=\"1\"} 1\nother{9=\"1\"} 2\n";
+        assert_eq!(parse_samples_of(text, |n| n == "kept").unwrap().len(), 1);
         assert_eq!(
-            parse_samples_of(text, |n| n == "kept").unwrap_err(),
+            parse_samples_of(text, |n| n == "other").unwrap_err(),
             ParseError {
-                line: 1,
-                reason: "invalid value"
+                line: 2,
+                reason: "invalid label name"
             }
         );
-        assert!(parse_samples_of(text, |n| n == "none").is_ok());
-        assert!(parse(text).is_err());
     }
 }
