@@ -407,8 +407,19 @@ odd{path="a\"b\\c\nd",} NaN 1700000000000
                     alphabet[(seed % alphabet.len() as u64) as usize] as char
                 })
                 .collect();
-            let _ = parse(&text);
-            let _ = parse_samples_of(&text, |n| n.starts_with('m'));
+            // The scrape's partial read accepts whatever the full parse accepts, with the
+            // same samples for the names it keeps.
+            let keep = |n: &str| n.starts_with('m');
+            let some = parse_samples_of(&text, keep);
+            if let Ok(full) = parse(&text) {
+                let kept: Vec<Sample> =
+                    full.samples.into_iter().filter(|s| keep(&s.name)).collect();
+                assert_eq!(
+                    format!("{:?}", some.unwrap()),
+                    format!("{kept:?}"),
+                    "{text:?}"
+                );
+            }
         }
     }
 
