@@ -194,15 +194,21 @@ fn check_sample_shape(rest: &str) -> Result<(), &'static str> {
         };
         rest = &labels[end + 1..];
     }
+    value_and_timestamp(rest).map(|_| ())
+}
+
+/// The value and optional timestamp after a sample's name and labels, and nothing more.
+fn value_and_timestamp(rest: &str) -> Result<(f64, Option<i64>), &'static str> {
     let mut fields = rest.split_whitespace();
-    parse_value(fields.next().ok_or("missing value")?).ok_or("invalid value")?;
-    if let Some(ts) = fields.next() {
-        ts.parse::<i64>().map_err(|_| "invalid timestamp")?;
-    }
+    let value = parse_value(fields.next().ok_or("missing value")?).ok_or("invalid value")?;
+    let timestamp_ms = match fields.next() {
+        Some(ts) => Some(ts.parse::<i64>().map_err(|_| "invalid timestamp")?),
+        None => None,
+    };
     if fields.next().is_some() {
         return Err("trailing data after timestamp");
     }
-    Ok(())
+    Ok((value, timestamp_ms))
 }
 
 /// Where a sample line's metric name ends.
@@ -224,16 +230,7 @@ fn parse_sample(line: &str) -> Result<Sample, &'static str> {
         labels = parsed;
         rest = remaining;
     }
-    let mut fields = rest.split_whitespace();
-    let value = fields.next().ok_or("missing value")?;
-    let value = parse_value(value).ok_or("invalid value")?;
-    let timestamp_ms = match fields.next() {
-        Some(ts) => Some(ts.parse::<i64>().map_err(|_| "invalid timestamp")?),
-        None => None,
-    };
-    if fields.next().is_some() {
-        return Err("trailing data after timestamp");
-    }
+    let (value, timestamp_ms) = value_and_timestamp(rest)?;
     Ok(Sample {
         name: name.to_owned(),
         labels,

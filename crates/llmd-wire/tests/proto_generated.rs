@@ -41,38 +41,36 @@ fn generate(out: &Path) -> BTreeMap<String, String> {
         // is refused as a duplicate).
         .compile_fds(fds)
         .expect("tonic-prost-build");
-    let mut generated = BTreeMap::new();
-    for entry in fs::read_dir(out).expect("read the output directory") {
-        let path = entry.expect("directory entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("UTF-8 file name")
-            .to_owned();
-        let text = fs::read_to_string(&path).expect("read a generated file");
-        generated.insert(name, format!("{HEADER}{text}"));
-    }
-    generated
+    files_in(out)
+        .into_iter()
+        .map(|(name, text)| (name, format!("{HEADER}{text}")))
+        .collect()
 }
 
 /// The checked-in generated files: every `.rs` file in `src/pb/` except the hand-written `mod.rs`.
 fn checked_in(dir: &Path) -> BTreeMap<String, String> {
-    let mut files = BTreeMap::new();
-    for entry in fs::read_dir(dir).expect("read src/pb") {
-        let path = entry.expect("directory entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("UTF-8 file name")
-            .to_owned();
-        if name.ends_with(".rs") && name != "mod.rs" {
-            files.insert(
-                name,
-                fs::read_to_string(&path).expect("read a checked-in file"),
-            );
-        }
-    }
-    files
+    files_in(dir)
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".rs") && name != "mod.rs")
+        .collect()
+}
+
+/// The files of `dir`: name → contents.
+fn files_in(dir: &Path) -> BTreeMap<String, String> {
+    let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+    entries
+        .map(|entry| {
+            let path = entry.expect("directory entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("UTF-8 file name")
+                .to_owned();
+            let text = fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            (name, text)
+        })
+        .collect()
 }
 
 #[test]
