@@ -265,7 +265,10 @@ async fn full_duplex_request_and_streamed_response_as_envoy_sends_them() {
     );
     assert_eq!(set["content-length"], BODY.len().to_string());
     assert_eq!(set["x-prefiller-host-port"], "10.0.1.1:8000");
-    assert_eq!(set["x-request-id"], "rid-1");
+    assert!(
+        !set.contains_key("x-request-id"),
+        "the request's own id stands: not set again"
+    );
     let (b, eos) = streamed(&ex.next().await);
     assert_eq!((b.as_slice(), eos), (BODY, true));
 
@@ -481,4 +484,58 @@ async fn a_cancelled_stream_does_not_disturb_the_next() {
         1,
         "the cancelled request never reached the picker"
     );
+}
+
+fn removed_headers(r: &ProcessingResponse) -> Vec<String> {
+    let common = match r.response.as_ref().unwrap() {
+        processing_response::Response::RequestHeaders(h) => h.response.clone().unwrap(),
+        processing_response::Response::RequestBody(b) => b.response.clone().unwrap(),
+        other => panic!("not a request-phase response: {other:?}"),
+    };
+    common.header_mutation.unwrap().remove_headers
+}
+
+/// A buffered request: the decision mutates only what it changes. The body is left alone, so
+/// its `Content-Length` stands; the request's own `x-request-id` is not set again; the prefill
+/// header a client sent is removed (a client must not choose its prefill pod), and nothing is
+/// removed from a request without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_decisions_mutate_only_what_they_change() {
+    let picker = Arc::new(Scripted::default());
+    let mut client = server(picker.clone(), 1 << 20).await;
+    let plain = br#"{"model":"m","prompt":"decode only","max_tokens":8}"#;
+    for (client_prefiller, removed) in [
+        (None, Vec::<String>::new()),
+        (
+            Some("10.9.9.9:8000"),
+            vec!["x-prefiller-host-port".to_owned()],
+        ),
+    ] {
+        let mut ex = Exchange::open(&mut client).await;
+        let mut pairs = vec![
+            (":method", "POST"),
+            (":path", "/v1/completions"),
+            ("x-request-id", "rid-7"),
+        ];
+        if let Some(p) = client_prefiller {
+            pairs.push(("x-prefiller-host-port", p));
+        }
+        let mut h = headers(&pairs, false);
+        h.protocol_config = Some(ProtocolConfiguration {
+            request_body_mode: BodySendMode::Buffered as i32,
+            response_body_mode: BodySendMode::Buffered as i32,
+            ..Default::default()
+        });
+        ex.send(h).await;
+        ex.next().await; // the headers' answer
+        ex.send(body(plain, true)).await;
+        let r = ex.next().await;
+        let set = set_headers(&r);
+        assert_eq!(
+            set.keys().collect::<Vec<_>>(),
+            vec!["x-gateway-destination-endpoint"],
+            "{client_prefiller:?}"
+        );
+        assert_eq!(removed_headers(&r), removed, "{client_prefiller:?}");
+    }
 }

@@ -523,3 +523,33 @@ async fn the_dashboard_row_reads_series_an_epp_with_the_gate_emits() {
         );
     }
 }
+
+/// A queued request whose client goes away (the data plane resets its ext_proc stream) leaves
+/// the queue at once, is counted `EvictedContextCancelled`, and takes no capacity: the next
+/// request is the one released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_whose_client_leaves_leaves_the_queue() {
+    let e = start(&gated("")).await;
+    let holder = routed(send(&e.client, "normal", "t").await);
+    let before = metric(
+        "llm_d_epp_flow_control_requests_total",
+        &["outcome=\"EvictedContextCancelled\""],
+    );
+    let leaving = queue(&e, "normal", "t").await;
+    leaving.abort(); // drops the client's stream
+    wait_until("the request to leave the queue", || e.queued() == 0).await;
+    wait_until("the cancellation to be counted", || {
+        metric(
+            "llm_d_epp_flow_control_requests_total",
+            &["outcome=\"EvictedContextCancelled\""],
+        ) - before
+            == 1.0
+    })
+    .await;
+    assert_eq!(e.inflight(), 1, "the leaver was never counted in flight");
+    let next = queue(&e, "normal", "t").await;
+    drop(holder);
+    let next = routed(next.await.unwrap());
+    drop(next);
+    wait_until("all released", || e.inflight() == 0).await;
+}

@@ -50,9 +50,10 @@ use std::sync::Arc;
 use futures::Stream;
 use llmd_wire::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use llmd_wire::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::inflight::{Release, Ticket};
 use crate::request::InferenceRequest;
 use crate::scheduling::{Decision, PickContext, PickError, Picker};
 
@@ -140,19 +141,16 @@ pub(crate) struct Deps {
     parallel: Arc<Semaphore>,
     /// See [`ExtProcService::pick_inline_for_bench`].
     pick_inline: bool,
-    /// The stream's answers: closed when the data plane drops the stream (its client left),
-    /// which ends a flow-control wait.
-    answers: Option<mpsc::Sender<Result<ProcessingResponse, Status>>>,
 }
 
-impl Deps {
-    /// Resolves when the data plane has dropped this stream (never without one).
-    pub async fn client_gone(&self) {
-        match &self.answers {
-            Some(tx) => tx.closed().await,
-            None => std::future::pending().await,
-        }
-    }
+/// A decision, and its in-flight count held until the response goes by: the guard releases
+/// the count when dropped, so a stream dropped while its pick runs on a blocking thread loses
+/// nothing.
+pub(crate) struct Picked {
+    pub result: Result<Decision, PickError>,
+    pub inflight: Option<InFlightGuard>,
+    pub request: Option<InferenceRequest>,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Deps {
@@ -167,52 +165,81 @@ impl Deps {
         headers: Vec<(String, String)>,
         subset: Option<Vec<String>>,
         span: tracing::Span,
-    ) -> (
-        Result<Decision, PickError>,
-        Option<InferenceRequest>,
-        Vec<(String, String)>,
-    ) {
+    ) -> Picked {
         if self.pick_inline || self.picker.picks_inline(request.as_ref()) {
-            let ctx = PickContext {
-                request: request.as_ref(),
-                headers: &headers,
-                subset,
-                span: &span,
-            };
-            let result = span.in_scope(|| self.picker.pick(&ctx));
-            drop(ctx);
-            return (result, request, headers);
+            return pick_now(&self.picker, request, headers, subset, &span);
         }
         let Ok(permit) = self.parallel.clone().acquire_owned().await else {
-            return (
-                Err(PickError::Internal("the EPP is shutting down".into())),
+            return Picked {
+                result: Err(PickError::Internal("the EPP is shutting down".into())),
+                inflight: None,
                 request,
                 headers,
-            );
+            };
         };
         let picker = self.picker.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _entered = span.enter();
-            let ctx = PickContext {
-                request: request.as_ref(),
-                headers: &headers,
-                subset,
-                span: &span,
-            };
-            let result = picker.pick(&ctx);
-            drop(ctx);
-            (result, request, headers)
+            pick_now(&picker, request, headers, subset, &span)
         })
         .await;
-        match joined {
-            Ok(r) => r,
-            Err(e) => (
-                Err(PickError::Internal(format!("scheduling failed: {e}"))),
-                None,
-                Vec::new(),
-            ),
-        }
+        joined.unwrap_or_else(|e| Picked {
+            result: Err(PickError::Internal(format!("scheduling failed: {e}"))),
+            inflight: None,
+            request: None,
+            headers: Vec::new(),
+        })
+    }
+}
+
+/// One pick, on this thread; a counted decision's release is armed before it is handed back.
+fn pick_now(
+    picker: &Arc<dyn Picker>,
+    request: Option<InferenceRequest>,
+    headers: Vec<(String, String)>,
+    subset: Option<Vec<String>>,
+    span: &tracing::Span,
+) -> Picked {
+    let ctx = PickContext {
+        request: request.as_ref(),
+        headers: &headers,
+        subset,
+        span,
+    };
+    let result = span.in_scope(|| picker.pick(&ctx));
+    drop(ctx);
+    let inflight = result
+        .as_ref()
+        .ok()
+        .and_then(|d| d.ticket)
+        .map(|ticket| InFlightGuard {
+            picker: picker.clone(),
+            ticket,
+        });
+    Picked {
+        result,
+        inflight,
+        request,
+        headers,
+    }
+}
+
+/// Releases a counted decision when dropped ([`crate::inflight`]).
+pub(crate) struct InFlightGuard {
+    picker: Arc<dyn Picker>,
+    ticket: Ticket,
+}
+
+impl InFlightGuard {
+    pub(crate) fn release(&self, what: Release) {
+        self.picker.release(self.ticket, what);
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.picker.release(self.ticket, Release::All);
     }
 }
 
@@ -235,39 +262,56 @@ impl ExternalProcessor for ExtProcService {
                 tonic::metadata::KeyAndValueRef::Binary(..) => None,
             }),
         );
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<ProcessingResponse, Status>>(16);
         let deps = Deps {
             picker: self.picker.clone(),
             config: self.config.clone(),
             parallel: self.parallel.clone(),
             pick_inline: self.pick_inline,
-            answers: Some(tx.clone()),
         };
-        tokio::spawn(async move {
-            let mut state = stream::StreamState::new(grpc_trace);
-            loop {
-                let msg = match inbound.message().await {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(%status, "ext_proc stream ended by the data plane");
-                        break;
-                    }
-                };
-                let replies = state.handle(msg, &deps).await;
-                for reply in replies {
-                    if tx.send(Ok(reply)).await.is_err() {
-                        return;
-                    }
-                }
-                if state.closed() {
-                    break;
-                }
+        let pump = Pump {
+            inbound: request.into_inner(),
+            state: stream::StreamState::new(grpc_trace),
+            deps,
+            queued: Vec::new().into_iter(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            pump,
+            Pump::next,
+        ))))
+    }
+}
+
+/// One stream's answers, produced as the data plane reads them: the inbound message is
+/// handled inside the poll of the outbound stream, with no task or channel of its own (as
+/// the no-op floor server does). When the data plane drops the stream (its client left), the
+/// outbound stream is dropped with whatever it was awaiting: a flow-control wait leaves its
+/// queue, a pick on the blocking pool finishes and its in-flight count is released.
+struct Pump {
+    inbound: Streaming<ProcessingRequest>,
+    state: stream::StreamState,
+    deps: Deps,
+    /// Answers of the last message not yet handed out.
+    queued: std::vec::IntoIter<ProcessingResponse>,
+}
+
+impl Pump {
+    async fn next(mut self) -> Option<(Result<ProcessingResponse, Status>, Self)> {
+        loop {
+            if let Some(reply) = self.queued.next() {
+                return Some((Ok(reply), self));
             }
-        });
-        let stream =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-        Ok(Response::new(Box::pin(stream)))
+            if self.state.closed() {
+                return None;
+            }
+            let msg = match self.inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return None,
+                Err(status) => {
+                    tracing::debug!(%status, "ext_proc stream ended by the data plane");
+                    return None;
+                }
+            };
+            self.queued = self.state.handle(msg, &self.deps).await.into_iter();
+        }
     }
 }

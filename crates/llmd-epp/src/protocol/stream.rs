@@ -16,10 +16,10 @@ use super::request_metrics::RequestMetrics;
 use super::response::{self, header, lb_metadata, reply};
 use super::usage::find_usage;
 use super::{
-    DESTINATION_HEADER, DESTINATION_SERVED_HEADER, Deps, OWNED_REQUEST_HEADERS, SUBSET_HINT_KEY,
+    DESTINATION_HEADER, DESTINATION_SERVED_HEADER, Deps, InFlightGuard, OWNED_REQUEST_HEADERS, SUBSET_HINT_KEY,
     SUBSET_HINT_NAMESPACE,
 };
-use crate::inflight::{Release, Ticket};
+use crate::inflight::Release;
 use crate::labels::model_label;
 use crate::objectives::RequestClass;
 use crate::request;
@@ -36,6 +36,9 @@ pub(super) struct StreamState {
     /// The gRPC call's trace context (Envoy's ext_proc span), when it has one.
     grpc_trace: llmd_telemetry::propagation::Context,
     headers: Vec<(String, String)>,
+    /// The EPP made up the request's `x-request-id` (the request had none): it is set on the
+    /// upstream request.
+    request_id_generated: bool,
     body: Vec<u8>,
     /// Request phase answered (decision or error sent).
     request_done: bool,
@@ -70,29 +73,12 @@ pub(super) struct StreamState {
     response_headers: Vec<(String, String)>,
 }
 
-/// Releases a counted decision when dropped ([`crate::inflight`]).
-struct InFlightGuard {
-    picker: std::sync::Arc<dyn crate::scheduling::Picker>,
-    ticket: Ticket,
-}
-
-impl InFlightGuard {
-    fn release(&self, what: Release) {
-        self.picker.release(self.ticket, what);
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.picker.release(self.ticket, Release::All);
-    }
-}
-
 impl StreamState {
     pub(super) fn new(grpc_trace: llmd_telemetry::propagation::Context) -> Self {
         Self {
             grpc_trace,
             headers: Vec::new(),
+            request_id_generated: false,
             body: Vec::new(),
             request_done: false,
             headers_only: false,
@@ -302,6 +288,7 @@ impl StreamState {
         if !self.headers.iter().any(|(k, _)| k == "x-request-id") {
             self.headers
                 .push(("x-request-id".into(), uuid::Uuid::new_v4().to_string()));
+            self.request_id_generated = true;
         }
         if h.end_of_stream {
             // No body (GET, ...): route from the headers alone.
@@ -364,27 +351,24 @@ impl StreamState {
                 bytes: self.body.len() as u64,
                 model: &req.model,
             };
-            match fc.admit(request, deps.client_gone()).await {
+            // A client that leaves drops this future: the wait leaves its queue.
+            match fc.admit(request, std::future::pending()).await {
                 Ok(p) => permit = Some(p),
                 Err(e) => return self.immediate(&e),
             }
         }
         let headers = std::mem::take(&mut self.headers);
-        let (result, parsed, headers) = deps.pick(parsed, headers, self.subset.clone(), span).await;
+        let picked = deps.pick(parsed, headers, self.subset.clone(), span).await;
         // The decision is counted in flight now (or failed): the pool's capacity sees it.
         drop(permit);
-        self.headers = headers;
-        let decision = match result {
+        self.headers = picked.headers;
+        let parsed = picked.request;
+        let decision = match picked.result {
             Ok(d) if !d.endpoints.is_empty() => d,
             Ok(_) => return self.immediate(&PickError::NoEndpoints(None)),
             Err(e) => return self.immediate(&e),
         };
-        if let Some(ticket) = decision.ticket {
-            self.inflight = Some(InFlightGuard {
-                picker: deps.picker.clone(),
-                ticket,
-            });
-        }
+        self.inflight = picked.inflight;
         let body = decision
             .body
             .clone()
@@ -395,24 +379,30 @@ impl StreamState {
         self.routed_to = decision.endpoints.clone();
         self.response_headers = decision.response_headers.clone();
         let destination = decision.endpoints.join(",");
+        // Only what changes: every header set or removed is work for the data plane on each
+        // request. A buffered body the scheduler left alone keeps its own `Content-Length`; the
+        // client's (or the data plane's) `x-request-id` stands.
         let mut set = vec![header(DESTINATION_HEADER, &destination)];
-        if !body.is_empty() {
+        if !body.is_empty() && (!self.buffered || decision.body.is_some()) {
             set.push(header("content-length", &body.len().to_string()));
         }
         for (k, v) in &decision.headers {
             set.push(header(k, v));
         }
-        if let Some(id) = self.header("x-request-id") {
+        if self.request_id_generated
+            && let Some(id) = self.header("x-request-id")
+        {
             set.push(header("x-request-id", id));
         }
         // Headers the EPP owns: a client's own value never reaches the upstream.
         let remove_headers: Vec<String> = OWNED_REQUEST_HEADERS
             .iter()
             .filter(|h| {
-                !decision
-                    .headers
-                    .iter()
-                    .any(|(k, _)| k.eq_ignore_ascii_case(h))
+                self.header(h).is_some()
+                    && !decision
+                        .headers
+                        .iter()
+                        .any(|(k, _)| k.eq_ignore_ascii_case(h))
             })
             .map(|h| (*h).to_owned())
             .collect();
