@@ -6,6 +6,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -96,6 +98,7 @@ pub fn install_prometheus(
         builder = builder.set_buckets_for_metric(Matcher::Full(def.name.to_owned()), buckets)?;
     }
     let inner = builder.install_recorder()?;
+    INSTALLED.store(true, Ordering::Release);
     for def in defs() {
         describe(def);
         if def.labels.is_empty() {
@@ -113,6 +116,48 @@ pub fn install_prometheus(
         });
     }
     Ok(MetricsHandle { inner })
+}
+
+/// Set once [`install_prometheus`] has installed the process's recorder, which is never
+/// replaced after: handles registered from then on stay valid for the life of the process.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the process's Prometheus recorder is installed ([`install_prometheus`]). Until it
+/// is, `metrics` hands out no-op handles, which must not be kept.
+pub fn installed() -> bool {
+    INSTALLED.load(Ordering::Acquire)
+}
+
+/// A label-less histogram on a hot path, registered once: recording is then an atomic append,
+/// not a registry lookup (hashing and comparing the key under a lock) per call. Before the
+/// recorder is installed each call registers afresh (and records nowhere), so a handle taken
+/// too early is never kept.
+#[derive(Debug)]
+pub struct HotHistogram {
+    name: &'static str,
+    handle: OnceLock<metrics::Histogram>,
+}
+
+impl HotHistogram {
+    /// The histogram `def` names.
+    pub const fn new(def: &'static MetricDef) -> Self {
+        Self {
+            name: def.name,
+            handle: OnceLock::new(),
+        }
+    }
+
+    /// Records one observation.
+    pub fn record(&self, value: f64) {
+        if let Some(h) = self.handle.get() {
+            return h.record(value);
+        }
+        let h = metrics::histogram!(self.name);
+        h.record(value);
+        if installed() {
+            let _ = self.handle.set(h);
+        }
+    }
 }
 
 /// Registers `def` with the given label values at zero, so dashboards see the series (value 0,

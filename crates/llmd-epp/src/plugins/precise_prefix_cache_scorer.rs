@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use llmd_kv_index::hashing::{BlockKey, HashAlgo};
+use llmd_telemetry::HotHistogram;
 use llmd_telemetry::names;
 use serde::Deserialize;
 
@@ -223,8 +224,13 @@ impl PrecisePrefixCacheScorer {
         let started = Instant::now();
         let counts = self.kv.index.lookup(keys, &missing);
         let took = started.elapsed().as_secs_f64();
-        metrics::histogram!(names::kv_cache::INDEX_LOOKUP_LATENCY.name).record(took);
-        metrics::histogram!(names::kv_cache::LEGACY_INDEX_LOOKUP_LATENCY.name).record(took);
+        static LOOKUP: [HotHistogram; 2] = [
+            HotHistogram::new(&names::kv_cache::INDEX_LOOKUP_LATENCY),
+            HotHistogram::new(&names::kv_cache::LEGACY_INDEX_LOOKUP_LATENCY),
+        ];
+        for h in &LOOKUP {
+            h.record(took);
+        }
         for (id, c) in missing.into_iter().zip(counts) {
             let m = match &self.kv.speculative {
                 Some(s) => s.matched(id, keys, c),

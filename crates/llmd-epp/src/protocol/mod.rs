@@ -253,15 +253,20 @@ impl ExternalProcessor for ExtProcService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        // Envoy traces its ext_proc call: that span is the EPP spans' parent when present.
-        let grpc_trace = llmd_telemetry::propagation::extract_from_pairs(
-            request.metadata().iter().filter_map(|kv| match kv {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
-                    Some((k.as_str(), v.to_str().ok()?))
-                }
-                tonic::metadata::KeyAndValueRef::Binary(..) => None,
-            }),
-        );
+        // Envoy traces its ext_proc call: that span is the EPP spans' parent when present (read
+        // only when this process exports spans).
+        let grpc_trace = if !llmd_telemetry::tracing_enabled() {
+            llmd_telemetry::propagation::Context::new()
+        } else {
+            llmd_telemetry::propagation::extract_from_pairs(request.metadata().iter().filter_map(
+                |kv| match kv {
+                    tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                        Some((k.as_str(), v.to_str().ok()?))
+                    }
+                    tonic::metadata::KeyAndValueRef::Binary(..) => None,
+                },
+            ))
+        };
         let deps = Deps {
             picker: self.picker.clone(),
             config: self.config.clone(),

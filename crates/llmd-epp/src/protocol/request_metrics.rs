@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
+use llmd_telemetry::HotHistogram;
 use llmd_telemetry::names::{MetricDef, epp};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata};
 use parking_lot::RwLock;
@@ -28,7 +29,7 @@ use crate::objectives::RequestClass;
 use crate::scheduling::PickError;
 
 /// A request's label values.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Labels {
     model: String,
     fairness: String,
@@ -63,66 +64,69 @@ impl Labels {
     }
 }
 
-/// The metric keys of one label set, built once and reused by every request with those labels:
-/// a prebuilt [`Key`] carries its hash, so recording is a registry lookup and an atomic update
-/// instead of cloning label strings and hashing them for each of the ~20 series a request
-/// touches. Keys, not handles, are cached: a key finds whatever recorder is installed when it
-/// is used (tests install theirs at any point).
+/// The series one label set records into, registered once and reused by every request with
+/// those labels: recording is then an atomic update on a handle, instead of a registry lookup
+/// (hashing and comparing the key under a lock) for each of the ~20 series a request touches.
+/// Handles are kept only once the process's recorder is installed
+/// ([`llmd_telemetry::prometheus::installed`]); before that they are no-ops, taken per request.
 #[derive(Debug)]
-struct Keys {
-    request_total: Key,
-    model_request_total: Key,
-    llmd_request_total: Key,
-    request_sizes: Key,
-    llmd_request_size: Key,
-    running: Key,
-    llmd_running: Key,
-    duration: Key,
-    llmd_duration: Key,
-    model_duration: Key,
-    response_sizes: Key,
-    llmd_response_size: Key,
+struct Series {
+    request_total: Counter,
+    model_request_total: Counter,
+    llmd_request_total: Counter,
+    request_sizes: Histogram,
+    llmd_request_size: Histogram,
+    running: Gauge,
+    llmd_running: Gauge,
+    duration: Histogram,
+    llmd_duration: Histogram,
+    model_duration: Histogram,
+    response_sizes: Histogram,
+    llmd_response_size: Histogram,
     /// TTFT, `streaming` false and true.
-    ttft: [Key; 2],
-    input_tokens: Key,
-    llmd_input_tokens: Key,
-    output_tokens: Key,
-    llmd_output_tokens: Key,
-    ntpot: Key,
-    llmd_ntpot: Key,
-    llmd_streaming_tpot: Key,
-    llmd_itl: Key,
-    cached: Key,
-    llmd_cached: Key,
+    ttft: [Histogram; 2],
+    input_tokens: Histogram,
+    llmd_input_tokens: Histogram,
+    output_tokens: Histogram,
+    llmd_output_tokens: Histogram,
+    ntpot: Histogram,
+    llmd_ntpot: Histogram,
+    llmd_streaming_tpot: Histogram,
+    llmd_itl: Histogram,
+    cached: Histogram,
+    llmd_cached: Histogram,
 }
 
-/// Label sets whose keys are kept; past it keys are built per request (still right, slower).
+/// Label sets whose series are kept; past it series are registered per request (still right,
+/// slower).
 const MAX_CACHED_LABEL_SETS: usize = 4096;
 
-/// (model, fairness id, priority) label values.
-type LabelSet = (String, String, String);
-
-static KEYS: LazyLock<RwLock<HashMap<LabelSet, Arc<Keys>>>> =
+static SERIES: LazyLock<RwLock<HashMap<Labels, Arc<Series>>>> =
     LazyLock::new(|| RwLock::new(HashMap::new()));
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
-impl Keys {
-    fn of(l: &Labels) -> Arc<Keys> {
-        let id = (l.model.clone(), l.fairness.clone(), l.priority.clone());
-        if let Some(k) = KEYS.read().get(&id) {
+/// The EPP's own processing time, label-less.
+static PROCESSING: HotHistogram = HotHistogram::new(&epp::LLMD_REQUEST_PROCESSING_DURATION);
+
+impl Series {
+    fn of(l: &Labels) -> Arc<Series> {
+        if !llmd_telemetry::prometheus::installed() {
+            return Arc::new(Series::new(l));
+        }
+        if let Some(k) = SERIES.read().get(l) {
             return k.clone();
         }
-        let keys = Arc::new(Keys::new(l));
-        let mut cache = KEYS.write();
+        let series = Arc::new(Series::new(l));
+        let mut cache = SERIES.write();
         if cache.len() < MAX_CACHED_LABEL_SETS {
-            cache.entry(id).or_insert_with(|| keys.clone());
+            cache.entry(l.clone()).or_insert_with(|| series.clone());
         }
-        keys
+        series
     }
 
-    fn new(l: &Labels) -> Keys {
+    fn new(l: &Labels) -> Series {
         let gie = || -> Vec<Label> { l.gie().into_iter().map(|(k, v)| Label::new(k, v)).collect() };
         let llmd = || -> Vec<Label> {
             l.llmd()
@@ -131,54 +135,45 @@ impl Keys {
                 .collect()
         };
         let key = |def: &MetricDef, labels: Vec<Label>| Key::from_parts(def.name, labels);
+        let counter = |k: Key| metrics::with_recorder(|r| r.register_counter(&k, &METADATA));
+        let gauge = |k: Key| metrics::with_recorder(|r| r.register_gauge(&k, &METADATA));
+        let histogram = |k: Key| metrics::with_recorder(|r| r.register_histogram(&k, &METADATA));
         let mut total = gie();
         total.push(Label::new("priority", l.priority.clone()));
         let ttft = |streaming: bool| {
             let mut labels = llmd();
             labels.push(Label::new("streaming", streaming.to_string()));
-            key(&epp::LLMD_TTFT, labels)
+            histogram(key(&epp::LLMD_TTFT, labels))
         };
-        Keys {
-            request_total: key(&epp::REQUEST_TOTAL, total),
-            model_request_total: key(&epp::MODEL_REQUEST_TOTAL, gie()),
-            llmd_request_total: key(&epp::LLMD_REQUEST_TOTAL, llmd()),
-            request_sizes: key(&epp::REQUEST_SIZES, gie()),
-            llmd_request_size: key(&epp::LLMD_REQUEST_SIZE, llmd()),
-            running: key(
+        Series {
+            request_total: counter(key(&epp::REQUEST_TOTAL, total)),
+            model_request_total: counter(key(&epp::MODEL_REQUEST_TOTAL, gie())),
+            llmd_request_total: counter(key(&epp::LLMD_REQUEST_TOTAL, llmd())),
+            request_sizes: histogram(key(&epp::REQUEST_SIZES, gie())),
+            llmd_request_size: histogram(key(&epp::LLMD_REQUEST_SIZE, llmd())),
+            running: gauge(key(
                 &epp::RUNNING_REQUESTS,
                 vec![Label::new("model_name", l.model.clone())],
-            ),
-            llmd_running: key(&epp::LLMD_REQUEST_RUNNING, llmd()),
-            duration: key(&epp::REQUEST_DURATION, gie()),
-            llmd_duration: key(&epp::LLMD_REQUEST_DURATION, llmd()),
-            model_duration: key(&epp::MODEL_REQUEST_DURATION, gie()),
-            response_sizes: key(&epp::RESPONSE_SIZES, gie()),
-            llmd_response_size: key(&epp::LLMD_RESPONSE_SIZE, llmd()),
+            )),
+            llmd_running: gauge(key(&epp::LLMD_REQUEST_RUNNING, llmd())),
+            duration: histogram(key(&epp::REQUEST_DURATION, gie())),
+            llmd_duration: histogram(key(&epp::LLMD_REQUEST_DURATION, llmd())),
+            model_duration: histogram(key(&epp::MODEL_REQUEST_DURATION, gie())),
+            response_sizes: histogram(key(&epp::RESPONSE_SIZES, gie())),
+            llmd_response_size: histogram(key(&epp::LLMD_RESPONSE_SIZE, llmd())),
             ttft: [ttft(false), ttft(true)],
-            input_tokens: key(&epp::INPUT_TOKENS, gie()),
-            llmd_input_tokens: key(&epp::LLMD_INPUT_TOKENS, llmd()),
-            output_tokens: key(&epp::OUTPUT_TOKENS, gie()),
-            llmd_output_tokens: key(&epp::LLMD_OUTPUT_TOKENS, llmd()),
-            ntpot: key(&epp::NTPOT, gie()),
-            llmd_ntpot: key(&epp::LLMD_NTPOT, llmd()),
-            llmd_streaming_tpot: key(&epp::LLMD_STREAMING_TPOT, llmd()),
-            llmd_itl: key(&epp::LLMD_STREAMING_ITL, llmd()),
-            cached: key(&epp::PROMPT_CACHED_TOKENS, gie()),
-            llmd_cached: key(&epp::LLMD_CACHED_TOKENS, llmd()),
+            input_tokens: histogram(key(&epp::INPUT_TOKENS, gie())),
+            llmd_input_tokens: histogram(key(&epp::LLMD_INPUT_TOKENS, llmd())),
+            output_tokens: histogram(key(&epp::OUTPUT_TOKENS, gie())),
+            llmd_output_tokens: histogram(key(&epp::LLMD_OUTPUT_TOKENS, llmd())),
+            ntpot: histogram(key(&epp::NTPOT, gie())),
+            llmd_ntpot: histogram(key(&epp::LLMD_NTPOT, llmd())),
+            llmd_streaming_tpot: histogram(key(&epp::LLMD_STREAMING_TPOT, llmd())),
+            llmd_itl: histogram(key(&epp::LLMD_STREAMING_ITL, llmd())),
+            cached: histogram(key(&epp::PROMPT_CACHED_TOKENS, gie())),
+            llmd_cached: histogram(key(&epp::LLMD_CACHED_TOKENS, llmd())),
         }
     }
-}
-
-fn counter(key: &Key) -> Counter {
-    metrics::with_recorder(|r| r.register_counter(key, &METADATA))
-}
-
-fn gauge(key: &Key) -> Gauge {
-    metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
-}
-
-fn histogram(key: &Key) -> Histogram {
-    metrics::with_recorder(|r| r.register_histogram(key, &METADATA))
 }
 
 /// The metrics state of one ext_proc stream.
@@ -186,7 +181,7 @@ fn histogram(key: &Key) -> Histogram {
 pub(super) struct RequestMetrics {
     received: Instant,
     labels: Option<Labels>,
-    keys: Option<Arc<Keys>>,
+    series: Option<Arc<Series>>,
     /// The running gauges were raised (lowered once, at the end or on drop).
     running: bool,
     /// Response phase.
@@ -204,7 +199,7 @@ impl RequestMetrics {
         Self {
             received: Instant::now(),
             labels: None,
-            keys: None,
+            series: None,
             running: false,
             streaming: false,
             first_byte: None,
@@ -218,19 +213,18 @@ impl RequestMetrics {
     /// The request was routed.
     pub(super) fn routed(&mut self, model: &str, class: &RequestClass, request_bytes: usize) {
         let l = Labels::new(model, class);
-        let k = Keys::of(&l);
-        counter(&k.request_total).increment(1);
-        counter(&k.model_request_total).increment(1);
-        counter(&k.llmd_request_total).increment(1);
-        histogram(&k.request_sizes).record(request_bytes as f64);
-        histogram(&k.llmd_request_size).record(request_bytes as f64);
-        gauge(&k.running).increment(1.0);
-        gauge(&k.llmd_running).increment(1.0);
-        metrics::histogram!(epp::LLMD_REQUEST_PROCESSING_DURATION.name)
-            .record(self.received.elapsed().as_secs_f64());
+        let k = Series::of(&l);
+        k.request_total.increment(1);
+        k.model_request_total.increment(1);
+        k.llmd_request_total.increment(1);
+        k.request_sizes.record(request_bytes as f64);
+        k.llmd_request_size.record(request_bytes as f64);
+        k.running.increment(1.0);
+        k.llmd_running.increment(1.0);
+        PROCESSING.record(self.received.elapsed().as_secs_f64());
         self.running = true;
         self.labels = Some(l);
-        self.keys = Some(k);
+        self.series = Some(k);
     }
 
     /// The EPP refused the request.
@@ -257,9 +251,9 @@ impl RequestMetrics {
                 self.first_byte = Some(now);
             }
             if self.streaming
-                && let (Some(prev), Some(k)) = (self.last_chunk, &self.keys)
+                && let (Some(prev), Some(k)) = (self.last_chunk, &self.series)
             {
-                histogram(&k.llmd_itl).record(now.duration_since(prev).as_secs_f64());
+                k.llmd_itl.record(now.duration_since(prev).as_secs_f64());
             }
             self.last_chunk = Some(now);
         }
@@ -272,43 +266,43 @@ impl RequestMetrics {
             return;
         }
         self.finished = true;
-        let (Some(l), Some(k)) = (self.labels.clone(), self.keys.clone()) else {
+        let (Some(l), Some(k)) = (&self.labels, &self.series) else {
             return;
         };
         let e2e = self.received.elapsed().as_secs_f64();
-        histogram(&k.duration).record(e2e);
-        histogram(&k.llmd_duration).record(e2e);
-        histogram(&k.model_duration).record(e2e);
-        histogram(&k.response_sizes).record(self.response_bytes as f64);
-        histogram(&k.llmd_response_size).record(self.response_bytes as f64);
+        k.duration.record(e2e);
+        k.llmd_duration.record(e2e);
+        k.model_duration.record(e2e);
+        k.response_sizes.record(self.response_bytes as f64);
+        k.llmd_response_size.record(self.response_bytes as f64);
         let ttft = match (self.streaming, self.first_byte) {
             (true, Some(t)) => t.duration_since(self.received).as_secs_f64(),
             _ => e2e,
         };
-        histogram(&k.ttft[usize::from(self.streaming)]).record(ttft);
+        k.ttft[usize::from(self.streaming)].record(ttft);
         if let Some(u) = usage {
             if u.prompt > 0 {
-                histogram(&k.input_tokens).record(u.prompt as f64);
-                histogram(&k.llmd_input_tokens).record(u.prompt as f64);
+                k.input_tokens.record(u.prompt as f64);
+                k.llmd_input_tokens.record(u.prompt as f64);
             }
             if u.completion > 0 {
-                histogram(&k.output_tokens).record(u.completion as f64);
-                histogram(&k.llmd_output_tokens).record(u.completion as f64);
+                k.output_tokens.record(u.completion as f64);
+                k.llmd_output_tokens.record(u.completion as f64);
                 let ntpot = e2e / u.completion as f64;
-                histogram(&k.ntpot).record(ntpot);
-                histogram(&k.llmd_ntpot).record(ntpot);
+                k.ntpot.record(ntpot);
+                k.llmd_ntpot.record(ntpot);
                 if self.streaming && u.completion > 1 {
-                    histogram(&k.llmd_streaming_tpot)
+                    k.llmd_streaming_tpot
                         .record((e2e - ttft).max(0.0) / (u.completion - 1) as f64);
                 }
             }
             if let Some(c) = u.cached {
-                histogram(&k.cached).record(c as f64);
-                histogram(&k.llmd_cached).record(c as f64);
+                k.cached.record(c as f64);
+                k.llmd_cached.record(c as f64);
             }
         }
-        if let Some(status) = self.server_error.take() {
-            error_counters(&l, &status);
+        if let Some(status) = &self.server_error {
+            error_counters(l, status);
         }
         self.lower_running();
     }
@@ -318,9 +312,9 @@ impl RequestMetrics {
             return;
         }
         self.running = false;
-        if let Some(k) = &self.keys {
-            gauge(&k.running).decrement(1.0);
-            gauge(&k.llmd_running).decrement(1.0);
+        if let Some(k) = &self.series {
+            k.running.decrement(1.0);
+            k.llmd_running.decrement(1.0);
         }
     }
 }

@@ -16,8 +16,8 @@ use super::request_metrics::RequestMetrics;
 use super::response::{self, header, lb_metadata, reply};
 use super::usage::find_usage;
 use super::{
-    DESTINATION_HEADER, DESTINATION_SERVED_HEADER, Deps, InFlightGuard, OWNED_REQUEST_HEADERS, SUBSET_HINT_KEY,
-    SUBSET_HINT_NAMESPACE,
+    DESTINATION_HEADER, DESTINATION_SERVED_HEADER, Deps, InFlightGuard, OWNED_REQUEST_HEADERS,
+    SUBSET_HINT_KEY, SUBSET_HINT_NAMESPACE,
 };
 use crate::inflight::Release;
 use crate::labels::model_label;
@@ -276,13 +276,17 @@ impl StreamState {
 
     async fn on_request_headers(&mut self, h: HttpHeaders, deps: &Deps) -> Vec<ProcessingResponse> {
         if let Some(map) = h.headers {
+            self.headers.reserve(map.headers.len() + 1);
             for hv in map.headers {
                 let value = if hv.raw_value.is_empty() {
                     hv.value
                 } else {
-                    String::from_utf8_lossy(&hv.raw_value).into_owned()
+                    String::from_utf8(hv.raw_value)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
                 };
-                self.headers.push((hv.key.to_ascii_lowercase(), value));
+                let mut key = hv.key;
+                key.make_ascii_lowercase();
+                self.headers.push((key, value));
             }
         }
         if !self.headers.iter().any(|(k, _)| k == "x-request-id") {
@@ -314,6 +318,10 @@ impl StreamState {
             path,
             x_request_id = self.header("x-request-id").unwrap_or(""),
         );
+        if span.is_disabled() {
+            // Nothing records it (no tracer, logs at info): no parent to look for.
+            return span;
+        }
         if let Some(name) = &deps.config.service_name {
             span.record(names::services::SPAN_ATTR, name.as_str());
         }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use llmd_telemetry::HotHistogram;
 use llmd_telemetry::names;
 
 use super::saturation::UtilizationDetector;
@@ -351,9 +352,14 @@ impl Picker for Scheduler {
             d.ticket = self.pool.inflight().start(&d.legs);
         }
         let elapsed = started.elapsed().as_secs_f64();
-        metrics::histogram!(names::epp::ROUTING_DECISION_DURATION.name).record(elapsed);
-        metrics::histogram!(names::epp::SCHEDULER_E2E_DURATION.name).record(elapsed);
-        metrics::histogram!(names::epp::LLMD_SCHEDULER_E2E_DURATION.name).record(elapsed);
+        static TIMERS: [HotHistogram; 3] = [
+            HotHistogram::new(&names::epp::ROUTING_DECISION_DURATION),
+            HotHistogram::new(&names::epp::SCHEDULER_E2E_DURATION),
+            HotHistogram::new(&names::epp::LLMD_SCHEDULER_E2E_DURATION),
+        ];
+        for t in &TIMERS {
+            t.record(elapsed);
+        }
         if let (Ok(d), Some(p)) = (&result, prefix)
             && let Some(chosen) = d.endpoints.first()
         {
