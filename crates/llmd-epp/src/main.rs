@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc: the request path allocates per request (the stream's state, the decoded messages,
+/// the answers), and glibc's malloc cost 7-13 CPU-µs per request behind Envoy, measured with
+/// `scripts/bench-epp-floor.sh` (`docs/benchmarks.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match try_main(llmd_epp::Args::parse()).await {
