@@ -29,6 +29,12 @@ use llmd_kv_index::{KvIndex, KvIndexConfig};
 use llmd_tokenizer::{ChatRequest, ModelTokenizer, PromptCache};
 use parking_lot::RwLock;
 
+/// Tokens the prompt cache keeps per model (~16 MB of ids).
+const PROMPT_CACHE_TOKENS: usize = 4_000_000;
+/// Bytes between the prompt cache's resume points: a prompt sharing a prefix with a cached one
+/// is tokenized from at most this far before where they part. A point costs ~40 bytes.
+const PROMPT_CACHE_SPACING: usize = 256;
+
 use crate::config::{ConfigError, EndpointPickerConfig};
 use crate::plugins::precise_prefix_cache_scorer::{self, PrecisePrefixCacheParams};
 use crate::request::{InferenceRequest, Prompt};
@@ -213,7 +219,7 @@ impl KvService {
             match ModelTokenizer::shared(name) {
                 Ok(t) => Some(Arc::new(TokenizerEntry {
                     tokenizer: t,
-                    cache: PromptCache::new(4_000_000, 1024),
+                    cache: PromptCache::new(PROMPT_CACHE_TOKENS, PROMPT_CACHE_SPACING),
                 })),
                 Err(error) => {
                     tracing::warn!(model, tokenizer = name, %error, "no tokenizer: prefix-cache scores are 0 for this model");

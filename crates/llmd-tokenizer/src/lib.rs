@@ -108,6 +108,8 @@ pub struct ModelTokenizer {
     /// `encode(x, true)` = `special_prefix` + `encode(x, false)`, with nothing appended:
     /// the condition under which a prompt can be resumed from a cached prefix.
     resumable: bool,
+    /// Resumable also at a space before an ASCII letter (see [`Self::resumes_at_spaces`]).
+    at_spaces: bool,
     /// The byte-level BPE fast path, or why this tokenizer has none.
     fast: Result<FastBpe, Unsupported>,
 }
@@ -224,9 +226,11 @@ impl ModelTokenizer {
             tokenizer,
             chat,
             resumable: false,
+            at_spaces: false,
             fast,
         };
         t.resumable = t.probe_resumable();
+        t.at_spaces = t.resumable && t.probe_spaces();
         Ok(t)
     }
 
@@ -314,6 +318,61 @@ impl ModelTokenizer {
     /// True when a prompt can be resumed from a cached prefix (see [`PromptCache`]).
     pub fn resumable(&self) -> bool {
         self.resumable
+    }
+
+    /// True when a prompt can also be resumed at a space that follows a visible ASCII character
+    /// and precedes an ASCII letter (`word| word`), as well as after a newline run: the
+    /// pre-tokenizer's regex starts a pre-token at the space of `\s?\p{L}+` (GPT-2's
+    /// ` ?\p{L}+`, Llama-3's and Qwen's `[^\r\n\p{L}\p{N}]?\p{L}+`), and no alternative
+    /// before it can take that space (punctuation runs and digit runs end before it, and
+    /// whitespace runs leave their last space to the next pre-token). Prompts without
+    /// newlines (a completions prompt that is one paragraph) then reuse a cached prefix too.
+    pub fn resumes_at_spaces(&self) -> bool {
+        self.at_spaces
+    }
+
+    /// The pre-tokenizer has the letter-run alternative with its optional leading character,
+    /// no added token holds a space (an added token spanning the cut would be split), and
+    /// splitting a probe at each such space gives the same ids as the whole.
+    fn probe_spaces(&self) -> bool {
+        let letters = serde_json::to_value(self.tokenizer.get_pre_tokenizer())
+            .map(|v| {
+                let pre = v.to_string();
+                pre.contains("\"use_regex\":true") || pre.contains("?\\\\p{L}+")
+            })
+            .unwrap_or(false);
+        let spaced_added = self
+            .tokenizer
+            .get_added_tokens_decoder()
+            .values()
+            .any(|t| t.content.contains(' '));
+        if !letters || spaced_added {
+            return false;
+        }
+        let probe = "The quick brown fox, 42 times; jumps over it's lazy dog.Then  two spaces \
+                     and\ta tab: x=1 y The END";
+        let Ok(whole) = self.encode(probe, false) else {
+            return false;
+        };
+        let bytes = probe.as_bytes();
+        (1..bytes.len() - 1)
+            .filter(|&p| {
+                bytes[p] == b' '
+                    && bytes[p - 1].is_ascii_graphic()
+                    && bytes[p + 1].is_ascii_alphabetic()
+            })
+            .all(|p| {
+                match (
+                    self.encode(&probe[..p], false),
+                    self.encode(&probe[p..], false),
+                ) {
+                    (Ok(mut head), Ok(tail)) => {
+                        head.extend(tail);
+                        head == whole
+                    }
+                    _ => false,
+                }
+            })
     }
 
     /// The post-processor must only prepend (BOS), never append, and the pre-tokenizer must be

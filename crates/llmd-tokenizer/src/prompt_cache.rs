@@ -3,12 +3,15 @@
 //! document, a conversation so far) is neither re-tokenized nor re-hashed on every request.
 //!
 //! **Resume points.** A prompt can be resumed at byte `p` when `text[p-1]` is `\n` or `\r` and
-//! `text[p]` is an ASCII graphic character. For byte-level BPE tokenizers with a regex
-//! pre-tokenizer (GPT-2, Llama-3, Qwen, ...) every such point is a pre-token boundary, so the
-//! tokens of `text[p..]` alone are exactly the tail of `text`'s tokens;
-//! [`ModelTokenizer::resumable`] checks the tokenizer's shape (and that its post-processor only
-//! prepends), and the cache is bypassed for any other tokenizer. Points are a function of the
-//! prefix only: the first one at or after every `spacing` bytes.
+//! `text[p]` is an ASCII graphic character, and, for tokenizers whose pre-tokenizer starts a
+//! letter run at its leading space ([`ModelTokenizer::resumes_at_spaces`]: GPT-2, Llama-3,
+//! Qwen), when `text[p]` is a space between an ASCII graphic character and an ASCII letter
+//! (`word| word`), so a one-paragraph prompt resumes too. For byte-level BPE tokenizers with a
+//! regex pre-tokenizer every such point is a pre-token boundary, so the tokens of `text[p..]`
+//! alone are exactly the tail of `text`'s tokens; [`ModelTokenizer::resumable`] checks the
+//! tokenizer's shape (and that its post-processor only prepends), and the cache is bypassed for
+//! any other tokenizer. Points are a function of the prefix only: the first one at or after
+//! every `spacing` bytes.
 //!
 //! **Lookup.** The text is hashed once, streaming (xxh3-128), taking the hash of each prefix at
 //! each resume point. The longest prefix found in the cache gives its tokens by reference
@@ -231,36 +234,21 @@ impl PromptCache {
     }
 
     /// The resume points of `text` (with the hash of each prefix) and the hash of all of it.
-    fn scan(&self, text: &str, add_special: bool) -> (Vec<Point>, u128) {
+    fn scan(&self, text: &str, add_special: bool, at_spaces: bool) -> (Vec<Point>, u128) {
         let bytes = text.as_bytes();
         let mut h = Xxh3::new();
         h.update(&[u8::from(add_special)]);
         let mut points = Vec::with_capacity(bytes.len() / self.spacing + 1);
         let mut hashed = 0;
         let mut threshold = self.spacing;
-        while threshold < bytes.len() {
-            // First newline at or after the threshold whose run ends before an ASCII graphic.
-            let Some(rel) = bytes[threshold - 1..]
-                .iter()
-                .position(|b| *b == b'\n' || *b == b'\r')
-            else {
-                break;
-            };
-            let mut p = threshold - 1 + rel;
-            while p < bytes.len() && (bytes[p] == b'\n' || bytes[p] == b'\r') {
-                p += 1;
-            }
-            if p < bytes.len() && bytes[p].is_ascii_graphic() {
-                h.update(&bytes[hashed..p]);
-                hashed = p;
-                points.push(Point {
-                    at: p,
-                    hash: h.digest128(),
-                });
-                threshold = p + self.spacing;
-            } else {
-                threshold = p.max(threshold) + 1;
-            }
+        while let Some(p) = resume_point(bytes, threshold, at_spaces) {
+            h.update(&bytes[hashed..p]);
+            hashed = p;
+            points.push(Point {
+                at: p,
+                hash: h.digest128(),
+            });
+            threshold = p + self.spacing;
         }
         h.update(&bytes[hashed..]);
         (points, h.digest128())
@@ -289,7 +277,7 @@ impl PromptCache {
                 tokenizer.encode(text, add_special_tokens)?,
             ));
         }
-        let (points, whole) = self.scan(text, add_special_tokens);
+        let (points, whole) = self.scan(text, add_special_tokens, tokenizer.resumes_at_spaces());
         let start = {
             let mut inner = self.inner.lock();
             inner.clock += 1;
@@ -433,6 +421,27 @@ fn token_starting_at(offsets: &[(usize, usize)], at: usize) -> Option<usize> {
     let starts_here = offsets.get(i).is_some_and(|(s, _)| *s == at);
     let clean_cut = i == 0 || offsets[i - 1].1 <= at;
     (starts_here && clean_cut).then_some(i)
+}
+
+/// The first resume point at or after `from`: a byte that is an ASCII graphic character after a
+/// newline run, or (`at_spaces`) a space between an ASCII graphic character and an ASCII letter.
+fn resume_point(bytes: &[u8], from: usize, at_spaces: bool) -> Option<usize> {
+    let mut i = from.max(1);
+    while i < bytes.len() {
+        let (prev, b) = (bytes[i - 1], bytes[i]);
+        if (prev == b'\n' || prev == b'\r') && b.is_ascii_graphic() {
+            return Some(i);
+        }
+        if at_spaces
+            && b == b' '
+            && prev.is_ascii_graphic()
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_alphabetic)
+        {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -166,6 +166,45 @@ fn prompt_cache_equals_fresh_tokenization() {
     }
 }
 
+/// One-paragraph prompts (no newline at all: the only resume points are spaces before a
+/// letter) sharing prefixes: the cache resumes them, and its ids are the fresh tokenizer's, with
+/// and without special tokens, for every supported model.
+#[test]
+fn one_paragraph_prompts_resume_at_spaces_with_the_same_ids() {
+    for model in MODELS {
+        let Some(tok) = common::real_tokenizer(model) else {
+            return;
+        };
+        assert!(tok.resumes_at_spaces(), "{model} should resume at spaces");
+        let cache = PromptCache::new(200_000, 64);
+        let line = |seed: u64, words: usize| document(seed, words).replace(['\n', '\r'], " ");
+        let prefixes: Vec<String> = (0..4).map(|i| line(i, 300)).collect();
+        for round in 0..80u64 {
+            let prefix = &prefixes[(round % 4) as usize];
+            // Cut the prefix anywhere (not only at a word's end), then a new tail.
+            let mut cut = prefix.len() - (round as usize * 37) % 200;
+            while !prefix.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let text = format!(
+                "{}{}",
+                &prefix[..cut],
+                line(1000 + round, (round % 5 * 7) as usize)
+            );
+            for add_special in [true, false] {
+                let cached = cache.encode(&tok, &text, add_special).unwrap();
+                assert_eq!(
+                    &cached[..],
+                    &tok.encode(&text, add_special).unwrap()[..],
+                    "{model} round {round}"
+                );
+            }
+        }
+        let s = cache.stats();
+        assert!(s.prefix_hits > 60, "{model}: {s:?}");
+    }
+}
+
 /// A word-level `tokenizer.json` small enough to write in a test.
 const TINY: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
 "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
@@ -187,6 +226,10 @@ fn shared_loads_are_one_tokenizer_until_dropped_or_changed() {
         "a second load while the first is alive is the same"
     );
     assert_eq!(a.encode("a b a", false).unwrap(), vec![0, 1, 0]);
+    assert!(
+        !a.resumable() && !a.resumes_at_spaces(),
+        "a word-level tokenizer is never resumed"
+    );
     // Concurrent first loads of other files are not mixed up with this one.
     let other = tempfile::tempdir().unwrap();
     std::fs::write(
