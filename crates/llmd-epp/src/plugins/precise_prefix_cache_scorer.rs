@@ -148,7 +148,10 @@ impl Scorer for PrecisePrefixCacheScorer {
                         i64::try_from(tokens).unwrap_or(i64::MAX),
                     );
                     self.lookup(cs, &keys, candidates);
-                    if let Some(p) = &cs.prefix {
+                    // The per-pod list is built only for a span something records.
+                    if let Some(p) = &cs.prefix
+                        && !span.is_disabled()
+                    {
                         let mut pairs: Vec<String> =
                             p.matched.iter().map(|(k, v)| format!("{k}={v}")).collect();
                         pairs.sort();

@@ -153,7 +153,11 @@ impl StreamState {
                         "request body exceeds {limit} bytes"
                     )));
                 }
-                self.body.extend_from_slice(&b.body);
+                if self.body.is_empty() {
+                    self.body = b.body; // a buffered body is one message: no copy
+                } else {
+                    self.body.extend_from_slice(&b.body);
+                }
                 if b.end_of_stream {
                     self.decide(deps).await
                 } else {
