@@ -135,6 +135,23 @@ fn document(seed: u64, words: usize) -> String {
     out
 }
 
+/// The cache's ids for `text` are the fresh tokenizer's, with and without special tokens.
+fn same_ids_cached_and_fresh(
+    cache: &PromptCache,
+    tok: &llmd_tokenizer::ModelTokenizer,
+    text: &str,
+    what: &str,
+) {
+    for add_special in [true, false] {
+        let cached = cache.encode(tok, text, add_special).unwrap();
+        assert_eq!(
+            &cached[..],
+            &tok.encode(text, add_special).unwrap()[..],
+            "{what}, add_special_tokens {add_special}"
+        );
+    }
+}
+
 #[test]
 fn prompt_cache_equals_fresh_tokenization() {
     for model in MODELS {
@@ -150,14 +167,7 @@ fn prompt_cache_equals_fresh_tokenization() {
                 "{prefix}{}",
                 document(1000 + round, (round % 7 * 20) as usize)
             );
-            for add_special in [true, false] {
-                let cached = cache.encode(&tok, &text, add_special).unwrap();
-                assert_eq!(
-                    &cached[..],
-                    &tok.encode(&text, add_special).unwrap()[..],
-                    "{model} round {round}"
-                );
-            }
+            same_ids_cached_and_fresh(&cache, &tok, &text, &format!("{model} round {round}"));
         }
         let s = cache.stats();
         assert!(s.prefix_hits > 40, "{model}: {s:?}");
@@ -191,14 +201,7 @@ fn one_paragraph_prompts_resume_at_spaces_with_the_same_ids() {
                 &prefix[..cut],
                 line(1000 + round, (round % 5 * 7) as usize)
             );
-            for add_special in [true, false] {
-                let cached = cache.encode(&tok, &text, add_special).unwrap();
-                assert_eq!(
-                    &cached[..],
-                    &tok.encode(&text, add_special).unwrap()[..],
-                    "{model} round {round}"
-                );
-            }
+            same_ids_cached_and_fresh(&cache, &tok, &text, &format!("{model} round {round}"));
         }
         let s = cache.stats();
         assert!(s.prefix_hits > 60, "{model}: {s:?}");
