@@ -29,15 +29,15 @@ use llmd_kv_index::{KvIndex, KvIndexConfig};
 use llmd_tokenizer::{ChatRequest, ModelTokenizer, PromptCache};
 use parking_lot::RwLock;
 
+use crate::config::{ConfigError, EndpointPickerConfig};
+use crate::plugins::precise_prefix_cache_scorer::{self, PrecisePrefixCacheParams};
+use crate::request::{InferenceRequest, Prompt};
+
 /// Tokens the prompt cache keeps per model (~16 MB of ids).
 const PROMPT_CACHE_TOKENS: usize = 4_000_000;
 /// Bytes between the prompt cache's resume points: a prompt sharing a prefix with a cached one
 /// is tokenized from at most this far before where they part. A point costs ~40 bytes.
 const PROMPT_CACHE_SPACING: usize = 256;
-
-use crate::config::{ConfigError, EndpointPickerConfig};
-use crate::plugins::precise_prefix_cache_scorer::{self, PrecisePrefixCacheParams};
-use crate::request::{InferenceRequest, Prompt};
 
 /// A model's tokenizer and its prompt cache.
 struct TokenizerEntry {

@@ -229,8 +229,11 @@ impl ModelTokenizer {
             at_spaces: false,
             fast,
         };
-        t.resumable = t.probe_resumable();
-        t.at_spaces = t.resumable && t.probe_spaces();
+        let pre_tokenizer = serde_json::to_value(t.tokenizer.get_pre_tokenizer())
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        t.resumable = t.probe_resumable(&pre_tokenizer);
+        t.at_spaces = t.resumable && t.probe_spaces(&pre_tokenizer);
         Ok(t)
     }
 
@@ -334,13 +337,9 @@ impl ModelTokenizer {
     /// The pre-tokenizer has the letter-run alternative with its optional leading character,
     /// no added token holds a space (an added token spanning the cut would be split), and
     /// splitting a probe at each such space gives the same ids as the whole.
-    fn probe_spaces(&self) -> bool {
-        let letters = serde_json::to_value(self.tokenizer.get_pre_tokenizer())
-            .map(|v| {
-                let pre = v.to_string();
-                pre.contains("\"use_regex\":true") || pre.contains("?\\\\p{L}+")
-            })
-            .unwrap_or(false);
+    fn probe_spaces(&self, pre_tokenizer: &str) -> bool {
+        let letters =
+            pre_tokenizer.contains("\"use_regex\":true") || pre_tokenizer.contains("?\\\\p{L}+");
         let spaced_added = self
             .tokenizer
             .get_added_tokens_decoder()
@@ -354,13 +353,8 @@ impl ModelTokenizer {
         let Ok(whole) = self.encode(probe, false) else {
             return false;
         };
-        let bytes = probe.as_bytes();
-        (1..bytes.len() - 1)
-            .filter(|&p| {
-                bytes[p] == b' '
-                    && bytes[p - 1].is_ascii_graphic()
-                    && bytes[p + 1].is_ascii_alphabetic()
-            })
+        (0..probe.len())
+            .filter(|&p| prompt_cache::is_space_point(probe.as_bytes(), p))
             .all(|p| {
                 match (
                     self.encode(&probe[..p], false),
@@ -378,14 +372,9 @@ impl ModelTokenizer {
     /// The post-processor must only prepend (BOS), never append, and the pre-tokenizer must be
     /// a byte-level regex split: then tokenizing `text[cut..]` after a newline run followed by an
     /// ASCII graphic character gives the tail of `text`'s tokens exactly.
-    fn probe_resumable(&self) -> bool {
-        let byte_level = serde_json::to_value(self.tokenizer.get_pre_tokenizer())
-            .map(|v| {
-                let pre = v.to_string();
-                pre.contains("ByteLevel")
-                    && (pre.contains("Split") || pre.contains("\"use_regex\":true"))
-            })
-            .unwrap_or(false);
+    fn probe_resumable(&self, pre_tokenizer: &str) -> bool {
+        let byte_level = pre_tokenizer.contains("ByteLevel")
+            && (pre_tokenizer.contains("Split") || pre_tokenizer.contains("\"use_regex\":true"));
         let probe = "Hello world.\nNext line";
         let (Ok(with), Ok(without)) = (self.encode(probe, true), self.encode(probe, false)) else {
             return false;

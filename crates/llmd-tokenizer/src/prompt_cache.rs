@@ -423,6 +423,15 @@ fn token_starting_at(offsets: &[(usize, usize)], at: usize) -> Option<usize> {
     (starts_here && clean_cut).then_some(i)
 }
 
+/// Byte `i` is a space between an ASCII graphic character and an ASCII letter (`word| word`):
+/// a resume point for tokenizers that [`ModelTokenizer::resumes_at_spaces`].
+pub(crate) fn is_space_point(bytes: &[u8], i: usize) -> bool {
+    i > 0
+        && bytes.get(i) == Some(&b' ')
+        && bytes[i - 1].is_ascii_graphic()
+        && bytes.get(i + 1).is_some_and(u8::is_ascii_alphabetic)
+}
+
 /// The first resume point at or after `from`: a byte that is an ASCII graphic character after a
 /// newline run, or (`at_spaces`) a space between an ASCII graphic character and an ASCII letter.
 fn resume_point(bytes: &[u8], from: usize, at_spaces: bool) -> Option<usize> {
@@ -432,11 +441,7 @@ fn resume_point(bytes: &[u8], from: usize, at_spaces: bool) -> Option<usize> {
         if (prev == b'\n' || prev == b'\r') && b.is_ascii_graphic() {
             return Some(i);
         }
-        if at_spaces
-            && b == b' '
-            && prev.is_ascii_graphic()
-            && bytes.get(i + 1).is_some_and(u8::is_ascii_alphabetic)
-        {
+        if at_spaces && is_space_point(bytes, i) {
             return Some(i);
         }
         i += 1;

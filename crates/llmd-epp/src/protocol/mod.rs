@@ -134,7 +134,6 @@ impl ExtProcService {
 }
 
 /// What a stream needs to decide.
-#[derive(Clone)]
 pub(crate) struct Deps {
     pub picker: Arc<dyn Picker>,
     pub config: Arc<ExtProcConfig>,
