@@ -43,7 +43,6 @@ pub mod settings;
 pub use settings::{BandSettings, Fairness, Settings};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -254,13 +253,10 @@ impl FlowControl {
     }
 
     /// Waits until the request may be scheduled (`Ok`, with the permit to drop once its
-    /// decision is counted in flight), or until it is refused, expires or `gone` resolves
-    /// (the client left). Cancel-safe: dropping the future takes the request out of the queue.
-    pub async fn admit(
-        &self,
-        req: Request<'_>,
-        gone: impl Future<Output = ()>,
-    ) -> Result<Permit, PickError> {
+    /// decision is counted in flight), or until it is refused or expires. A client that leaves
+    /// drops the future: cancel-safe, it takes the request out of the queue (counted
+    /// `EvictedContextCancelled`).
+    pub async fn admit(&self, req: Request<'_>) -> Result<Permit, PickError> {
         self.started.get_or_init(|| {
             tokio::spawn(run(self.inner.clone(), self.stop.clone()));
         });
@@ -324,13 +320,6 @@ impl FlowControl {
                     // Released at the same moment: take it.
                     waiting.received(rx.await)
                 }
-            }
-            () = gone => {
-                if !waiting.leave() && let Ok(Released::Dispatched(p)) = rx.try_recv() {
-                    drop(p);
-                }
-                waiting.finish(Outcome::EvictedContextCancelled);
-                Err(PickError::ClientGone)
             }
         }
     }

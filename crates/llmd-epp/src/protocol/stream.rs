@@ -364,7 +364,7 @@ impl StreamState {
                 model: &req.model,
             };
             // A client that leaves drops this future: the wait leaves its queue.
-            match fc.admit(request, std::future::pending()).await {
+            match fc.admit(request).await {
                 Ok(p) => permit = Some(p),
                 Err(e) => return self.immediate(&e),
             }

@@ -72,6 +72,8 @@ pub enum PickError {
         no_endpoints: bool,
     },
     /// Flow control: the client disconnected while queued (503, `rejected-context-cancelled`).
+    /// GIE's vocabulary; the EPP itself never answers it, because a client that leaves drops
+    /// its wait (counted `EvictedContextCancelled`) and there is no one to answer.
     #[error("client disconnected")]
     ClientGone,
     /// Flow control: the EPP is stopping (503, `rejected-shutting-down`).
